@@ -1,0 +1,1 @@
+# Hydra configs for the `vla` verbs; installed as the package `vla.configs` so a wheel carries them.

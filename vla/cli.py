@@ -1,0 +1,153 @@
+"""`vla <verb>`: parse arguments and delegate. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vla import __version__
+
+HYDRA_VERBS = {
+    # verb: (help, issue that builds it, or None when built)
+    "collect": ("collect demonstrations with a scripted expert into a Zarr dataset", 3),
+    "train": ("train a policy on a Zarr dataset (hydra + accelerate)", 5),
+    "eval": ("evaluate a checkpoint in simulation and write a report", 6),
+    "serve": ("serve a checkpoint over websocket (openpi-compatible)", 7),
+}
+
+OVERRIDES_HELP = (
+    "hydra overrides composed from configs/<verb>.yaml, e.g. `data.path=data/x.zarr out=runs/x`; "
+    "`--cfg` prints the composed config"
+)
+
+
+def _hydra_verb(verb: str, args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from vla.config import compose
+
+    cfg = compose(verb, args.overrides)
+    if args.cfg:
+        print(OmegaConf.to_yaml(cfg), end="")
+        return 0
+    issue = HYDRA_VERBS[verb][1]
+    print(f"error: `vla {verb}` is not built yet (tracked in issue #{issue}); nothing was run.", file=sys.stderr)
+    return 2
+
+
+def _data_info(args: argparse.Namespace) -> int:
+    from vla.data import TrajectoryStore
+    from vla.data.display import print_info
+
+    summary = TrajectoryStore(args.path).summary()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print_info(summary)
+    return 0
+
+
+def _data_validate(args: argparse.Namespace) -> int:
+    from vla.data import validate
+    from vla.data.display import print_validation
+
+    report = validate(args.path, check_images=not args.no_images)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print_validation(report)
+    return 0 if report.ok else 1
+
+
+def _data_stats(args: argparse.Namespace) -> int:
+    from vla.data import ensure_stats
+    from vla.data.display import print_stats
+
+    stats = ensure_stats(args.path, recompute=args.recompute)
+    if args.json:
+        print(json.dumps({k: {n: v.tolist() for n, v in d.items()} for k, d in stats.items()}, indent=2))
+    else:
+        print_stats(stats)
+    return 0
+
+
+def _benchmarks_dir() -> Path:
+    for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        if (base / "benchmarks").is_dir():
+            return base / "benchmarks"
+    raise FileNotFoundError("no benchmarks/ directory found (run from the repository root)")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import runpy
+
+    directory = _benchmarks_dir()
+    available = sorted(p.stem for p in directory.glob("*.py") if not p.stem.startswith("_"))
+    if args.list or not args.name:
+        print("\n".join(available))
+        return 0
+    if args.name not in available:
+        print(f"error: unknown benchmark {args.name!r}; available: {', '.join(available)}", file=sys.stderr)
+        return 2
+    sys.argv = [str(directory / f"{args.name}.py"), *args.overrides]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vla",
+        description="Vision-language-action policies: collect -> data -> train -> eval / serve.",
+    )
+    parser.add_argument("--version", action="version", version=f"vla {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="<verb>", required=True)
+
+    for verb, (help_text, _) in HYDRA_VERBS.items():
+        p = verbs.add_parser(verb, help=help_text, description=help_text)
+        p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+        p.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+        p.set_defaults(func=lambda a, v=verb: _hydra_verb(v, a))
+
+    data = verbs.add_parser("data", help="inspect, validate and compute stats of Zarr datasets",
+                            description="Inspect, validate and compute stats of vla Zarr datasets.")
+    data_verbs = data.add_subparsers(dest="data_verb", metavar="<command>", required=True)
+    p = data_verbs.add_parser("info", help="summary: episodes, frames, cameras, dims, tasks, size")
+    p.add_argument("path", help="dataset URL (path, file://, memory://, s3://)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_data_info)
+    p = data_verbs.add_parser("validate", help="check schema, episode boundaries, dtypes, NaN/inf, images; exit 1 on errors")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-images", action="store_true", help="skip the blank-frame scan over all images")
+    p.set_defaults(func=_data_validate)
+    p = data_verbs.add_parser("stats", help="compute (once) and show normalization stats; stored in the dataset")
+    p.add_argument("path")
+    p.add_argument("--recompute", action="store_true", help="recompute even if stored stats are up to date")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_data_stats)
+
+    p = verbs.add_parser("bench", help="run a benchmark from benchmarks/ (prints JSON)",
+                         description="Run benchmarks/<name>.py with key=value overrides; prints JSON.")
+    p.add_argument("name", nargs="?", help="benchmark name (see --list)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the benchmark's config")
+    p.add_argument("--list", action="store_true", help="list available benchmarks")
+    p.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from vla.config import ConfigError
+    from vla.data.schema import SchemaError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, SchemaError, FileNotFoundError, KeyError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
