@@ -1,0 +1,64 @@
+"""Shared fixtures: small real Zarr datasets whose values encode (episode, frame), so tests check exact content."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np
+import pytest
+
+from vla.data import ActionSpace, DatasetMeta, TrajectoryWriter
+
+CAMERAS = ["front", "wrist"]
+IMAGE_SIZE = (12, 16)
+STATE_DIM = 3
+ACTION_DIM = 2
+
+
+def make_meta(**overrides) -> DatasetMeta:
+    kwargs = dict(
+        fps=10, cameras=list(CAMERAS), image_size=IMAGE_SIZE, state_dim=STATE_DIM,
+        action_space=ActionSpace(dim=ACTION_DIM, low=[-1000.0] * ACTION_DIM, high=[1e6] * ACTION_DIM, kind="delta_ee"),
+        robot="panda", env="builtin/test",
+    )
+    kwargs.update(overrides)
+    return DatasetMeta(**kwargs)
+
+
+def make_episode(episode: int, length: int, start: int, meta: DatasetMeta | None = None) -> dict:
+    """Frame t (global index g = start + t): state = [g, episode, t], action = [g, -t], image pixels = g % 256."""
+    meta = meta or make_meta()
+    g = np.arange(start, start + length)
+    t = np.arange(length)
+    h, w = meta.image_size
+    images = {}
+    for ci, cam in enumerate(meta.cameras):
+        frames = np.zeros((length, h, w, 3), dtype=np.uint8)
+        frames[..., 0] = (g % 256)[:, None, None]
+        frames[..., 1] = ci
+        frames[..., 2] = np.arange(w, dtype=np.uint8)[None, None, :]  # not blank
+        images[cam] = frames
+    state = np.stack([g, np.full(length, episode), t], axis=1).astype(np.float32)[:, : meta.state_dim]
+    action = np.stack([g, -t], axis=1).astype(np.float32)[:, : meta.action_dim]
+    return dict(images=images, state=state, action=action, instruction=f"instruction {episode}",
+                task=f"task{episode % 2}", success=episode % 3 != 0)
+
+
+def write_dataset(url, lengths=(5, 3, 7, 1, 4), meta: DatasetMeta | None = None, **writer_kwargs) -> DatasetMeta:
+    meta = meta or make_meta()
+    with TrajectoryWriter(url, meta, **writer_kwargs) as w:
+        start = w.num_frames
+        for e, n in enumerate(lengths):
+            w.add_episode(**make_episode(w.num_episodes, n, start, meta))
+            start += n
+    return meta
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """Path of a 5-episode dataset with lengths 5, 3, 7, 1, 4 (20 frames)."""
+    path = tmp_path / "demo.zarr"
+    write_dataset(path)
+    return path

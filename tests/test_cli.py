@@ -1,0 +1,67 @@
+"""The `vla` command: help, data verbs on real datasets, hydra overrides and their errors."""
+
+import json
+import shutil
+import subprocess
+from dataclasses import fields
+
+import pytest
+import yaml
+
+from vla.cli import main
+from vla.config import ConfigError, compose, config_dir, to_object
+from vla.data.config import DataConfig
+
+
+def test_entry_point_help():
+    exe = shutil.which("vla")
+    assert exe, "the `vla` console script is not installed"
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
+    for verb in ("collect", "train", "eval", "serve", "data", "bench"):
+        assert verb in out
+    out = subprocess.run([exe, "data", "info", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "dataset URL" in out
+
+
+def test_data_info_json(dataset, capsys):
+    assert main(["data", "info", str(dataset), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["episodes"] == 5 and info["frames"] == 20 and info["cameras"] == ["front", "wrist"]
+    assert main(["data", "info", str(dataset)]) == 0
+    assert "episodes / frames" in capsys.readouterr().out
+
+
+def test_data_stats_writes_into_dataset(dataset, capsys):
+    assert main(["data", "stats", str(dataset), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["action"]["max"] == [19.0, 0.0]
+    main(["data", "info", str(dataset), "--json"])
+    assert json.loads(capsys.readouterr().out)["stats"] == "up to date"
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
+    assert main(["data", "info", str(tmp_path / "none.zarr")]) == 2
+    assert "no Zarr dataset at" in capsys.readouterr().err
+
+
+def test_unbuilt_verb_says_so_and_prints_config(capsys):
+    assert main(["train", "data.horizon=4"]) == 2
+    assert "not built yet" in capsys.readouterr().err
+    assert main(["train", "--cfg", "data.horizon=4", "out=runs/x"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["data"]["horizon"] == 4 and cfg["out"] == "runs/x"
+
+
+def test_unknown_and_mistyped_overrides(capsys):
+    assert main(["train", "data.horizn=4"]) == 2
+    assert "data.horizn" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="could not be converted to Integer"):
+        to_object(compose("train", ["data.horizon=abc"]).data, DataConfig)
+    with pytest.raises(ConfigError, match="n_obs_steps must be >= 1"):
+        to_object(compose("train", ["data.n_obs_steps=0"]).data, DataConfig)
+
+
+def test_yaml_mirrors_dataclass():
+    cfg = yaml.safe_load((config_dir() / "data" / "default.yaml").read_text())
+    assert set(cfg) == {f.name for f in fields(DataConfig)}
+    assert to_object(compose("train").data, DataConfig) == DataConfig()
