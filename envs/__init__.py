@@ -1,0 +1,28 @@
+"""Simulated environments behind one gymnasium interface, and their scripted experts.
+
+    env = envs.make("builtin/push", cameras=["top"], image_size=64, seed=0)
+    obs, info = env.reset()   # obs = {"images": {cam: uint8 HxWx3}, "state": float32, "instruction": str}
+    obs, reward, terminated, truncated, info = env.step(action)   # info["success"]: bool
+    env.unwrapped.meta        # DatasetMeta: cameras, image size, dims, action bounds, fps
+
+Suites: ``builtin/*`` (numpy, no simulator), ``robosuite/*`` and ``metaworld/*`` (the `sim` extra).
+"""
+
+from __future__ import annotations
+
+from .registry import EnvSpec, make, names, register, spec
+from .vector import make_vec
+
+
+def list(suite: str | None = None) -> list[str]:  # noqa: A001 - `envs.list()` reads naturally
+    """Names of the registered environments, optionally of one suite."""
+    return names(suite)
+
+
+for _task, _desc in (
+    ("push", "push the named block onto the named pad (3 blocks, 3 pads; language picks the target)"),
+    ("reach", "move the pusher to the named block (3 blocks)"),
+):
+    register(EnvSpec(f"builtin/{_task}", "envs.builtin.tabletop:make_tabletop", _desc, (("kind", _task),)))
+
+__all__ = ["EnvSpec", "list", "make", "make_vec", "names", "register", "spec"]

@@ -11,7 +11,7 @@ from vla import __version__
 
 HYDRA_VERBS = {
     # verb: (help, issue that builds it, or None when built)
-    "collect": ("collect demonstrations with a scripted expert into a Zarr dataset", 3),
+    "collect": ("collect demonstrations with a scripted expert into a Zarr dataset", None),
     "train": ("train a policy on a Zarr dataset (hydra + accelerate)", 5),
     "eval": ("evaluate a checkpoint in simulation and write a report", 6),
     "serve": ("serve a checkpoint over websocket (openpi-compatible)", 7),
@@ -32,9 +32,29 @@ def _hydra_verb(verb: str, args: argparse.Namespace) -> int:
     if args.cfg:
         print(OmegaConf.to_yaml(cfg), end="")
         return 0
+    if verb == "collect":
+        return _collect(cfg, args)
     issue = HYDRA_VERBS[verb][1]
     print(f"error: `vla {verb}` is not built yet (tracked in issue #{issue}); nothing was run.", file=sys.stderr)
     return 2
+
+
+def _collect(cfg, args: argparse.Namespace) -> int:
+    from envs.collect import CollectConfig, collect
+    from vla.config import to_object
+
+    summary = collect(to_object(cfg, CollectConfig))
+    summary.pop("config", None)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _list_envs(args: argparse.Namespace) -> int:
+    import envs
+
+    for name in envs.list():
+        print(f"{name:32s} {envs.spec(name).description}")
+    return 0
 
 
 def _data_info(args: argparse.Namespace) -> int:
@@ -109,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
         p.add_argument("--cfg", action="store_true", help="print the composed config and exit")
         p.set_defaults(func=lambda a, v=verb: _hydra_verb(v, a))
+        if verb == "collect":
+            p.add_argument("--list-envs", action="store_true", help="list the registered environments and exit")
 
     data = verbs.add_parser("data", help="inspect, validate and compute stats of Zarr datasets",
                             description="Inspect, validate and compute stats of vla Zarr datasets.")
@@ -142,9 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     from vla.data.schema import SchemaError
 
     args = build_parser().parse_args(argv)
+    if getattr(args, "list_envs", False):
+        return _list_envs(args)
     try:
         return args.func(args)
-    except (ConfigError, SchemaError, FileNotFoundError, KeyError, ValueError) as e:
+    except (ConfigError, SchemaError, FileNotFoundError, KeyError, ValueError, TypeError, ImportError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
