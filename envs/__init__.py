@@ -25,4 +25,14 @@ for _task, _desc in (
 ):
     register(EnvSpec(f"builtin/{_task}", "envs.builtin.tabletop:make_tabletop", _desc, (("kind", _task),)))
 
+for _task, _desc in (
+    ("Lift", "lift the red cube (Panda, OSC_POSE)"),
+    ("Stack", "stack the red cube on the green cube"),
+    ("PickPlaceCan", "pick up the can and place it in its bin"),
+    ("NutAssemblySquare", "put the square nut on the square peg"),
+    ("Door", "open the door"),
+    ("LiftColor", "three coloured cubes; the instruction names the one to lift (language-conditioned)"),
+):
+    register(EnvSpec(f"robosuite/{_task}", "envs.robosuite_env:RobosuiteEnv", _desc, (("task", _task),), requires="sim"))
+
 __all__ = ["EnvSpec", "list", "make", "make_vec", "names", "register", "spec"]

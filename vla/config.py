@@ -10,14 +10,11 @@ from omegaconf import DictConfig, OmegaConf
 
 
 def config_dir() -> Path:
-    """``$VLA_CONFIG_DIR``, else the repository's ``configs/``, else the copy installed as ``vla.configs``."""
+    """``$VLA_CONFIG_DIR``, else the repository's ``configs/`` (vla is installed editable from its checkout)."""
     env = os.environ.get("VLA_CONFIG_DIR")
     if env:
         return Path(env).resolve()
-    repo = Path(__file__).resolve().parent.parent / "configs"
-    if repo.is_dir():
-        return repo
-    return Path(__file__).resolve().parent / "configs"
+    return Path(__file__).resolve().parent.parent / "configs"
 
 
 class ConfigError(ValueError):

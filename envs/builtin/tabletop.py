@@ -62,7 +62,7 @@ class TabletopEnv(gym.Env):
         self.task = task or TabletopTask()
         self.name = name
         unknown = set(cameras) - set(CAMERAS)
-        if unknown or not cameras:
+        if unknown:
             raise ValueError(f"unknown cameras {sorted(unknown)} for {name}; available: {list(CAMERAS)}")
         self.cameras = list(cameras)
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
@@ -80,11 +80,6 @@ class TabletopEnv(gym.Env):
             "instruction": spaces.Text(max_length=256),
         })
         self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
-        self.meta = DatasetMeta(
-            fps=self.control_freq, cameras=self.cameras, image_size=self.image_size, state_dim=4,
-            action_space=ActionSpace(dim=2, low=[-1.0, -1.0], high=[1.0, 1.0], kind="planar_velocity"),
-            robot="point_pusher", env=name,
-        )
         ys, xs = np.mgrid[0:h, 0:w]
         self._pix = ((xs + 0.5) / w, (ys + 0.5) / h)  # pixel centres in view units
         self._rng = np.random.default_rng(seed)
@@ -98,6 +93,14 @@ class TabletopEnv(gym.Env):
         self.target_block = 0
         self.target_pad = 0
         self.steps = 0
+
+    @property
+    def meta(self) -> DatasetMeta:
+        return DatasetMeta(
+            fps=self.control_freq, cameras=self.cameras, image_size=self.image_size, state_dim=4,
+            action_space=ActionSpace(dim=2, low=[-1.0, -1.0], high=[1.0, 1.0], kind="planar_velocity"),
+            robot="point_pusher", env=self.name,
+        )
 
     # -- episode ---------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -197,7 +200,7 @@ class TabletopEnv(gym.Env):
         }
 
     def render(self):
-        return self._render(self.cameras[0])
+        return self._render(self.cameras[0] if self.cameras else "top")
 
     def _render(self, camera: str) -> np.ndarray:
         h, w = self.image_size
