@@ -83,10 +83,10 @@ class _WaypointExpert:
             self.next_phase(place is not None and self.near(target, 0.02, 0.02), timeout=10**6 if place is None else 60)
         elif p == 4:  # carry above the place target
             target = np.array([place[0], place[1], float(self.memory["lift_z"])])
-            action = self.move(target, CLOSE)
-            self.next_phase(self.near(target, 0.01, 0.03), timeout=100)
+            action = self.move(target, CLOSE, yaw_error=yaw_error)
+            self.next_phase(self.near(target, 0.01, 0.03) and abs(yaw_error) < 0.05, timeout=100)
         elif p == 5:  # lower
-            action = self.move(place, CLOSE, gain=0.7)
+            action = self.move(place, CLOSE, gain=0.7, yaw_error=yaw_error)
             self.next_phase(self.near(place, 0.01, 0.01), timeout=50)
         elif p == 6:  # open
             action = self.move(place, OPEN)
@@ -133,15 +133,20 @@ class NutAssemblyExpert(_WaypointExpert):
         handle_yaw = np.arctan2(along[1], along[0])
         # fingers close across the handle bar: gripper x axis along the handle (mod pi)
         yaw_error = (handle_yaw - self.eef_yaw + np.pi / 2) % np.pi - np.pi / 2
-        if self.phase >= 2:
+        if self.phase == 2 or self.phase == 3:
             yaw_error = 0.0
-        if self.phase >= 3 and "offset" not in self.memory:
-            self.memory["offset"] = self.eef[:2] - center[:2]  # where the nut hangs from the gripper
+        elif self.phase >= 4:
+            # Turn the held nut (slowly: a fast wrist swing sets it rocking) so its square hole lines
+            # up with the square peg; the smallest turn that does it.
+            yaw_error = 0.4 * ((np.pi / 2 - handle_yaw + np.pi / 2) % np.pi - np.pi / 2)
         peg = self.body(env.peg1_body_id)
-        offset = self.memory.get("offset", np.zeros(2))
-        place = np.array([peg[0] + offset[0], peg[1] + offset[1], env.table_offset[2] + 0.06])
-        return self.pick_and_place(handle, place, grasp_offset=np.array([0, 0, -0.0]), carry_height=0.15,
-                                   yaw_error=yaw_error)
+        offset = self.eef[:2] - center[:2]  # where the nut hangs from the gripper, now
+        # release just above the peg top (table + 0.13): a nut hanging by its handle is tilted and
+        # jams if lowered onto the peg, but drops cleanly around it when level and aligned
+        place = np.array([peg[0] + offset[0], peg[1] + offset[1], env.table_offset[2] + 0.175])
+        # grasp the handle nearer the ring: less torque about the finger axis, the nut hangs level
+        grasp_offset = np.array([*(-0.2 * along), 0.0])
+        return self.pick_and_place(handle, place, grasp_offset=grasp_offset, carry_height=0.15, yaw_error=yaw_error)
 
 
 class DoorExpert(_WaypointExpert):
