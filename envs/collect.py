@@ -157,6 +157,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
         bar.close()
         if pool is not None:
             pool.terminate()
+        _WORKER["env"].close()  # release the GL context before interpreter exit
     elapsed = time.perf_counter() - t0
     if added < needed:
         raise RuntimeError(
