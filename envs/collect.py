@@ -110,7 +110,11 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
     state = writer.group.attrs.get("collect") or {}
     if state and state.get("env") != cfg.env:
         raise ValueError(f"{out} was collected from {state.get('env')!r}, not {cfg.env!r}; choose another out=")
+    # Each committed episode carries its seed, so a kill between a commit and the attrs update
+    # below never repeats a seed; attrs also remember seeds of dropped failures.
     next_seed = int(state.get("next_seed", cfg.seed))
+    if writer.num_episodes:
+        next_seed = max(next_seed, int(np.asarray(writer.group["meta/seed"][writer.num_episodes - 1])) + 1)
     needed = cfg.episodes - writer.num_episodes
     summary: dict[str, Any] = {"dataset": out, "env": cfg.env, "resumed_from_episode": writer.num_episodes,
                                "resumed_from_seed": next_seed}
@@ -135,7 +139,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
             attempts += 1
             successes += episode["success"]
             if episode["success"] or cfg.keep == "all":
-                seed = episode.pop("seed")
+                seed = episode["seed"]
                 writer.add_episode(**episode)
                 added += 1
                 frames += len(episode["action"])

@@ -182,6 +182,12 @@ class RobosuiteEnv(gym.Env):
         ctx.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
         ctx.scn.flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = 0
 
+    def _make_gl_current(self) -> None:
+        # Several envs in one process each own a GL context; render into ours, not the last one made.
+        ctx = self._env.sim._render_context_offscreen if self.cameras else None
+        if ctx is not None:
+            ctx.gl_ctx.make_current()
+
     @property
     def instruction(self) -> str:
         return self.task.instruction.format(target=self.target)
@@ -198,11 +204,13 @@ class RobosuiteEnv(gym.Env):
                 raise ValueError(f"target must be one of {colors}, got {self.target!r}")
             env.target = self.target
         self.steps = 0
+        self._make_gl_current()
         raw = env.reset()
         return self._obs(raw), self._info()
 
     def step(self, action):
         action = np.clip(np.asarray(action, dtype=np.float64), self.action_space.low, self.action_space.high)
+        self._make_gl_current()
         raw, _, _, _ = self._env.step(action)
         self.steps += 1
         info = self._info()

@@ -31,6 +31,7 @@ def test_round_trip_frames_and_metadata(dataset):
         assert got["success"] == expected["success"]
         start += n
     assert store.success.tolist() == [False, True, True, False, True]
+    assert store.seeds.tolist() == [-1] * 5
     # the on-disk layout is DESIGN.md's schema
     g = zarr.open_group(str(dataset), mode="r")
     assert g["data/images/front"].dtype == np.uint8 and g["data/images/front"].shape == (20, 12, 16, 3)

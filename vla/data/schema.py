@@ -14,6 +14,7 @@ of each episode), the same idea as diffusion_policy's ReplayBuffer::
       meta/instruction       str     (E,)
       meta/task              str     (E,)
       meta/success           bool    (E,)
+      meta/seed              int64   (E,)   env reset seed, -1 if unknown (optional)
       stats/<key>/{mean,std,min,max,q01,q99}
 """
 
@@ -34,11 +35,13 @@ EPISODE_ENDS = "meta/episode_ends"
 INSTRUCTION = "meta/instruction"
 TASK = "meta/task"
 SUCCESS = "meta/success"
+SEED = "meta/seed"
 STATS = "stats"
 
 # Per-episode arrays, all of length E. episode_ends is the commit point and is
 # always written after the others.
 EPISODE_ARRAYS = (INSTRUCTION, TASK, SUCCESS)
+OPTIONAL_EPISODE_ARRAYS = (SEED,)  # absent in converted datasets
 LOW_DIM_KEYS = ("state", "action")
 STAT_NAMES = ("mean", "std", "min", "max", "q01", "q99")
 

@@ -107,7 +107,7 @@ def read_commit_state(group: zarr.Group, meta: DatasetMeta) -> CommitState:
                 state.extra_rows[path] = rows
             elif rows < 0:
                 state.short_rows[path] = -rows
-    for path in schema.EPISODE_ARRAYS:
+    for path in (*schema.EPISODE_ARRAYS, *schema.OPTIONAL_EPISODE_ARRAYS):
         if path in group:
             rows = group[path].shape[0] - state.num_episodes
             if rows > 0:
@@ -193,6 +193,13 @@ class TrajectoryStore:
     @property
     def success(self) -> np.ndarray:
         return np.asarray(self.group[schema.SUCCESS][: self.num_episodes], dtype=bool)
+
+    @property
+    def seeds(self) -> np.ndarray | None:
+        """Env reset seed of each episode (-1 where unknown); None when the dataset has no seed array."""
+        if schema.SEED not in self.group:
+            return None
+        return np.asarray(self.group[schema.SEED][: self.num_episodes], dtype=np.int64)
 
     def episode(self, index: int) -> dict[str, Any]:
         """One whole episode: images per camera, state, action and its per-episode fields."""

@@ -120,7 +120,7 @@ def validate(url: str | os.PathLike, check_images: bool = True, chunk_frames: in
             report.error(path, f"has {rows} rows but episode_ends[-1] = {n_frames}: frames of committed episodes are missing", rows)
         elif rows > n_frames:
             report.warn(path, f"{rows - n_frames} rows past the last committed episode (partial tail, ignored)", n_frames)
-    for path in schema.EPISODE_ARRAYS:
+    for path in (*schema.EPISODE_ARRAYS, *(p for p in schema.OPTIONAL_EPISODE_ARRAYS if p in group)):
         rows = group[path].shape[0]
         if rows < len(ends):
             report.error(path, f"has {rows} rows but there are {len(ends)} episodes", rows)

@@ -94,6 +94,7 @@ class TrajectoryWriter:
         self.group.create_array(schema.INSTRUCTION, shape=(0,), chunks=(episode_chunk,), dtype=str)
         self.group.create_array(schema.TASK, shape=(0,), chunks=(episode_chunk,), dtype=str)
         self.group.create_array(schema.SUCCESS, shape=(0,), chunks=(episode_chunk,), dtype=bool)
+        self.group.create_array(schema.SEED, shape=(0,), chunks=(episode_chunk,), dtype="int64", fill_value=-1)
         self.group.create_array(
             schema.EPISODE_ENDS, shape=(0,), chunks=(episode_chunk,), dtype="int64", fill_value=schema.UNCOMMITTED
         )
@@ -132,6 +133,7 @@ class TrajectoryWriter:
         instruction: str,
         task: str | None = None,
         success: bool = True,
+        seed: int | None = None,
     ) -> int:
         """Append one whole episode of T frames; returns its index. Nothing is visible until it is committed."""
         images, state, action, length = self._check_episode(images, state, action, instruction)
@@ -144,6 +146,8 @@ class TrajectoryWriter:
         self._append_rows(schema.INSTRUCTION, e, np.array([instruction], dtype=object))
         self._append_rows(schema.TASK, e, np.array([task if task is not None else (self.meta.env or "")], dtype=object))
         self._append_rows(schema.SUCCESS, e, np.array([bool(success)]))
+        if schema.SEED in self.group:
+            self._append_rows(schema.SEED, e, np.array([-1 if seed is None else int(seed)], dtype=np.int64))
         self._append_rows(schema.EPISODE_ENDS, e, np.array([end], dtype=np.int64))  # commit
         self.num_frames, self.num_episodes = end, e + 1
         return e

@@ -1,0 +1,120 @@
+"""robosuite and MetaWorld envs: real physics, real offscreen rendering, the shipped/scripted experts."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import envs
+from test_envs_builtin import check_contract, run_expert
+
+pytest.importorskip("robosuite")
+pytest.importorskip("metaworld")
+warnings.filterwarnings("ignore", category=UserWarning, module="gymnasium")
+
+
+def rollout_random(env, steps=10):
+    obs, info = env.reset(seed=0)
+    check_contract(env, obs, info)
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        obs, _, _, _, info = env.step(rng.uniform(env.action_space.low, env.action_space.high))
+    check_contract(env, obs, info)
+    return obs
+
+
+@pytest.mark.parametrize("task", ["Lift", "LiftColor"])
+def test_robosuite_contract_with_rendering(task):
+    env = envs.make(f"robosuite/{task}", cameras=["agentview", "robot0_eye_in_hand"], image_size=64)
+    try:
+        obs = rollout_random(env)
+        for img in obs["images"].values():
+            assert img.std() > 5  # a real render, not a blank frame
+        meta = env.unwrapped.meta
+        assert meta.action_dim == 7 and meta.state_dim == 9 and meta.robot == "panda"
+    finally:
+        env.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["Stack", "PickPlaceCan", "NutAssemblySquare", "Door"])
+def test_robosuite_contract_other_tasks(task):
+    env = envs.make(f"robosuite/{task}", cameras=["agentview"], image_size=48)
+    try:
+        rollout_random(env, steps=5)
+    finally:
+        env.close()
+
+
+def test_robosuite_fast_rendering_is_upright_and_cheaper():
+    import time
+
+    fast = envs.make("robosuite/Lift", cameras=["agentview"], image_size=64, render_quality="fast")
+    high = envs.make("robosuite/Lift", cameras=["agentview"], image_size=64, render_quality="high")
+    try:
+        timings = {}
+        for label, env in (("fast", fast), ("high", high)):
+            obs, _ = env.reset(seed=0)
+            t0 = time.perf_counter()
+            for _ in range(5):
+                obs, *_ = env.step(np.zeros(7))
+            timings[label] = time.perf_counter() - t0
+            img = obs["images"]["agentview"].astype(float)
+            # OpenCV convention: the bright table fills the lower half, the robot's dark base the top
+            assert img[40:].mean() > img[:8].mean()
+        assert timings["fast"] < timings["high"]
+    finally:
+        fast.close()
+        high.close()
+
+
+def test_language_conditioned_robosuite_target():
+    env = envs.make("robosuite/LiftColor", cameras=[])
+    try:
+        targets = set()
+        for seed in range(12):
+            obs, info = env.reset(seed=seed)
+            assert obs["instruction"] == f"lift the {info['target']} cube"
+            targets.add(info["target"])
+        assert targets == {"red", "green", "blue"}
+        obs, info = env.reset(seed=0, options={"target": "blue"})
+        assert info["target"] == "blue" and "blue" in obs["instruction"]
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("task, episodes", [("Lift", 5), ("LiftColor", 6), ("Stack", 3)])
+def test_robosuite_expert(task, episodes):
+    env = envs.make(f"robosuite/{task}", cameras=[])
+    try:
+        assert all(run_expert(env, range(episodes)))
+    finally:
+        env.close()
+
+
+@pytest.mark.slow
+def test_robosuite_pickplace_can_expert():
+    env = envs.make("robosuite/PickPlaceCan", cameras=[])
+    try:
+        assert all(run_expert(env, range(3)))
+    finally:
+        env.close()
+
+
+def test_metaworld_contract_with_rendering():
+    env = envs.make("metaworld/drawer-open-v3", cameras=["corner"], image_size=64)
+    try:
+        obs = rollout_random(env)
+        assert obs["images"]["corner"].std() > 5
+        assert env.unwrapped.meta.action_dim == 4
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("task", envs.list("metaworld"))
+def test_metaworld_shipped_expert(task):
+    env = envs.make(task, cameras=[])
+    try:
+        assert sum(run_expert(env, range(3))) >= 2
+    finally:
+        env.close()
