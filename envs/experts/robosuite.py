@@ -154,7 +154,8 @@ class DoorExpert(_WaypointExpert):
 
     def act(self) -> np.ndarray:
         env = self.sim_env
-        handle = np.array(env.sim.data.site_xpos[env.door_handle_site_id])
+        # the fingers stop ~1.3 cm short of the handle site (the door is behind it)
+        handle = np.array(env.sim.data.site_xpos[env.door_handle_site_id]) + [0.0, 0.013, 0.0]
         p = self.phase
         if p == 0:
             target = handle + [0.0, 0.0, 0.06]
@@ -167,17 +168,11 @@ class DoorExpert(_WaypointExpert):
             action = self.move(handle, CLOSE)
             self.next_phase(False, timeout=10)
         elif p == 3:  # turn the lever: push the handle down while holding it
-            action = self.move(handle + [0, 0, -0.04], CLOSE, gain=0.5)
+            action = self.move(handle + [0, 0, -0.05], CLOSE, gain=0.8)
             latch = env.sim.data.qpos[env.handle_qpos_addr] if env.use_latch else 2.0
-            self.next_phase(abs(latch) > 1.2, timeout=40)
-        else:  # pull: move the handle away from the hinge axis, roughly towards the robot
-            hinge = self.body(env.object_body_ids["frame"])
-            radial = handle[:2] - hinge[:2]
-            radial /= max(np.linalg.norm(radial), 1e-9)
-            tangent = np.array([radial[1], -radial[0]])
-            if np.dot(tangent, self.eef[:2] - self.body(env.object_body_ids["door"])[:2]) < 0:
-                tangent = -tangent
-            target = handle + np.array([*(tangent * 0.05), -0.02])
+            self.next_phase(abs(latch) > 1.2, timeout=90)
+        else:  # pull towards the robot (+y), following the handle along the door's arc, lever held down
+            target = np.array([handle[0], self.eef[1] + 0.05, handle[2] - 0.03])
             action = self.move(target, CLOSE)
         return action
 
