@@ -58,7 +58,7 @@ class MetaWorldEnv(gym.Env):
         self.task, self.name = task, name
         self.cameras = list(cameras)
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        self.max_steps = int(max_steps) if max_steps else 300
+        self.max_steps = int(max_steps) if max_steps else 500  # MetaWorld's max_path_length
         self.render_quality = render_quality
         self._env = gym.make(
             "Meta-World/MT1", env_name=task, seed=seed, render_mode="rgb_array" if self.cameras else None,

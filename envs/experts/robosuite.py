@@ -42,9 +42,12 @@ class _WaypointExpert:
         return np.array(self.sim_env.sim.data.body_xpos[body_id])
 
     # -- actions -------------------------------------------------------------------------------
-    def move(self, target: np.ndarray, gripper: float, gain: float = 1.0, yaw_error: float = 0.0) -> np.ndarray:
+    def move(self, target: np.ndarray, gripper: float, gain: float = 1.0, yaw_error: float = 0.0,
+             tilt_error: np.ndarray | None = None) -> np.ndarray:
         action = np.zeros(7, dtype=np.float32)
         action[:3] = np.clip(gain * (target - self.eef) / POS_SCALE, -1.0, 1.0)
+        if tilt_error is not None:
+            action[3:5] = np.clip(tilt_error[:2] / ROT_SCALE, -1.0, 1.0)
         action[5] = np.clip(yaw_error / ROT_SCALE, -1.0, 1.0)
         action[6] = gripper
         return action
@@ -60,14 +63,15 @@ class _WaypointExpert:
             self.phase_steps = 0
 
     def pick_and_place(self, obj: np.ndarray, place: np.ndarray | None, grasp_offset: np.ndarray | None = None,
-                       carry_height: float = 0.15, yaw_error: float = 0.0) -> np.ndarray:
+                       carry_height: float = 0.15, yaw_error: float = 0.0,
+                       tilt_error: np.ndarray | None = None) -> np.ndarray:
         """Phases: above, down, close, lift, (carry, lower, open, retreat). ``place`` None = just lift."""
         grasp = obj + (grasp_offset if grasp_offset is not None else 0.0)
         p = self.phase
         if p == 0:  # above the object, gripper open, yaw aligned
             target = grasp + [0, 0, 0.08]
             action = self.move(target, OPEN, yaw_error=yaw_error)
-            self.next_phase(self.near(target, 0.012, 0.02) and abs(yaw_error) < 0.05)
+            self.next_phase(self.near(target, 0.006, 0.02) and abs(yaw_error) < 0.05)
         elif p == 1:  # straight down
             action = self.move(grasp, OPEN, yaw_error=yaw_error)
             self.next_phase(self.near(grasp, 0.01, 0.008), timeout=40)
@@ -78,15 +82,20 @@ class _WaypointExpert:
             if "lift_xy" not in self.memory:
                 self.memory["lift_xy"] = self.eef[:2].copy()
                 self.memory["lift_z"] = np.array(self.eef[2] + carry_height)
+                self.memory["grasp_z"] = np.array([self.eef[2], obj[2]])
             target = np.array([*self.memory["lift_xy"], float(self.memory["lift_z"])])
             action = self.move(target, CLOSE)
+            eef_rise, obj_rise = np.array([self.eef[2], obj[2]]) - self.memory["grasp_z"]
+            if eef_rise > 0.06 and obj_rise < 0.02:  # the object stayed behind: open and grasp again
+                self.phase, self.phase_steps, self.memory = 0, 0, {}
+                return self.move(self.eef + [0, 0, 0.02], OPEN)
             self.next_phase(place is not None and self.near(target, 0.02, 0.02), timeout=10**6 if place is None else 60)
         elif p == 4:  # carry above the place target
             target = np.array([place[0], place[1], float(self.memory["lift_z"])])
-            action = self.move(target, CLOSE, yaw_error=yaw_error)
+            action = self.move(target, CLOSE, yaw_error=yaw_error, tilt_error=tilt_error)
             self.next_phase(self.near(target, 0.01, 0.03) and abs(yaw_error) < 0.05, timeout=100)
         elif p == 5:  # lower
-            action = self.move(place, CLOSE, gain=0.7, yaw_error=yaw_error)
+            action = self.move(place, CLOSE, gain=0.7, yaw_error=yaw_error, tilt_error=tilt_error)
             self.next_phase(self.near(place, 0.01, 0.01), timeout=50)
         elif p == 6:  # open
             action = self.move(place, OPEN)
@@ -146,7 +155,11 @@ class NutAssemblyExpert(_WaypointExpert):
         place = np.array([peg[0] + offset[0], peg[1] + offset[1], env.table_offset[2] + 0.175])
         # grasp the handle nearer the ring: less torque about the finger axis, the nut hangs level
         grasp_offset = np.array([*(-0.2 * along), 0.0])
-        return self.pick_and_place(handle, place, grasp_offset=grasp_offset, carry_height=0.15, yaw_error=yaw_error)
+        # a nut held by its handle droops about the finger axis; tilt the wrist to hold it level
+        nut_z = np.array(env.sim.data.body_xmat[env.obj_body_id[nut.name]]).reshape(3, 3)[:, 2]
+        tilt_error = 0.7 * np.cross(nut_z, [0.0, 0.0, 1.0])  # rotation vector taking nut z to world z
+        return self.pick_and_place(handle, place, grasp_offset=grasp_offset, carry_height=0.15, yaw_error=yaw_error,
+                                   tilt_error=tilt_error)
 
 
 class DoorExpert(_WaypointExpert):
