@@ -20,8 +20,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[sim,serve,dev]"
 	touch $(STAMP)
 
+DEMO_DATA := data/demo/push.zarr
+
+# The main job on the built-in default. Today: collect -> validate -> stats -> info
+# (training, evaluation and the report arrive with their issues; nothing is faked here).
 demo: setup
-	$(VENV)/bin/vla demo
+	$(VENV)/bin/vla collect env=builtin/push episodes=100 cameras=[top,wrist] out=$(DEMO_DATA)
+	$(VENV)/bin/vla data validate $(DEMO_DATA)
+	$(VENV)/bin/vla data stats $(DEMO_DATA)
+	$(VENV)/bin/vla data info $(DEMO_DATA)
+	@echo "demo dataset: $(DEMO_DATA)   videos: data/demo/push_videos/"
 
 test: setup
 	$(PY) -m pytest -q -m "not slow"
@@ -34,9 +42,11 @@ test-all: setup
 
 bench: setup
 	$(PY) benchmarks/data_throughput.py
+	$(PY) benchmarks/env_speed.py
+	$(PY) benchmarks/expert_success.py
 
 lint: setup
 	$(VENV)/bin/ruff check vla envs tests benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache runs/demo data/demo.zarr
+	rm -rf $(VENV) .pytest_cache data/demo

@@ -61,7 +61,8 @@ class MetaWorldEnv(gym.Env):
         self.max_steps = int(max_steps) if max_steps else 500  # MetaWorld's max_path_length
         self.render_quality = render_quality
         self._env = gym.make(
-            "Meta-World/MT1", env_name=task, seed=seed, render_mode="rgb_array" if self.cameras else None,
+            # the make seed draws MetaWorld's 50 task variants: fix it so every instance has the same set
+            "Meta-World/MT1", env_name=task, seed=0 if seed is None else seed, render_mode="rgb_array" if self.cameras else None,
             camera_name=self.cameras[0] if self.cameras else None,
             height=self.image_size[0], width=self.image_size[1], disable_env_checker=True,
         )
@@ -96,6 +97,12 @@ class MetaWorldEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
+        if seed is not None:
+            # MetaWorld's reset ignores `seed`, and by default draws positions from numpy's global
+            # generator: seed the env's own generator (which the task-select wrapper and, with
+            # seeded_rand_vec, the position sampling use) so that a seed fixes the whole episode.
+            self._env.unwrapped.seeded_rand_vec = True
+            self._env.unwrapped.seed(seed)
         self.raw_obs, _ = self._env.reset(seed=seed)
         self.steps = 0
         return self._obs(), {"success": False, "task": self.name}
