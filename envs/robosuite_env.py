@@ -138,7 +138,7 @@ class RobosuiteEnv(gym.Env):
             ignore_done=True,
             hard_reset=False,  # ~1 s per reset otherwise
             reward_shaping=False,
-            seed=seed,
+            seed=0 if seed is None else seed,  # also draws object sizes at model build: fix it per instance
             **self.task.kwargs,
         )
         if self.cameras and render_quality == "fast":
