@@ -100,7 +100,6 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
     """Collect until the dataset holds ``cfg.episodes`` episodes; returns a JSON-able summary."""
     from tqdm import tqdm
 
-    import envs
 
     out = cfg.dataset_path()
     Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from envs.spaces import observation_space
 from vla.data.schema import ActionSpace, DatasetMeta
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -73,12 +74,7 @@ class MetaWorldEnv(gym.Env):
             base.model.vis.quality.offsamples = 0  # before the first render creates the GL buffers
             base.model.light_castshadow[:] = 0
         self._viewer_tuned = False
-        h, w = self.image_size
-        self.observation_space = spaces.Dict({
-            "images": spaces.Dict({c: spaces.Box(0, 255, (h, w, 3), np.uint8) for c in self.cameras}),
-            "state": spaces.Box(-np.inf, np.inf, (4,), np.float32),
-            "instruction": spaces.Text(max_length=256),
-        })
+        self.observation_space = observation_space(self.cameras, self.image_size, state_dim=4)
         self.action_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
         self.raw_obs = np.zeros(39)
         self.steps = 0

@@ -8,6 +8,7 @@ the CPU cost of a frame several-fold; ``"high"`` keeps robosuite's defaults.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from envs.spaces import observation_space
 from vla.data.schema import ActionSpace, DatasetMeta
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -105,6 +107,9 @@ class RobosuiteEnv(gym.Env):
     ):
         import robosuite
         from robosuite import macros
+
+        # robosuite logs every controller it skips for every env it builds: keep its errors only
+        logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
         from robosuite.controllers import load_composite_controller_config
 
         macros.IMAGE_CONVENTION = "opencv"  # row 0 = top of the image, as every other camera
@@ -143,12 +148,7 @@ class RobosuiteEnv(gym.Env):
         )
         if self.cameras and render_quality == "fast":
             self._fast_rendering()
-        h, w = self.image_size
-        self.observation_space = spaces.Dict({
-            "images": spaces.Dict({c: spaces.Box(0, 255, (h, w, 3), np.uint8) for c in self.cameras}),
-            "state": spaces.Box(-np.inf, np.inf, (9,), np.float32),
-            "instruction": spaces.Text(max_length=256),
-        })
+        self.observation_space = observation_space(self.cameras, self.image_size, state_dim=9)
         low, high = self._env.action_spec
         self.action_space = spaces.Box(low.astype(np.float32), high.astype(np.float32), dtype=np.float32)
         self.steps = 0

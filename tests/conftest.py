@@ -50,7 +50,7 @@ def write_dataset(url, lengths=(5, 3, 7, 1, 4), meta: DatasetMeta | None = None,
     meta = meta or make_meta()
     with TrajectoryWriter(url, meta, **writer_kwargs) as w:
         start = w.num_frames
-        for e, n in enumerate(lengths):
+        for n in lengths:
             w.add_episode(**make_episode(w.num_episodes, n, start, meta))
             start += n
     return meta

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import make_episode
+
 from vla.data import PartialTailWarning, TrajectoryStore, TrajectoryWriter, validate
 
 TESTS = Path(__file__).parent

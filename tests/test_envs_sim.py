@@ -4,9 +4,9 @@ import warnings
 
 import numpy as np
 import pytest
+from test_envs_builtin import check_contract, run_expert
 
 import envs
-from test_envs_builtin import check_contract, run_expert
 
 pytest.importorskip("robosuite")
 pytest.importorskip("metaworld")

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_episode, make_meta
+
 from vla.data import Normalizer, TrajectoryStore, TrajectoryWriter, compute_stats, ensure_stats
 from vla.data.normalizer import MODES
 

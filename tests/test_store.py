@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 import zarr
-
 from conftest import make_episode, make_meta, write_dataset
+
 from vla.data import DatasetMeta, SchemaError, TrajectoryStore, TrajectoryWriter, validate
 from vla.data.writer import EpisodeRecorder
 

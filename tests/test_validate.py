@@ -1,10 +1,9 @@
 """`validate` catches each corruption it claims to, naming the array and index; a clean dataset passes."""
 
 import numpy as np
-import pytest
 import zarr
-
 from conftest import make_episode, make_meta, write_dataset
+
 from vla.cli import main
 from vla.data import ensure_stats, validate
 

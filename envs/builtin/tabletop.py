@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from envs.spaces import observation_space
 from vla.data.schema import ActionSpace, DatasetMeta
 
 COLORS = {
@@ -73,13 +74,9 @@ class TabletopEnv(gym.Env):
         self.max_steps = int(max_steps) if max_steps else int(round((6.0 if self.task.kind == "push" else 4.0) * self.control_freq))
         self.render_mode = render_mode
         self.metadata = {**self.metadata, "render_fps": self.control_freq}
-        h, w = self.image_size
-        self.observation_space = spaces.Dict({
-            "images": spaces.Dict({c: spaces.Box(0, 255, (h, w, 3), np.uint8) for c in self.cameras}),
-            "state": spaces.Box(-np.inf, np.inf, (4,), np.float32),
-            "instruction": spaces.Text(max_length=256),
-        })
+        self.observation_space = observation_space(self.cameras, self.image_size, state_dim=4)
         self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        h, w = self.image_size
         ys, xs = np.mgrid[0:h, 0:w]
         self._pix = ((xs + 0.5) / w, (ys + 0.5) / h)  # pixel centres in view units
         self._rng = np.random.default_rng(seed)
@@ -215,14 +212,14 @@ class TabletopEnv(gym.Env):
         outside = (px < 0) | (px > 1) | (py < 0) | (py > 1)
         img[outside] = (90, 80, 70)
         ring = 0.3 * self.pad_half
-        for pos, color in zip(self.pads, self.pad_colors):
+        for pos, color in zip(self.pads, self.pad_colors, strict=True):
             dx, dy = np.abs(px - pos[0]), np.abs(py - pos[1])
             inside = (dx <= self.pad_half) & (dy <= self.pad_half)
             img[inside & ((dx > self.pad_half - ring) | (dy > self.pad_half - ring))] = COLORS[color]
             img[inside & (dx <= self.pad_half - ring) & (dy <= self.pad_half - ring)] = (
                 (np.array(COLORS[color]) + 2 * TABLE.astype(int)) // 3
             )
-        for pos, color in zip(self.blocks, self.block_colors):
+        for pos, color in zip(self.blocks, self.block_colors, strict=True):
             img[(np.abs(px - pos[0]) <= self.block_radius) & (np.abs(py - pos[1]) <= self.block_radius)] = COLORS[color]
         d2 = (px - self.pusher[0]) ** 2 + (py - self.pusher[1]) ** 2
         img[d2 <= self.pusher_radius**2] = PUSHER

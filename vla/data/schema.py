@@ -67,7 +67,7 @@ class ActionSpace:
         self.dim = int(self.dim)
         self.low = [float(x) for x in np.broadcast_to(np.asarray(self.low, dtype=np.float64), (self.dim,))]
         self.high = [float(x) for x in np.broadcast_to(np.asarray(self.high, dtype=np.float64), (self.dim,))]
-        if any(lo > hi for lo, hi in zip(self.low, self.high)):
+        if any(lo > hi for lo, hi in zip(self.low, self.high, strict=True)):
             raise SchemaError(f"action_space.low must be <= high per dimension, got low={self.low} high={self.high}")
 
 

@@ -100,16 +100,11 @@ def read_commit_state(group: zarr.Group, meta: DatasetMeta) -> CommitState:
     while len(raw) and raw[-1] == schema.UNCOMMITTED:
         raw = raw[:-1]
     state = CommitState(episode_ends=raw, uncommitted_episodes=n_raw - len(raw))
-    for path in frame_array_paths(meta):
+    expected = {path: state.num_frames for path in frame_array_paths(meta)}
+    expected |= {path: state.num_episodes for path in (*schema.EPISODE_ARRAYS, *schema.OPTIONAL_EPISODE_ARRAYS)}
+    for path, rows_committed in expected.items():
         if path in group:
-            rows = group[path].shape[0] - state.num_frames
-            if rows > 0:
-                state.extra_rows[path] = rows
-            elif rows < 0:
-                state.short_rows[path] = -rows
-    for path in (*schema.EPISODE_ARRAYS, *schema.OPTIONAL_EPISODE_ARRAYS):
-        if path in group:
-            rows = group[path].shape[0] - state.num_episodes
+            rows = group[path].shape[0] - rows_committed
             if rows > 0:
                 state.extra_rows[path] = rows
             elif rows < 0:

@@ -25,7 +25,6 @@ from .schema import DatasetMeta, SchemaError
 from .store import (
     PartialTailWarning,
     dataset_exists,
-    frame_array_paths,
     is_local,
     normalize_url,
     open_group,
