@@ -1,0 +1,39 @@
+"""Benchmarks run and print the JSON they promise (tiny budgets; the figures come from full runs)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vla.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_benchmark(name, *overrides):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *overrides],
+                         capture_output=True, text=True, check=True, cwd=ROOT, timeout=600)
+    return json.loads(out.stdout)
+
+
+def test_bench_list(capsys):
+    assert main(["bench", "--list"]) == 0
+    assert capsys.readouterr().out.split() == ["data_throughput", "env_speed", "expert_success"]
+    assert main(["bench", "nope"]) == 2
+
+
+@pytest.mark.slow
+def test_data_throughput_smoke():
+    result = run_benchmark("data_throughput", "episodes=4", "episode_length=10", "seconds=0.3", "batch_size=8")
+    assert result["frames"] == 40 and result["compression_ratio"] > 1
+    assert result["windows_per_s"]["single_process_getitem"] > 0
+
+
+@pytest.mark.slow
+def test_env_speed_and_expert_success_smoke():
+    speed = run_benchmark("env_speed", "envs=[builtin/push]", "steps=20")
+    assert speed["envs"]["builtin/push"]["no_cameras"] > speed["envs"]["builtin/push"]["with_cameras_fast"] > 0
+    experts = run_benchmark("expert_success", "envs=[builtin/push]", "episodes=5")
+    assert experts["envs"]["builtin/push"]["successes"] == 5
