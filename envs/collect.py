@@ -100,7 +100,6 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
     """Collect until the dataset holds ``cfg.episodes`` episodes; returns a JSON-able summary."""
     from tqdm import tqdm
 
-
     out = cfg.dataset_path()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     _init_worker(cfg.env, cfg.env_kwargs(), cfg.noise_std)  # also validates env name and options
@@ -112,12 +111,13 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
     # Each committed episode carries its seed, so a kill between a commit and the attrs update
     # below never repeats a seed; attrs also remember seeds of dropped failures.
     next_seed = int(state.get("next_seed", cfg.seed))
-    if writer.num_episodes:
+    if writer.num_episodes and "meta/seed" in writer.group:
         next_seed = max(next_seed, int(np.asarray(writer.group["meta/seed"][writer.num_episodes - 1])) + 1)
     needed = cfg.episodes - writer.num_episodes
     summary: dict[str, Any] = {"dataset": out, "env": cfg.env, "resumed_from_episode": writer.num_episodes,
                                "resumed_from_seed": next_seed}
     if needed <= 0:
+        _WORKER["env"].close()
         return {**summary, "added": 0, "attempts": 0, "episodes": writer.num_episodes,
                 "note": f"already holds {writer.num_episodes} >= {cfg.episodes} episodes"}
     max_attempts = cfg.max_attempts or 3 * needed + 20
@@ -137,8 +137,8 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
         for episode in results:
             attempts += 1
             successes += episode["success"]
+            seed = episode["seed"]
             if episode["success"] or cfg.keep == "all":
-                seed = episode["seed"]
                 writer.add_episode(**episode)
                 added += 1
                 frames += len(episode["action"])
@@ -149,8 +149,6 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
                     _save_video(path, episode, meta.fps)
                     videos.append(str(path))
                 bar.update(1)
-            else:
-                seed = episode["seed"]
             writer.group.attrs["collect"] = {"env": cfg.env, "next_seed": seed + 1}
             elapsed = time.perf_counter() - t0
             bar.set_postfix(success=f"{successes / attempts:.0%}", fps=f"{frames / max(elapsed, 1e-9):.0f}")

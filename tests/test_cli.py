@@ -1,9 +1,10 @@
 """The `vla` command: help, data verbs on real datasets, hydra overrides and their errors."""
 
 import json
-import shutil
 import subprocess
+import sys
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 import yaml
@@ -14,8 +15,8 @@ from vla.data.config import DataConfig
 
 
 def test_entry_point_help():
-    exe = shutil.which("vla")
-    assert exe, "the `vla` console script is not installed"
+    exe = Path(sys.executable).parent / "vla"  # the venv's console script, whether or not it is on PATH
+    assert exe.exists(), "the `vla` console script is not installed"
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
     for verb in ("collect", "train", "eval", "serve", "data", "bench"):
         assert verb in out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -169,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, SchemaError, FileNotFoundError, KeyError, ValueError, TypeError, ImportError, RuntimeError) as e:
+        if os.environ.get("VLA_DEBUG"):
+            raise
         print(f"error: {e}", file=sys.stderr)
+        print("(set VLA_DEBUG=1 for the traceback)", file=sys.stderr)
         return 2
 
 
