@@ -94,6 +94,25 @@ def _data_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_convert(args: argparse.Namespace) -> int:
+    from vla.data.convert import convert
+
+    options: dict = {"overwrite": args.overwrite}
+    if args.instruction:
+        options["instruction"] = args.instruction
+    if args.fps:
+        options["fps"] = args.fps
+    if args.state_keys:
+        options["state_keys"] = args.state_keys.split(",")
+    if args.key_map:
+        options["key_map"] = dict(item.split("=", 1) for item in args.key_map.split(","))
+    if args.to == "lerobot":
+        options = {"overwrite": args.overwrite, "video_codec": None if args.video_codec == "none" else args.video_codec}
+    summary = convert(args.src, args.dst, from_format=args.from_format, to_format=args.to, **options)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _benchmarks_dir() -> Path:
     for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
         if (base / "benchmarks").is_dir():
@@ -151,6 +170,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_data_stats)
 
+    p = data_verbs.add_parser("convert", help="convert robomimic / LeRobot v3 / Diffusion Policy data to vla Zarr, or vla to LeRobot",
+                              description="Convert a dataset; the source format is detected unless --from is given. "
+                                          "Ends with a validation pass; a failed conversion leaves nothing at DST.")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--from", dest="from_format", choices=["robomimic", "lerobot", "diffusion_policy", "vla"])
+    p.add_argument("--to", default="vla", choices=["vla", "lerobot"])
+    p.add_argument("--instruction", help="instruction for every episode (default: from the source's task)")
+    p.add_argument("--fps", type=float, help="control rate, where the source does not say (robomimic, diffusion_policy)")
+    p.add_argument("--state-keys", help="robomimic: comma-separated obs keys concatenated into state")
+    p.add_argument("--key-map", help="diffusion_policy: src=dst pairs, e.g. img=images/top,state=state,action=action")
+    p.add_argument("--video-codec", default="libsvtav1", help="--to lerobot: libsvtav1 | libx264 | libx264rgb (lossless) | none (inline PNG)")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.set_defaults(func=_data_convert)
+
     p = verbs.add_parser("bench", help="run a benchmark from benchmarks/ (prints JSON)",
                          description="Run benchmarks/<name>.py with key=value overrides; prints JSON.")
     p.add_argument("name", nargs="?", help="benchmark name (see --list)")
@@ -169,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         return _list_envs(args)
     try:
         return args.func(args)
-    except (ConfigError, SchemaError, FileNotFoundError, KeyError, ValueError, TypeError, ImportError, RuntimeError) as e:
+    except (ConfigError, SchemaError, OSError, KeyError, ValueError, TypeError, ImportError, RuntimeError) as e:
         if os.environ.get("VLA_DEBUG"):
             raise
         print(f"error: {e}", file=sys.stderr)
