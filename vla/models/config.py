@@ -1,0 +1,50 @@
+"""Typed policy config (mirrored by ``configs/policy/*.yaml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class BackboneConfig:
+    kind: str = "composite"  # composite: a transformers vision encoder + a transformers text encoder
+    # Built from these sizes with random weights when `vision_path` / `text_path` are null;
+    # otherwise loaded with from_pretrained(local path or hub id).
+    vision_path: str | None = None
+    text_path: str | None = None
+    image_size: int = 64  # images are resized to this before the vision encoder
+    patch_size: int = 8
+    vision_width: int = 64
+    vision_layers: int = 2
+    text_width: int = 64
+    text_layers: int = 2
+    heads: int = 2
+    layer: int = -1  # hidden-state layer used as features (DUST/GR00T use a middle layer)
+    tokens_per_image: int = 16  # visual tokens per camera after pooling (a square number)
+    max_text_tokens: int = 64
+    freeze: bool = False
+
+
+@dataclass
+class HeadConfig:
+    kind: str = "dual_stream"  # dual_stream | flow | diffusion
+    width: int = 64
+    heads: int = 4
+    mmdit_blocks: int = 2  # joint blocks (both streams); alternate joint self-attention / cross-attention
+    stream_blocks: int = 1  # per-stream blocks after them
+    vision_tokens: int = 16  # K future-vision tokens (a square number)
+    lambda_wm: float = 1.0
+    tau_beta: list[float] = field(default_factory=lambda: [1.5, 1.0])  # tau = 0.999 * (1 - Beta(a, b)): more weight near noise
+    action_steps: int = 4  # N_A Euler steps
+    vision_steps: int = 4  # N_o = q * N_A; 0 = action-only sampling
+    diffusion_train_steps: int = 100  # diffusion head: DDPM training timesteps
+    diffusion_sample_steps: int = 10  # diffusion head: DDIM sampling steps
+
+
+@dataclass
+class PolicyConfig:
+    name: str = "tiny"
+    horizon: int = 8  # H, the action chunk length (also the future-frame offset k)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    normalization: dict[str, str] = field(default_factory=lambda: {"state": "mean_std", "action": "min_max"})

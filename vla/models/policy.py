@@ -1,0 +1,141 @@
+"""Policy = normalizer -> backbone -> action head -> unnormalizer, and its checkpoint directory.
+
+A checkpoint is a directory: ``config.yaml`` (PolicyConfig), ``model.safetensors``,
+``norm_stats.json`` (Normalizer), ``meta.json`` (DatasetMeta + versions). ``load_policy(path)``
+rebuilds the policy from it alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+
+from vla.data.normalizer import Normalizer
+from vla.data.schema import DatasetMeta, SchemaError
+
+from .backbone import build_backbone
+from .config import PolicyConfig
+from .heads import build_head
+
+
+def _last_frame(x: torch.Tensor, frame_ndim: int) -> torch.Tensor:
+    """Windows carry (B, T, ...) observation stacks; the policy looks at the latest frame."""
+    return x[:, -1] if x.ndim == frame_ndim + 2 else x
+
+
+class Policy(nn.Module):
+    def __init__(self, config: PolicyConfig, meta: DatasetMeta, normalizer: Normalizer):
+        super().__init__()
+        self.config, self.meta, self.normalizer = config, meta, normalizer
+        self.backbone = build_backbone(config.backbone, config.head.width, meta.cameras)
+        self.head = build_head(config.head, meta.state_dim, meta.action_dim, config.horizon, self.backbone.feature_dim)
+        self.register_buffer("action_low", torch.tensor(meta.action_space.low, dtype=torch.float32), persistent=False)
+        self.register_buffer("action_high", torch.tensor(meta.action_space.high, dtype=torch.float32), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.action_low.device
+
+    def _inputs(self, images: dict, state: Any, instructions: list[str]) -> tuple[dict, torch.Tensor, list[str]]:
+        missing = set(self.meta.cameras) - set(images)
+        if missing:
+            raise SchemaError(f"observation lacks cameras {sorted(missing)}; the policy was trained on {self.meta.cameras}")
+        imgs = {c: _last_frame(torch.as_tensor(np.asarray(images[c]) if not torch.is_tensor(images[c]) else images[c]),
+                               3).to(self.device) for c in self.meta.cameras}
+        state = _last_frame(torch.as_tensor(state, dtype=torch.float32), 1).to(self.device)
+        if state.shape[-1] != self.meta.state_dim:
+            raise SchemaError(f"state has dim {state.shape[-1]}, the policy expects {self.meta.state_dim}")
+        return imgs, self.normalizer.normalize("state", state) if self.meta.state_dim else state, list(instructions)
+
+    def compute_loss(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Batch from a collated `WindowDataset` (images (B, T, H, W, 3) uint8, state, action, action_mask,
+        instruction; future_images / future_valid for the dual-stream head)."""
+        images, state, instructions = self._inputs(batch["images"], batch["state"], batch["instruction"])
+        prefix = self.backbone(images, instructions)
+        head_batch = {
+            "state": state,
+            "action": self.normalizer.normalize("action", torch.as_tensor(batch["action"], dtype=torch.float32).to(self.device)),
+            "action_mask": torch.as_tensor(batch["action_mask"]).to(self.device),
+        }
+        if self.config.head.kind == "dual_stream":
+            if "future_images" not in batch:
+                raise KeyError("the dual_stream head needs future_images: set data.future_offset to the horizon")
+            primary = self.meta.cameras[0]  # the world-model target is the primary camera's future frame
+            future = torch.as_tensor(batch["future_images"][primary]).to(self.device)
+            target = self.backbone.target_features(future, self.config.head.vision_tokens)
+            head_batch["future_features"] = F.layer_norm(target, target.shape[-1:])  # per-token normalized target
+            head_batch["future_valid"] = torch.as_tensor(batch["future_valid"]).to(self.device)
+        return self.head.loss(prefix, head_batch)
+
+    @torch.no_grad()
+    def predict_chunk(self, obs: dict, generator: torch.Generator | None = None, action_steps: int | None = None,
+                      vision_steps: int | None = None) -> np.ndarray:
+        """Observation dict (DESIGN.md contract; batched or single) -> (B, H, D_action) float32 in env units."""
+        single = isinstance(obs["instruction"], str)
+        if single:
+            obs = {"images": {c: np.asarray(v)[None] for c, v in obs["images"].items()},
+                   "state": np.asarray(obs["state"])[None], "instruction": [obs["instruction"]]}
+        images, state, instructions = self._inputs(obs["images"], obs["state"], obs["instruction"])
+        prefix = self.backbone(images, instructions)
+        chunk = self.head.sample(prefix, state, action_steps=action_steps, vision_steps=vision_steps, generator=generator)
+        chunk = self.normalizer.unnormalize("action", chunk)
+        chunk = torch.maximum(torch.minimum(chunk, self.action_high), self.action_low)
+        return chunk.float().cpu().numpy()
+
+    # -- checkpoint --------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the checkpoint directory atomically (temp dir + rename)."""
+        import safetensors.torch
+        import transformers
+
+        import vla
+
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir(parents=True)
+        try:
+            (tmp / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(self.config)))
+            state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+            safetensors.torch.save_file(state, str(tmp / "model.safetensors"))
+            self.normalizer.save(tmp / "norm_stats.json")
+            meta = self.meta.to_attrs() | {"versions": {"vla": vla.__version__, "torch": torch.__version__,
+                                                        "transformers": transformers.__version__}}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return path
+
+
+def load_policy(path: str | os.PathLike, expect: DatasetMeta | None = None, device: str = "cpu") -> Policy:
+    """Rebuild a policy from its checkpoint directory; ``expect`` (an env's or dataset's metadata)
+    must match the checkpoint's cameras, image size and dims, else a SchemaError names the mismatch."""
+    import safetensors.torch
+
+    from vla.config import to_object
+
+    path = Path(path)
+    for name in ("config.yaml", "model.safetensors", "norm_stats.json", "meta.json"):
+        if not (path / name).exists():
+            raise FileNotFoundError(f"{path} is not a vla checkpoint: {name} is missing")
+    config = to_object(OmegaConf.load(path / "config.yaml"), PolicyConfig)
+    attrs = json.loads((path / "meta.json").read_text())
+    attrs.pop("versions", None)
+    meta = DatasetMeta.from_attrs(attrs)
+    if expect is not None:
+        expect.check_compatible(meta, what="the environment/dataset", other_what=f"checkpoint {path}")
+    policy = Policy(config, meta, Normalizer.load(path / "norm_stats.json"))
+    policy.load_state_dict(safetensors.torch.load_file(str(path / "model.safetensors")))
+    return policy.to(device).eval()
