@@ -44,6 +44,7 @@ bench: setup
 	$(PY) benchmarks/data_throughput.py
 	$(PY) benchmarks/env_speed.py
 	$(PY) benchmarks/expert_success.py
+	$(PY) benchmarks/policy_latency.py
 
 lint: setup
 	$(VENV)/bin/ruff check vla envs tests benchmarks

@@ -20,7 +20,7 @@ def run_benchmark(name, *overrides):
 
 def test_bench_list(capsys):
     assert main(["bench", "--list"]) == 0
-    assert capsys.readouterr().out.split() == ["data_throughput", "env_speed", "expert_success"]
+    assert capsys.readouterr().out.split() == ["data_throughput", "env_speed", "expert_success", "policy_latency"]
     assert main(["bench", "nope"]) == 2
 
 
@@ -37,3 +37,10 @@ def test_env_speed_and_expert_success_smoke():
     assert speed["envs"]["builtin/push"]["no_cameras"] > speed["envs"]["builtin/push"]["with_cameras_fast"] > 0
     experts = run_benchmark("expert_success", "envs=[builtin/push]", "episodes=5")
     assert experts["envs"]["builtin/push"]["successes"] == 5
+
+
+@pytest.mark.slow
+def test_policy_latency_smoke():
+    result = run_benchmark("policy_latency", "presets=[tiny]", "heads=[dual_stream]", "vision_steps=[0,4]", "repeats=2")
+    rows = {r["vision_steps"]: r for r in result["rows"]}
+    assert set(rows) == {0, 4} and rows[0]["params_m"] > 0 and rows[4]["median_ms"] > 0

