@@ -13,7 +13,7 @@ from vla import __version__
 HYDRA_VERBS = {
     # verb: (help, issue that builds it, or None when built)
     "collect": ("collect demonstrations with a scripted expert into a Zarr dataset", None),
-    "train": ("train a policy on a Zarr dataset (hydra + accelerate)", 5),
+    "train": ("train a policy on a Zarr dataset (hydra + accelerate)", None),
     "eval": ("evaluate a checkpoint in simulation and write a report", 6),
     "serve": ("serve a checkpoint over websocket (openpi-compatible)", 7),
 }
@@ -35,6 +35,8 @@ def _hydra_verb(verb: str, args: argparse.Namespace) -> int:
         return 0
     if verb == "collect":
         return _collect(cfg, args)
+    if verb == "train":
+        return _train(cfg, args)
     issue = HYDRA_VERBS[verb][1]
     print(f"error: `vla {verb}` is not built yet (tracked in issue #{issue}); nothing was run.", file=sys.stderr)
     return 2
@@ -47,6 +49,15 @@ def _collect(cfg, args: argparse.Namespace) -> int:
     summary = collect(to_object(cfg, CollectConfig))
     summary.pop("config", None)
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _train(cfg, args: argparse.Namespace) -> int:
+    from vla.config import to_object
+    from vla.train import TrainConfig, train
+
+    checkpoint = train(to_object(cfg, TrainConfig))
+    print(f"checkpoint: {checkpoint}")
     return 0
 
 
@@ -203,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         return _list_envs(args)
     try:
         return args.func(args)
-    except (ConfigError, SchemaError, OSError, KeyError, ValueError, TypeError, ImportError, RuntimeError) as e:
+    except (ConfigError, SchemaError, OSError, KeyError, ValueError, TypeError, ImportError, RuntimeError) as e:  # noqa: B014
         if os.environ.get("VLA_DEBUG"):
             raise
         print(f"error: {e}", file=sys.stderr)

@@ -75,7 +75,7 @@ class SiglipEncoder(nn.Module):
             self.model = SiglipVisionModel(SiglipVisionConfig(
                 hidden_size=config.vision_width, intermediate_size=4 * config.vision_width,
                 num_hidden_layers=config.vision_layers, num_attention_heads=config.heads,
-                image_size=config.image_size, patch_size=config.patch_size))
+                image_size=config.image_size, patch_size=config.patch_size, vision_use_head=False))
         self.layer = config.layer
         self.image_size = self.model.config.image_size
         self.dim = self.model.config.hidden_size
@@ -135,7 +135,8 @@ class TextEncoder(nn.Module):
             self.model = BertModel(BertConfig(
                 vocab_size=len(self.tokenizer), hidden_size=config.text_width, intermediate_size=4 * config.text_width,
                 num_hidden_layers=config.text_layers, num_attention_heads=config.heads,
-                max_position_embeddings=max(config.max_text_tokens, 8)), add_pooling_layer=False)
+                max_position_embeddings=max(config.max_text_tokens, 8),
+                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), add_pooling_layer=False)
         self.layer, self.max_tokens = config.layer, config.max_text_tokens
         self.dim = self.model.config.hidden_size
 

@@ -57,7 +57,15 @@ class Policy(nn.Module):
             raise SchemaError(f"state has dim {state.shape[-1]}, the policy expects {self.meta.state_dim}")
         return imgs, self.normalizer.normalize("state", state) if self.meta.state_dim else state, list(instructions)
 
-    def compute_loss(self, batch: dict) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict, noise: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """`compute_loss` (forward is what DDP wraps)."""
+        return self.compute_loss(batch, noise)
+
+    def draw_noise(self, n: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """All random draws of one training step for n samples (see the head's draw_noise)."""
+        return self.head.draw_noise(n, generator)
+
+    def compute_loss(self, batch: dict, noise: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Batch from a collated `WindowDataset` (images (B, T, H, W, 3) uint8, state, action, action_mask,
         instruction; future_images / future_valid for the dual-stream head)."""
         images, state, instructions = self._inputs(batch["images"], batch["state"], batch["instruction"])
@@ -75,7 +83,7 @@ class Policy(nn.Module):
             target = self.backbone.target_features(future, self.config.head.vision_tokens)
             head_batch["future_features"] = F.layer_norm(target, target.shape[-1:])  # per-token normalized target
             head_batch["future_valid"] = torch.as_tensor(batch["future_valid"]).to(self.device)
-        return self.head.loss(prefix, head_batch)
+        return self.head.loss(prefix, head_batch, noise)
 
     @torch.no_grad()
     def predict_chunk(self, obs: dict, generator: torch.Generator | None = None, action_steps: int | None = None,

@@ -8,7 +8,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from torch import nn
 
 from ..config import HeadConfig
-from .flow import FlowHead
+from .flow import FlowHead, masked_mse
 
 
 class DiffusionHead(nn.Module):
@@ -28,14 +28,17 @@ class DiffusionHead(nn.Module):
     def prefix_cache(self, prefix):
         return self.net.prefix_cache(prefix)
 
-    def loss(self, prefix, batch: dict) -> dict[str, torch.Tensor]:
+    def draw_noise(self, n: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        return {"t": torch.randint(0, self.config.diffusion_train_steps, (n,), generator=generator),
+                "eps": torch.randn(n, self.net.horizon, self.net.action_dim, generator=generator)}
+
+    def loss(self, prefix, batch: dict, noise: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         x = batch["action"]
-        noise = torch.randn_like(x)
-        t = torch.randint(0, self.config.diffusion_train_steps, (x.shape[0],), device=x.device)
-        noisy = self.train_scheduler.add_noise(x, noise, t)
+        noise = {k: v.to(x.device) for k, v in (noise or self.draw_noise(x.shape[0])).items()}
+        t, eps = noise["t"], noise["eps"]
+        noisy = self.train_scheduler.add_noise(x, eps, t)
         pred, _ = self.net.velocity(self.prefix_cache(prefix), batch["state"], noisy, t)
-        mask = batch["action_mask"].float()[..., None]
-        loss = ((pred - noise) ** 2 * mask).sum() / (mask.sum() * x.shape[-1]).clamp(min=1)
+        loss = masked_mse(pred, eps, batch["action_mask"])
         return {"loss": loss, "loss_action": loss}
 
     @torch.no_grad()

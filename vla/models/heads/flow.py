@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
@@ -30,6 +31,14 @@ def sincos_2d(tokens: int, width: int) -> torch.Tensor:
     rows = sincos_1d(side, width // 2)
     cols = sincos_1d(side, width - width // 2)
     return torch.cat([rows[:, None].expand(side, side, -1), cols[None].expand(side, side, -1)], -1).reshape(tokens, width)
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over samples of each sample's MSE over its valid (unpadded) chunk steps. Normalizing per
+    sample makes the mean over a data-parallel split equal the mean over the whole batch."""
+    m = mask.float()[..., None]
+    per_sample = ((pred - target) ** 2 * m).sum(dim=(1, 2)) / (m.sum(dim=(1, 2)) * pred.shape[-1]).clamp(min=1)
+    return per_sample.mean()
 
 
 class TimeEmbedding(nn.Module):
@@ -89,34 +98,46 @@ class FlowHead(nn.Module):
         return v_action, (self.vision_out(out[1]) if vision is not None else None)
 
     # -- training --------------------------------------------------------------------------------
-    def sample_tau(self, n: int, device: torch.device) -> torch.Tensor:
-        a, b = self.config.tau_beta
-        s = torch.distributions.Beta(torch.tensor(float(a)), torch.tensor(float(b))).sample((n,)).to(device)
-        return 0.999 * (1.0 - s)
+    def sample_tau(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """tau = 0.999 * (1 - Beta(a, b)): with (1.5, 1) more samples near the noise end."""
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        s = np.random.default_rng(seed).beta(*self.config.tau_beta, size=n)
+        return torch.as_tensor(0.999 * (1.0 - s), dtype=torch.float32)
 
-    def loss(self, prefix: tuple[torch.Tensor, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
+    def draw_noise(self, n: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Every random draw of one training step for ``n`` samples (CPU tensors). A trainer draws them
+        for the global batch from a seeded generator and gives each process its slice, so runs
+        are reproducible and data-parallel runs match single-process ones."""
+        noise = {"tau_a": self.sample_tau(n, generator),
+                 "eps": torch.randn(n, self.horizon, self.action_dim, generator=generator)}
+        if self.vision:
+            noise["tau_o"] = self.sample_tau(n, generator)
+            noise["eps_o"] = torch.randn(n, self.config.vision_tokens, self.vision_out[-1].out_features, generator=generator)
+        return noise
+
+    def loss(self, prefix: tuple[torch.Tensor, torch.Tensor], batch: dict,
+             noise: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """batch: normalized ``action`` (B, H, A), ``state`` (B, S), ``action_mask`` (B, H); for the dual stream
         ``future_features`` (B, K, D) and ``future_valid`` (B,). Independent tau and noise per stream."""
         x = batch["action"]
         b = x.shape[0]
-        tau_a = self.sample_tau(b, x.device)
-        eps = torch.randn_like(x)
+        noise = {k: v.to(x.device) for k, v in (noise or self.draw_noise(b)).items()}
+        tau_a, eps = noise["tau_a"], noise["eps"]
         x_tau = tau_a[:, None, None] * x + (1 - tau_a[:, None, None]) * eps
         vision_target = vision_tau = tau_o = None
         if self.vision:
             y = batch["future_features"]
-            tau_o = self.sample_tau(b, x.device)
-            eps_o = torch.randn_like(y)
+            tau_o, eps_o = noise["tau_o"], noise["eps_o"]
             vision_tau = tau_o[:, None, None] * y + (1 - tau_o[:, None, None]) * eps_o
             vision_target = y - eps_o
         v_action, v_vision = self.velocity(self.prefix_cache(prefix), batch["state"], x_tau, tau_a, vision_tau, tau_o)
-        mask = batch["action_mask"].float()[..., None]
-        loss_action = ((v_action - (x - eps)) ** 2 * mask).sum() / (mask.sum() * x.shape[-1]).clamp(min=1)
+        loss_action = masked_mse(v_action, x - eps, batch["action_mask"])
         out = {"loss_action": loss_action}
         loss = loss_action
         if self.vision:
-            valid = batch["future_valid"].float()[:, None, None]
-            loss_vision = ((v_vision - vision_target) ** 2 * valid).sum() / (valid.sum() * v_vision[0].numel()).clamp(min=1)
+            # samples whose future frame lies past the episode end contribute 0
+            per_sample = ((v_vision - vision_target) ** 2).mean(dim=(1, 2))
+            loss_vision = (per_sample * batch["future_valid"].float()).mean()
             out["loss_vision"] = loss_vision
             loss = loss + self.config.lambda_wm * loss_vision
         out["loss"] = loss

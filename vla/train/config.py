@@ -1,0 +1,42 @@
+"""Typed training config (mirrored by ``configs/train.yaml`` and ``configs/trainer/default.yaml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from vla.data.config import DataConfig
+from vla.models.config import PolicyConfig
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 2000  # optimizer steps
+    batch_size: int = 32  # global batch (split across processes)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-4  # DUST defaults: AdamW lr 1e-4, betas (0.95, 0.999), weight decay 1e-5
+    betas: list[float] = field(default_factory=lambda: [0.95, 0.999])
+    weight_decay: float = 1e-5  # not applied to biases and norms (1-D parameters)
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999  # 0 = no EMA; EMA weights are what checkpoints export
+    mixed_precision: str = "no"  # no | bf16 | fp16 (fp16 only on GPUs)
+    checkpoint_every: int = 500
+    keep_last: int = 3
+    val_every: int = 250
+    val_batches: int = 4
+    log_every: int = 10
+    seed: int = 0
+    cpu: bool = False  # force CPU even when a GPU is visible
+    logger: str = "tensorboard"  # tensorboard | wandb | none
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    name: str | None = None  # run name; null = <policy>-<head>
+    out: str | None = None  # run directory; null = runs/<date>-<name>
+    resume: bool = False  # continue from the newest checkpoint in `out`
+    extra: dict[str, Any] = field(default_factory=dict)
