@@ -20,7 +20,8 @@ def run_benchmark(name, *overrides):
 
 def test_bench_list(capsys):
     assert main(["bench", "--list"]) == 0
-    assert capsys.readouterr().out.split() == ["data_throughput", "env_speed", "expert_success", "policy_latency"]
+    assert capsys.readouterr().out.split() == ["data_throughput", "env_speed", "expert_success", "policy_latency",
+                                                  "train_throughput"]
     assert main(["bench", "nope"]) == 2
 
 
@@ -44,3 +45,11 @@ def test_policy_latency_smoke():
     result = run_benchmark("policy_latency", "presets=[tiny]", "heads=[dual_stream]", "vision_steps=[0,4]", "repeats=2")
     rows = {r["vision_steps"]: r for r in result["rows"]}
     assert set(rows) == {0, 4} and rows[0]["params_m"] > 0 and rows[4]["median_ms"] > 0
+
+
+@pytest.mark.slow
+def test_train_throughput_smoke():
+    result = run_benchmark("train_throughput", "presets=[tiny]", "heads=[flow]", "steps=2", "warmup=1", "episodes=4",
+                           "batch_size=8")
+    (row,) = result["rows"]
+    assert row["samples_per_s"] > 0 and row["peak_rss_mib"] > 0 and row["params_m"] > 0

@@ -46,11 +46,11 @@ def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
 
 
 def test_unbuilt_verb_says_so_and_prints_config(capsys):
-    assert main(["train", "data.horizon=4"]) == 2
+    assert main(["eval", "out=runs/x"]) == 2
     assert "not built yet" in capsys.readouterr().err
-    assert main(["train", "--cfg", "data.horizon=4", "out=runs/x"]) == 0
+    assert main(["train", "--cfg", "data.horizon=4", "out=runs/x", "policy=small"]) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
-    assert cfg["data"]["horizon"] == 4 and cfg["out"] == "runs/x"
+    assert cfg["data"]["horizon"] == 4 and cfg["out"] == "runs/x" and cfg["policy"]["name"] == "small"
 
 
 def test_unknown_and_mistyped_overrides(capsys):

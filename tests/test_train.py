@@ -108,6 +108,11 @@ def test_bad_configs_fail_before_any_compute(dataset, tmp_path):
         train(config(*overrides(dataset, tmp_path / "d"), "data.horizon=4"), progress=False)
     with pytest.raises(TrainError, match="resume=true but"):
         train(config(*overrides(dataset, tmp_path / "e"), "resume=true"), progress=False)
+    train(config(*overrides(dataset, tmp_path / "f"), "trainer.steps=2", "trainer.checkpoint_every=2"), progress=False)
+    with pytest.raises(TrainError, match="already holds checkpoints"):
+        train(config(*overrides(dataset, tmp_path / "f"), "trainer.steps=2"), progress=False)
+    again = train(config(*overrides(dataset, tmp_path / "f"), "trainer.steps=2", "resume=auto"), progress=False)
+    assert again == tmp_path / "f" / "checkpoints" / "step_000002"  # already done: nothing to train
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(TrainError, match="not writable"):

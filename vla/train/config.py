@@ -38,5 +38,5 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     name: str | None = None  # run name; null = <policy>-<head>
     out: str | None = None  # run directory; null = runs/<date>-<name>
-    resume: bool = False  # continue from the newest checkpoint in `out`
+    resume: Any = False  # true: continue from the newest checkpoint in `out`; auto: resume if there is one
     extra: dict[str, Any] = field(default_factory=dict)

@@ -78,8 +78,14 @@ def check_setup(cfg: TrainConfig, out: Path) -> TrajectoryStore:
         probe.unlink()
     except OSError as e:
         raise TrainError(f"run directory {out} is not writable: {e}") from e
-    if cfg.resume and latest_checkpoint(out) is None:
+    if cfg.resume not in (True, False, "auto"):
+        raise TrainError(f"resume must be true, false or auto, got {cfg.resume!r}")
+    existing = latest_checkpoint(out)
+    if cfg.resume is True and existing is None:
         raise TrainError(f"resume=true but {out} has no checkpoint with {STATE_FILE}")
+    if cfg.resume is False and existing is not None:
+        raise TrainError(f"{out} already holds checkpoints ({existing.name}); pass resume=true to continue it, "
+                         "or choose another out=")
     return store
 
 
@@ -181,7 +187,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     ema = EMAModel([p for p in policy.parameters() if p.requires_grad], decay=t.ema_decay) if t.ema_decay > 0 else None
 
     start_step, best_val = 0, math.inf
-    if cfg.resume:
+    resume = cfg.resume is True or (cfg.resume == "auto" and latest_checkpoint(out) is not None)
+    if resume:
         state = torch.load(latest_checkpoint(out) / STATE_FILE, map_location="cpu", weights_only=False)
         policy.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -192,6 +199,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         torch.set_rng_state(state["torch_rng"])
     elif rank == 0:
         (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        (out / "metrics.jsonl").unlink(missing_ok=True)
     # The scheduler stays ours: accelerate would step it once per process (it assumes per-process batches).
     model, optimizer = accelerator.prepare(policy, optimizer)
     if ema is not None:

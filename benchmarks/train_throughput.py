@@ -1,0 +1,90 @@
+"""Training throughput (samples/s) and peak memory per preset and head, on CPU.
+
+    python benchmarks/train_throughput.py [key=value ...]   (keys: configs/bench/train_throughput.yaml)
+
+Each (preset, head) trains in its own process (so peak RSS is its own) through `vla.train.train`
+on built-in push demos; samples/s is measured over the timed steps only. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+@dataclass
+class BenchConfig:
+    presets: list[str] = field(default_factory=lambda: ["tiny", "small"])
+    heads: list[str] = field(default_factory=lambda: ["dual_stream", "flow", "diffusion"])
+    batch_size: int = 32
+    steps: int = 12
+    warmup: int = 3
+    episodes: int = 20
+    image_size: int = 64
+
+
+def one_run(dataset: str, preset: str, head: str, cfg: BenchConfig, out: str) -> dict:
+    """Runs in a child process: warm-up steps, then timed steps (resumed from the warm-up checkpoint)."""
+    from vla.config import compose, to_object
+    from vla.train import TrainConfig, train
+
+    base = [f"data.path={dataset}", f"policy={preset}", f"head={head}", f"out={out}", "data.num_workers=0",
+            f"trainer.batch_size={cfg.batch_size}", "trainer.logger=none", "trainer.val_every=1000000",
+            "trainer.ema_decay=0.999", "data.val_fraction=0.1"]
+    warm = to_object(compose("train", base + [f"trainer.steps={cfg.warmup}", f"trainer.checkpoint_every={cfg.warmup}"]),
+                     TrainConfig)
+    train(warm, progress=False)
+    timed = to_object(compose("train", base + [f"trainer.steps={cfg.warmup + cfg.steps}", "resume=true",
+                                               f"trainer.checkpoint_every={10**6}"]), TrainConfig)
+    t0 = time.perf_counter()
+    train(timed, progress=False)
+    seconds = time.perf_counter() - t0
+    import torch
+
+    from vla.models import load_policy
+
+    policy = load_policy(Path(out) / "checkpoints" / f"step_{cfg.warmup + cfg.steps:06d}")
+    return {"preset": preset, "head": head, "batch_size": cfg.batch_size,
+            "params_m": round(sum(p.numel() for p in policy.parameters()) / 1e6, 2),
+            "trainable_m": round(sum(p.numel() for p in policy.parameters() if p.requires_grad) / 1e6, 2),
+            "samples_per_s": round(cfg.batch_size * cfg.steps / seconds, 1),
+            "step_s": round(seconds / cfg.steps, 3),
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "threads": torch.get_num_threads()}
+
+
+def main(argv: list[str]) -> dict:
+    from envs.collect import CollectConfig, collect
+    from vla.config import compose, to_object
+
+    cfg: BenchConfig = to_object(compose("bench/train_throughput", argv), BenchConfig)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="vla-train-bench-") as tmp:
+        dataset = str(Path(tmp) / "push.zarr")
+        collect(CollectConfig(episodes=cfg.episodes, out=dataset, image_size=cfg.image_size, videos=0), progress=False)
+        for preset in cfg.presets:
+            for head in cfg.heads:
+                out = str(Path(tmp) / f"run-{preset}-{head}")
+                child = subprocess.run([sys.executable, __file__, "--one", dataset, preset, head, out, json.dumps(asdict(cfg))],
+                                       capture_output=True, text=True, check=True)
+                rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
+                print(rows[-1], file=sys.stderr, flush=True)
+    return {"benchmark": "train_throughput", "config": asdict(cfg), "device": "cpu", "rows": rows,
+            "machine": {"cpus": os.cpu_count(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}}
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--one"]:
+        _, _, dataset, preset, head, out, cfg_json = sys.argv
+        print(json.dumps(one_run(dataset, preset, head, BenchConfig(**json.loads(cfg_json)), out)))
+    else:
+        print(json.dumps(main(sys.argv[1:]), indent=2))
