@@ -25,8 +25,8 @@ DEMO_DATA := data/demo/push.zarr
 DEMO_RUN  := runs/demo
 
 # The main job on the built-in default: collect -> validate -> train (small preset, a few minutes
-# on 2 CPU cores) -> checkpoint path. Evaluation and its report arrive with issue #6; nothing is
-# faked here. A second run resumes/reuses what the first one made.
+# on 2 CPU cores) -> evaluate (the scripted expert as the reference row, then the policy) -> report.
+# A second run reuses what the first one made.
 demo: setup
 	$(VENV)/bin/vla collect env=builtin/push episodes=100 cameras=[top] out=$(DEMO_DATA)
 	$(VENV)/bin/vla data validate $(DEMO_DATA)
@@ -34,7 +34,10 @@ demo: setup
 	$(VENV)/bin/vla train policy=small data.path=$(DEMO_DATA) out=$(DEMO_RUN) resume=auto \
 	    trainer.steps=200 trainer.batch_size=32 trainer.lr=3e-4 trainer.warmup_steps=20 \
 	    trainer.checkpoint_every=100 trainer.val_every=50
-	@echo "demo dataset: $(DEMO_DATA)   videos: data/demo/push_videos/   run: $(DEMO_RUN) (metrics.jsonl, tb/)"
+	$(VENV)/bin/vla eval expert=true env=builtin/push episodes=50 out=$(DEMO_RUN)/eval-expert videos=1
+	$(VENV)/bin/vla eval checkpoint=$(DEMO_RUN)/checkpoints/step_000200 episodes=50 out=$(DEMO_RUN)/eval
+	@cat $(DEMO_RUN)/eval-expert/eval.md $(DEMO_RUN)/eval/eval.md
+	@echo "demo dataset: $(DEMO_DATA)   run: $(DEMO_RUN)   report: $(DEMO_RUN)/eval/eval.md   videos: $(DEMO_RUN)/eval/videos/"
 
 test: setup
 	$(PY) -m pytest -q -m "not slow"

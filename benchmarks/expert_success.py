@@ -8,7 +8,6 @@ Prints one JSON object: successes, episodes, rate with a 95% Wilson interval, me
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -24,21 +23,13 @@ import numpy as np
 import envs
 from envs.experts import make_expert
 from vla.config import compose, to_object
+from vla.eval.metrics import wilson
 
 
 @dataclass
 class BenchConfig:
     envs: list[str] | None = None
     episodes: int = 50
-
-
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def evaluate(name: str, episodes: int) -> dict:

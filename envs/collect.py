@@ -86,14 +86,9 @@ def _run_episode(seed: int) -> dict[str, Any]:
 
 
 def _save_video(path: Path, episode: dict[str, Any], fps: float) -> None:
-    import imageio
+    from vla.data.video import write_mp4
 
-    frames = np.concatenate([episode["images"][c] for c in episode["images"]], axis=2)  # cameras side by side
-    h, w = frames.shape[1:3]
-    pad = ((0, 0), (0, (-h) % 16), (0, (-w) % 16), (0, 0))  # H.264 wants multiples of 16
-    with imageio.get_writer(path, fps=fps, codec="libx264", macro_block_size=1, quality=8) as writer:
-        for frame in np.pad(frames, pad, mode="edge"):
-            writer.append_data(frame)
+    write_mp4(path, np.concatenate([episode["images"][c] for c in episode["images"]], axis=2), fps)  # cameras side by side
 
 
 def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:

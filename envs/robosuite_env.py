@@ -192,6 +192,13 @@ class RobosuiteEnv(gym.Env):
     def instruction(self) -> str:
         return self.task.instruction.format(target=self.target)
 
+    def swapped_instruction(self, seed: int = 0) -> str | None:
+        """LiftColor: the instruction naming another cube (the instruction-swap check); None elsewhere."""
+        if self.task.env_name != "VlaLiftColor":
+            return None
+        others = [c for c in CUBE_COLORS if c != self.target]
+        return self.task.instruction.format(target=others[np.random.default_rng(seed).integers(len(others))])
+
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         env = self._env

@@ -14,7 +14,7 @@ HYDRA_VERBS = {
     # verb: (help, issue that builds it, or None when built)
     "collect": ("collect demonstrations with a scripted expert into a Zarr dataset", None),
     "train": ("train a policy on a Zarr dataset (hydra + accelerate)", None),
-    "eval": ("evaluate a checkpoint in simulation and write a report", 6),
+    "eval": ("evaluate a checkpoint in simulation and write a report", None),
     "serve": ("serve a checkpoint over websocket (openpi-compatible)", 7),
 }
 
@@ -37,6 +37,8 @@ def _hydra_verb(verb: str, args: argparse.Namespace) -> int:
         return _collect(cfg, args)
     if verb == "train":
         return _train(cfg, args)
+    if verb == "eval":
+        return _eval(cfg, args)
     issue = HYDRA_VERBS[verb][1]
     print(f"error: `vla {verb}` is not built yet (tracked in issue #{issue}); nothing was run.", file=sys.stderr)
     return 2
@@ -58,6 +60,15 @@ def _train(cfg, args: argparse.Namespace) -> int:
 
     checkpoint = train(to_object(cfg, TrainConfig))
     print(f"checkpoint: {checkpoint}")
+    return 0
+
+
+def _eval(cfg, args: argparse.Namespace) -> int:
+    from vla.config import to_object
+    from vla.eval import EvalConfig, evaluate
+
+    report = evaluate(to_object(cfg, EvalConfig))
+    print(f"report: {report['out']}/eval.md   videos: {report['out']}/videos/")
     return 0
 
 

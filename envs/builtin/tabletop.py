@@ -178,6 +178,14 @@ class TabletopEnv(gym.Env):
             return f"move to the {block} block"
         return f"push the {block} block onto the {self.pad_colors[self.target_pad]} pad"
 
+    def swapped_instruction(self, seed: int = 0) -> str:
+        """The instruction for another block on the table (the instruction-swap check)."""
+        others = [c for i, c in enumerate(self.block_colors) if i != self.target_block]
+        block = others[np.random.default_rng(seed).integers(len(others))]
+        if self.task.kind == "reach":
+            return f"move to the {block} block"
+        return f"push the {block} block onto the {self.pad_colors[self.target_pad]} pad"
+
     def is_success(self) -> bool:
         block = self.blocks[self.target_block]
         if self.task.kind == "reach":

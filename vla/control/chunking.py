@@ -1,0 +1,86 @@
+"""Chunk execution strategies. An executor is told each new chunk (H, D) with the control step it
+was predicted at, and returns the action for the current step.
+
+- ``receding``: execute the first ``execute`` actions of the newest chunk, then ask for a new one.
+- ``ensemble``: temporal ensembling (ACT): ask for a chunk every ``execute`` steps and average every
+  chunk's prediction for the current step, weight ``exp(-decay * age_rank)`` (older chunks first,
+  as ACT).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+
+class ChunkExecutor:
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def needs_chunk(self, t: int) -> bool:
+        raise NotImplementedError
+
+    def add_chunk(self, chunk: np.ndarray, t: int) -> None:
+        raise NotImplementedError
+
+    def action(self, t: int) -> np.ndarray:
+        raise NotImplementedError
+
+
+class RecedingHorizon(ChunkExecutor):
+    def __init__(self, execute: int):
+        if execute < 1:
+            raise ValueError(f"execute must be >= 1, got {execute}")
+        self.execute = execute
+        self.reset()
+
+    def reset(self) -> None:
+        self.chunk, self.start = None, 0
+
+    def needs_chunk(self, t: int) -> bool:
+        return self.chunk is None or t - self.start >= min(self.execute, len(self.chunk))
+
+    def add_chunk(self, chunk: np.ndarray, t: int) -> None:
+        self.chunk, self.start = np.asarray(chunk, dtype=np.float32), t
+
+    def action(self, t: int) -> np.ndarray:
+        if self.chunk is None:
+            raise RuntimeError("no chunk yet: call add_chunk first")
+        return self.chunk[min(t - self.start, len(self.chunk) - 1)]
+
+
+class TemporalEnsemble(ChunkExecutor):
+    def __init__(self, execute: int = 1, decay: float = 0.01):
+        if execute < 1:
+            raise ValueError(f"execute must be >= 1, got {execute}")
+        self.execute, self.decay = execute, decay
+        self.reset()
+
+    def reset(self) -> None:
+        self.chunks: deque[tuple[int, np.ndarray]] = deque()
+        self.last = None
+
+    def needs_chunk(self, t: int) -> bool:
+        return self.last is None or t - self.last >= self.execute
+
+    def add_chunk(self, chunk: np.ndarray, t: int) -> None:
+        self.chunks.append((t, np.asarray(chunk, dtype=np.float32)))
+        self.last = t
+
+    def action(self, t: int) -> np.ndarray:
+        while self.chunks and t - self.chunks[0][0] >= len(self.chunks[0][1]):
+            self.chunks.popleft()  # chunks that no longer cover step t
+        if not self.chunks:
+            raise RuntimeError("no chunk covers this step: call add_chunk first")
+        preds = np.stack([c[t - start] for start, c in self.chunks])
+        weights = np.exp(-self.decay * np.arange(len(preds)))
+        return (weights[:, None] * preds).sum(0) / weights.sum()
+
+
+def make_executor(strategy: str, horizon: int, execute: int | None = None, decay: float = 0.01) -> ChunkExecutor:
+    if strategy == "receding":
+        return RecedingHorizon(execute or max(1, horizon // 2))
+    if strategy == "ensemble":
+        return TemporalEnsemble(execute or 1, decay)
+    raise ValueError(f"unknown chunk execution strategy {strategy!r}; available: receding, ensemble")
