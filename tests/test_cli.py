@@ -46,7 +46,7 @@ def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
 
 
 def test_unbuilt_verb_says_so_and_prints_config(capsys):
-    assert main(["eval", "out=runs/x"]) == 2
+    assert main(["serve", "out=runs/x"]) == 2
     assert "not built yet" in capsys.readouterr().err
     assert main(["train", "--cfg", "data.horizon=4", "out=runs/x", "policy=small"]) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
