@@ -70,5 +70,25 @@ def test_ensemble_smooths_a_noisy_stream_at_boundaries():
 def test_make_executor():
     assert isinstance(make_executor("receding", 8), RecedingHorizon) and make_executor("receding", 8).execute == 4
     assert isinstance(make_executor("ensemble", 8), TemporalEnsemble)
-    with pytest.raises(ValueError, match="unknown chunk execution strategy 'rtc'"):
-        make_executor("rtc", 8)
+    assert make_executor("rtc", 8, delay=2).delay == 2
+    with pytest.raises(ValueError, match="unknown chunk execution strategy 'bidirectional'"):
+        make_executor("bidirectional", 8)
+
+
+def test_rtc_executor_keeps_the_old_chunk_during_the_delay_and_guides_the_overlap():
+    from vla.control import RealTimeChunking
+
+    ex = RealTimeChunking(execute=4, delay=2)
+    assert ex.needs_chunk(0) and ex.guide(0, 8) is None
+    ex.add_chunk(chunk_at(0), 0)  # the first chunk is used at once
+    assert [float(ex.action(t)[0]) for t in range(4)] == [0, 1, 2, 3]
+    assert ex.needs_chunk(4)
+    guide, weights = ex.guide(4, 8)
+    assert guide[:, 0].tolist() == [4, 5, 6, 7, 7, 7, 7, 7]  # the old plan from step 4, padded
+    assert weights[:2].tolist() == [1, 1] and (np.diff(weights[2:4]) < 0).all() and (weights[4:] == 0).all()
+    ex.add_chunk(100 + chunk_at(4), 4)
+    assert not ex.needs_chunk(5)  # the answer is pending
+    assert [float(ex.action(t)[0]) for t in (4, 5)] == [4, 5]  # old chunk during the delay
+    assert float(ex.action(6)[0]) == 106  # new chunk from step 6, aligned to its request step 4
+    with pytest.raises(ValueError, match="delay <= execute"):
+        RealTimeChunking(execute=2, delay=3)

@@ -56,6 +56,8 @@ def test_random_tiny_policy_end_to_end_and_repeatable(random_checkpoint, tmp_pat
     c = evaluate(EvalConfig(**cfg, strategy="ensemble", instruction_swap=True, vision_steps=8, out=str(tmp_path / "c")),
                  progress=False)
     assert all(r["instruction"].startswith("push the ") for r in c["tasks"]["builtin/push"]["results"])
+    d = evaluate(EvalConfig(**cfg, strategy="rtc", rtc_delay=2, out=str(tmp_path / "d")), progress=False)
+    assert len(d["tasks"]["builtin/push"]["results"]) == 6
 
 
 def test_eval_errors(random_checkpoint, tmp_path, capsys):
@@ -69,3 +71,17 @@ def test_eval_errors(random_checkpoint, tmp_path, capsys):
     report = json.loads(json.dumps(evaluate(EvalConfig(expert=True, env="builtin/reach", episodes=2, out=str(tmp_path),
                                                        videos=0), progress=False)))
     assert report["tasks"]["builtin/reach"]["episodes"] == 2
+
+
+@pytest.mark.slow
+def test_ray_backend_agrees_with_vector_envs(random_checkpoint, tmp_path):
+    pytest.importorskip("ray")
+    import ray
+
+    cfg = dict(checkpoint=random_checkpoint, episodes=4, max_steps=10, videos=0, num_envs=2)
+    vector = evaluate(EvalConfig(**cfg, out=str(tmp_path / "v")), progress=False)
+    try:
+        distributed = evaluate(EvalConfig(**cfg, backend="ray", out=str(tmp_path / "r")), progress=False)
+    finally:
+        ray.shutdown()
+    assert distributed["tasks"]["builtin/push"]["results"] == vector["tasks"]["builtin/push"]["results"]

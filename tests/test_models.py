@@ -242,3 +242,19 @@ def test_pretrained_cpu_encoders_frozen_and_lora(demo):
     assert trainable and all("lora_" in n for n in trainable)
     assert not any(p.requires_grad for p in lora.backbone.vision.parameters())  # a CNN: nothing for LoRA
     lora.compute_loss(demo[2])["loss"].backward()
+
+
+def test_rtc_guided_sampling_freezes_the_prefix(demo):
+    policy = make_policy(demo, "flow").eval()
+    obs = obs_from(demo[2], 1)
+    guide = np.linspace(-0.5, 0.5, 16, dtype=np.float32).reshape(1, 8, 2)
+    weights = np.array([1, 1, 0.5, 0.2, 0, 0, 0, 0], dtype=np.float32)
+    free = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(0))
+    guided = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(0), guide=guide, guide_weights=weights)
+    np.testing.assert_allclose(guided[0, :2], guide[0, :2], atol=1e-5)  # frozen steps are the guide's
+    assert np.abs(guided[0, 2:4] - guide[0, 2:4]).sum() < np.abs(free[0, 2:4] - guide[0, 2:4]).sum()
+    np.testing.assert_allclose(policy.predict_chunk(obs, generator=torch.Generator().manual_seed(0), guide=guide,
+                                                    guide_weights=np.ones(8, np.float32)), guide, atol=1e-5)
+    diffusion = make_policy(demo, "diffusion").eval()
+    with pytest.raises(ValueError, match="flow heads, not diffusion"):
+        diffusion.predict_chunk(obs, guide=guide, guide_weights=weights)

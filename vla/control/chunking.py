@@ -5,6 +5,10 @@ was predicted at, and returns the action for the current step.
 - ``ensemble``: temporal ensembling (ACT): ask for a chunk every ``execute`` steps and average every
   chunk's prediction for the current step, weight ``exp(-decay * age_rank)`` (older chunks first,
   as ACT).
+- ``rtc``: real-time chunking: ask every ``execute`` steps; the answer takes ``delay`` steps, during
+  which the old chunk keeps running; the request carries the old chunk's remaining plan as a
+  guide (frozen for the first ``delay`` steps, softly weighted over the rest of the overlap), which
+  the flow heads inpaint (`FlowHead.sample(guide=...)`).
 """
 
 from __future__ import annotations
@@ -78,9 +82,55 @@ class TemporalEnsemble(ChunkExecutor):
         return (weights[:, None] * preds).sum(0) / weights.sum()
 
 
-def make_executor(strategy: str, horizon: int, execute: int | None = None, decay: float = 0.01) -> ChunkExecutor:
+class RealTimeChunking(ChunkExecutor):
+    def __init__(self, execute: int, delay: int = 0):
+        if execute < 1 or delay < 0 or delay > execute:
+            raise ValueError(f"need 1 <= execute and 0 <= delay <= execute, got execute={execute} delay={delay}")
+        self.execute, self.delay = execute, delay
+        self.reset()
+
+    def reset(self) -> None:
+        self.chunk, self.start, self.pending = None, 0, None
+
+    def needs_chunk(self, t: int) -> bool:
+        return self.pending is None and (self.chunk is None or t - self.start >= self.execute)
+
+    def guide(self, t: int, horizon: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(guide (H, D), weights (H,)) for a chunk requested at step t, or None for the first chunk."""
+        if self.chunk is None:
+            return None
+        remaining = self.chunk[min(t - self.start, len(self.chunk) - 1):]
+        overlap = min(len(remaining), horizon)
+        guide = np.repeat(remaining[-1:], horizon, axis=0)
+        guide[:overlap] = remaining[:overlap]
+        steps = np.arange(horizon)
+        soft = np.exp(-3.0 * (steps - self.delay) / max(1, overlap - self.delay))
+        weights = np.where(steps < self.delay, 1.0, np.where(steps < overlap, soft, 0.0)).astype(np.float32)
+        return guide.astype(np.float32), weights
+
+    def add_chunk(self, chunk: np.ndarray, t: int) -> None:
+        self.pending = (np.asarray(chunk, dtype=np.float32), t)
+        if self.chunk is None or self.delay == 0:
+            self._switch()
+
+    def _switch(self) -> None:
+        self.chunk, self.start = self.pending
+        self.pending = None
+
+    def action(self, t: int) -> np.ndarray:
+        if self.pending is not None and t >= self.pending[1] + self.delay:
+            self._switch()  # the answer "arrives" `delay` steps after the request
+        if self.chunk is None:
+            raise RuntimeError("no chunk yet: call add_chunk first")
+        return self.chunk[min(t - self.start, len(self.chunk) - 1)]
+
+
+def make_executor(strategy: str, horizon: int, execute: int | None = None, decay: float = 0.01,
+                  delay: int = 0) -> ChunkExecutor:
     if strategy == "receding":
         return RecedingHorizon(execute or max(1, horizon // 2))
     if strategy == "ensemble":
         return TemporalEnsemble(execute or 1, decay)
-    raise ValueError(f"unknown chunk execution strategy {strategy!r}; available: receding, ensemble")
+    if strategy == "rtc":
+        return RealTimeChunking(execute or max(1, horizon // 2), delay)
+    raise ValueError(f"unknown chunk execution strategy {strategy!r}; available: receding, ensemble, rtc")

@@ -8,6 +8,7 @@ backend. Output directory: ``eval.json``, ``eval.md``, ``success.png``, ``videos
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,9 +28,12 @@ class EvalConfig:
     seed: int = 0
     num_envs: int = 4
     vectorization: str = "sync"  # sync | async (spawned processes)
-    strategy: str = "receding"  # receding | ensemble
+    backend: str = "vector"  # vector: envs on this machine | ray: episodes spread over Ray workers
+    ray_address: str | None = None  # backend=ray: an existing cluster ("auto", "ray://host:10001"); null = local
+    strategy: str = "receding"  # receding | ensemble | rtc
     execute_steps: int | None = None  # receding: actions executed per chunk (null = horizon // 2)
     ensemble_decay: float = 0.01
+    rtc_delay: int = 2  # rtc: simulated inference delay in control steps (frozen prefix length)
     action_steps: int | None = None  # N_A (null = the checkpoint's)
     vision_steps: int | None = None  # N_o: DUST test-time scaling (null = the checkpoint's)
     instruction_swap: bool = False  # give the policy another target's instruction; success is w.r.t. the original
@@ -40,6 +44,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if not self.expert and not self.checkpoint:
             raise ValueError("checkpoint=<dir> is required (or expert=true for the scripted expert)")
+        if self.backend not in ("vector", "ray"):
+            raise ValueError(f"backend must be vector or ray, got {self.backend!r}")
         if self.vectorization not in ("sync", "async"):
             raise ValueError(f"vectorization must be sync or async, got {self.vectorization!r}")
         if self.episodes < 1 or self.num_envs < 1:
@@ -72,7 +78,7 @@ class _ExpertPolicy:
     def reset(self, i: int) -> None:
         self.experts[i].reset()
 
-    def chunk(self, i: int, obs: dict, generator) -> np.ndarray:
+    def chunk(self, i: int, obs: dict, generator, guide=None) -> np.ndarray:
         return np.asarray(self.experts[i].act(), dtype=np.float32)[None]
 
 
@@ -84,9 +90,11 @@ class _CheckpointPolicy:
     def reset(self, i: int) -> None:
         pass
 
-    def chunk(self, i: int, obs: dict, generator) -> np.ndarray:
+    def chunk(self, i: int, obs: dict, generator, guide=None) -> np.ndarray:
+        g, w = guide if guide is not None else (None, None)
         return self.policy.predict_chunk(obs, generator=generator, action_steps=self.cfg.action_steps,
-                                         vision_steps=self.cfg.vision_steps)[0]
+                                         vision_steps=self.cfg.vision_steps,
+                                         guide=None if g is None else g[None], guide_weights=w)[0]
 
 
 def _obs_at(obs: dict, i: int) -> dict:
@@ -94,15 +102,19 @@ def _obs_at(obs: dict, i: int) -> dict:
             "instruction": obs["instruction"][i]}
 
 
-def rollout_task(name: str, cfg: EvalConfig, policy, meta, video_dir: Path | None) -> dict[str, Any]:
-    """All episodes of one task; returns per-episode results and chunk latencies."""
+def rollout_task(name: str, cfg: EvalConfig, policy, meta, video_dir: Path | None,
+                 seeds: list[int] | None = None, progress: bool = False) -> dict[str, Any]:
+    """Episodes of one task (``seeds``, default all of cfg's); returns per-episode results and chunk latencies."""
+    from tqdm import tqdm
+
     import envs
     from vla.control import make_executor
 
     options: dict[str, Any] = {"max_steps": cfg.max_steps}
     if meta is not None:
         options |= {"cameras": list(meta.cameras), "image_size": meta.image_size[0]}
-    n = min(cfg.num_envs, cfg.episodes)
+    queue = list(seeds) if seeds is not None else [cfg.seed + k for k in range(cfg.episodes)]
+    n = min(cfg.num_envs, len(queue))
     vectorization = "sync" if cfg.expert else cfg.vectorization  # experts read env internals
     vec = envs.make_vec(name, n, vectorization=vectorization, autoreset_mode="Disabled", **options)
     try:
@@ -110,11 +122,10 @@ def rollout_task(name: str, cfg: EvalConfig, policy, meta, video_dir: Path | Non
             env_meta = vec.envs[0].unwrapped.meta if vectorization == "sync" else envs.make(name, **options).unwrapped.meta
             env_meta.check_compatible(meta, what=f"environment {name}", other_what="the checkpoint")
         actor = _ExpertPolicy(vec) if cfg.expert else _CheckpointPolicy(policy, cfg)
-        queue = [cfg.seed + k for k in range(cfg.episodes)]
         seeds = [queue.pop(0) for _ in range(n)]
         obs, _ = vec.reset(seed=seeds)
         executors = [make_executor(cfg.strategy if actor.horizon > 1 else "receding", actor.horizon, cfg.execute_steps
-                                   if actor.horizon > 1 else 1, cfg.ensemble_decay) for _ in range(n)]
+                                   if actor.horizon > 1 else 1, cfg.ensemble_decay, cfg.rtc_delay) for _ in range(n)]
         steps = [0] * n
         active = [True] * n
         frames: list[list[np.ndarray]] = [[] for _ in range(n)]
@@ -123,6 +134,7 @@ def rollout_task(name: str, cfg: EvalConfig, policy, meta, video_dir: Path | Non
             actor.reset(i)
         results, latencies = [], []
         action_dim = vec.single_action_space.shape[0]
+        bar = tqdm(total=len(queue) + n, desc=f"eval {name}", unit="ep", disable=not progress)
         while any(active):
             actions = np.zeros((n, action_dim), dtype=np.float32)
             for i in range(n):
@@ -133,8 +145,9 @@ def rollout_task(name: str, cfg: EvalConfig, policy, meta, video_dir: Path | Non
                     if swapped is not None:
                         o["instruction"] = swapped[i]
                     gen = _generator(seeds[i], steps[i])
+                    guide = executors[i].guide(steps[i], actor.horizon) if hasattr(executors[i], "guide") else None
                     t0 = time.perf_counter()
-                    executors[i].add_chunk(actor.chunk(i, o, gen), steps[i])
+                    executors[i].add_chunk(actor.chunk(i, o, gen, guide), steps[i])
                     latencies.append((time.perf_counter() - t0) * 1000)
                 actions[i] = executors[i].action(steps[i])
                 if video_dir is not None and seeds[i] < cfg.seed + cfg.videos:
@@ -149,6 +162,8 @@ def rollout_task(name: str, cfg: EvalConfig, policy, meta, video_dir: Path | Non
                     success = bool(info["success"][i])
                     results.append({"seed": seeds[i], "success": success, "length": steps[i],
                                     "instruction": swapped[i] if swapped else None})
+                    bar.update(1)
+                    bar.set_postfix(success=f"{sum(r['success'] for r in results) / len(results):.0%}")
                     if frames[i] and video_dir is not None:
                         from vla.data.video import write_mp4
 
@@ -171,9 +186,38 @@ def rollout_task(name: str, cfg: EvalConfig, policy, meta, video_dir: Path | Non
                     swapped = [new[i] if reset_mask[i] else swapped[i] for i in range(n)]
                 for i in np.flatnonzero(reset_mask):
                     actor.reset(int(i))
+        bar.close()
         return {"episodes": sorted(results, key=lambda r: r["seed"]), "latency_ms": latencies}
     finally:
         vec.close()
+
+
+def _rollout_ray(name: str, cfg: EvalConfig, video_dir: Path | None) -> dict[str, Any]:
+    """Spread the task's episode seeds over ``num_envs`` Ray tasks (each loads the checkpoint itself);
+    seeded episodes make the merged results identical to the vector backend's."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=cfg.ray_address, include_dashboard=False, log_to_driver=False,
+                 num_cpus=None if cfg.ray_address else os.cpu_count())
+    seeds = [cfg.seed + k for k in range(cfg.episodes)]
+    shards = [seeds[i :: cfg.num_envs] for i in range(min(cfg.num_envs, len(seeds)))]
+    remote = ray.remote(_rollout_shard)
+    parts = ray.get([remote.remote(name, asdict(cfg), shard, str(video_dir) if video_dir else None) for shard in shards])
+    return {"episodes": sorted((e for p in parts for e in p["episodes"]), key=lambda e: e["seed"]),
+            "latency_ms": [x for p in parts for x in p["latency_ms"]]}
+
+
+def _rollout_shard(name: str, cfg_dict: dict, seeds: list[int], video_dir: str | None) -> dict[str, Any]:
+    """One Ray task: a single env working through its seeds (runs in a Ray worker process)."""
+    cfg = EvalConfig(**{**cfg_dict, "num_envs": 1, "vectorization": "sync", "backend": "vector"})
+    policy = meta = None
+    if not cfg.expert:
+        from vla.models import load_policy
+
+        policy = load_policy(cfg.checkpoint)
+        meta = policy.meta
+    return rollout_task(name, cfg, policy, meta, Path(video_dir) if video_dir else None, seeds)
 
 
 def _generator(seed: int, step: int):
@@ -210,7 +254,11 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
     tasks = {}
     for name in names:
         t0 = time.perf_counter()
-        result = rollout_task(name, cfg, policy, meta, out / "videos" / name.replace("/", "_") if cfg.videos else None)
+        video_dir = out / "videos" / name.replace("/", "_") if cfg.videos else None
+        if cfg.backend == "ray":
+            result = _rollout_ray(name, cfg, video_dir)
+        else:
+            result = rollout_task(name, cfg, policy, meta, video_dir, progress=progress)
         eps = result["episodes"]
         wins = sum(e["success"] for e in eps)
         lo, hi = wilson(wins, len(eps))

@@ -87,15 +87,21 @@ class Policy(nn.Module):
 
     @torch.no_grad()
     def predict_chunk(self, obs: dict, generator: torch.Generator | None = None, action_steps: int | None = None,
-                      vision_steps: int | None = None) -> np.ndarray:
-        """Observation dict (DESIGN.md contract; batched or single) -> (B, H, D_action) float32 in env units."""
+                      vision_steps: int | None = None, guide: np.ndarray | None = None,
+                      guide_weights: np.ndarray | None = None) -> np.ndarray:
+        """Observation dict (DESIGN.md contract; batched or single) -> (B, H, D_action) float32 in env units.
+        ``guide`` (B or 1, H, D_action) in env units + ``guide_weights`` (H,): real-time chunking's prefix."""
         single = isinstance(obs["instruction"], str)
         if single:
             obs = {"images": {c: np.asarray(v)[None] for c, v in obs["images"].items()},
                    "state": np.asarray(obs["state"])[None], "instruction": [obs["instruction"]]}
         images, state, instructions = self._inputs(obs["images"], obs["state"], obs["instruction"])
         prefix = self.backbone(images, instructions, state)
-        chunk = self.head.sample(prefix, state, action_steps=action_steps, vision_steps=vision_steps, generator=generator)
+        if guide is not None:
+            guide = self.normalizer.normalize("action", torch.as_tensor(np.asarray(guide), dtype=torch.float32).to(self.device))
+            guide_weights = torch.as_tensor(np.asarray(guide_weights), dtype=torch.float32)
+        chunk = self.head.sample(prefix, state, action_steps=action_steps, vision_steps=vision_steps, generator=generator,
+                                 guide=guide, guide_weights=guide_weights)
         chunk = self.normalizer.unnormalize("action", chunk)
         chunk = torch.maximum(torch.minimum(chunk, self.action_high), self.action_low)
         return chunk.float().cpu().numpy()

@@ -43,7 +43,10 @@ class DiffusionHead(nn.Module):
 
     @torch.no_grad()
     def sample(self, prefix, state: torch.Tensor, action_steps: int | None = None, vision_steps: int | None = None,
-               cache: list | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+               cache: list | None = None, generator: torch.Generator | None = None,
+               guide: torch.Tensor | None = None, guide_weights: torch.Tensor | None = None) -> torch.Tensor:
+        if guide is not None:
+            raise ValueError("real-time chunking (a guided prefix) is implemented for the flow heads, not diffusion")
         # a scheduler per call: diffusers schedulers are stateful (set_timesteps) and must not be shared
         scheduler = DDIMScheduler.from_config(self.sample_scheduler.config)
         scheduler.set_timesteps(action_steps or self.config.diffusion_sample_steps)

@@ -146,9 +146,17 @@ class FlowHead(nn.Module):
     # -- sampling --------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, prefix: tuple[torch.Tensor, torch.Tensor] | None, state: torch.Tensor, action_steps: int | None = None,
-               vision_steps: int | None = None, cache: list | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+               vision_steps: int | None = None, cache: list | None = None, generator: torch.Generator | None = None,
+               guide: torch.Tensor | None = None, guide_weights: torch.Tensor | None = None) -> torch.Tensor:
         """Euler from noise. The vision stream advances every global step, the action stream every
-        q-th (N_o = q * N_A: asynchronous test-time scaling); vision_steps = 0 samples actions alone."""
+        q-th (N_o = q * N_A: asynchronous test-time scaling); vision_steps = 0 samples actions alone.
+
+        ``guide`` (B, H, A) with ``guide_weights`` (H,) in [0, 1]: real-time chunking's frozen prefix,
+        as soft-masked inpainting. After every action update the chunk is pulled towards the guide's
+        noisy path ``tau * guide + (1 - tau) * eps0`` with those weights: weight 1 freezes a step
+        (the actions executed while this chunk is computed), weights decaying over the rest of the
+        overlap keep the new chunk continuous with the old one. This is the guidance-free variant
+        of RTC (arXiv 2506.07339), which uses pseudo-inverse guidance with the same weights."""
         n_a = action_steps or self.config.action_steps
         n_o = self.config.vision_steps if vision_steps is None else vision_steps
         if not self.vision:
@@ -164,6 +172,8 @@ class FlowHead(nn.Module):
         tau_a = torch.zeros(b, device=device)
         tau_o = torch.zeros(b, device=device)
         counts = {"action": 0, "vision": 0}
+        if guide is not None:
+            eps0, w = x.clone(), guide_weights.to(device)[None, :, None]
         for step in range(max(n_a, n_o)):
             v_action, v_vision = self.velocity(cache, state, x, tau_a, y, tau_o if n_o else None)
             if n_o:
@@ -174,5 +184,8 @@ class FlowHead(nn.Module):
                 x = x + v_action / n_a
                 tau_a = tau_a + 1.0 / n_a
                 counts["action"] += 1
+                if guide is not None:
+                    target = tau_a[:, None, None] * guide + (1 - tau_a[:, None, None]) * eps0
+                    x = w * target + (1 - w) * x
         self.sample_counts = counts
         return x
