@@ -52,7 +52,8 @@ def test_random_tiny_policy_end_to_end_and_repeatable(random_checkpoint, tmp_pat
     ra, rb = a["tasks"]["builtin/push"], b["tasks"]["builtin/push"]
     assert ra["results"] == rb["results"]  # same seeds, other batching and backend: identical episodes
     assert ra["latency_ms"]["median"] > 0 and (tmp_path / "a" / "success.png").exists()
-    assert list((tmp_path / "a" / "videos" / "builtin_push").glob("seed0_*.mp4"))
+    (video,) = (tmp_path / "a" / "videos" / "builtin_push").glob("seed0_*.mp4")
+    assert iio.imread(video).shape[0] == ra["results"][0]["length"]  # decodes, one frame per step
     c = evaluate(EvalConfig(**cfg, strategy="ensemble", instruction_swap=True, vision_steps=8, out=str(tmp_path / "c")),
                  progress=False)
     assert all(r["instruction"].startswith("push the ") for r in c["tasks"]["builtin/push"]["results"])

@@ -34,7 +34,7 @@ def config(*args) -> TrainConfig:
 
 def losses(run) -> dict[int, float]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows}  # a resumed run re-logs steps: the last entry wins
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}  # a resumed run re-logs steps: the last entry wins
 
 
 def test_few_steps_give_a_loadable_checkpoint(dataset, tmp_path):
@@ -49,6 +49,15 @@ def test_few_steps_give_a_loadable_checkpoint(dataset, tmp_path):
     assert policy.predict_chunk(obs).shape == (1, 8, 2)
     saved = to_object(compose("train", []), TrainConfig)  # the resolved config in the run dir is a TrainConfig
     assert type(saved) is TrainConfig
+
+
+def test_periodic_evaluation_logs_success(dataset, tmp_path):
+    train(config(*overrides(dataset, tmp_path / "run", "trainer.steps=4", "trainer.checkpoint_every=2",
+                            "trainer.eval_episodes=2")), progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "success/builtin/push" in r]
+    assert [r["step"] for r in evals] == [2, 4] and all(0 <= r["success/builtin/push"] <= 1 for r in evals)
+    assert (tmp_path / "run" / "eval" / "step_000004" / "eval.md").exists()
 
 
 def test_loss_decreases(dataset, tmp_path):

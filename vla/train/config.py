@@ -25,6 +25,7 @@ class TrainerConfig:
     keep_last: int = 3
     val_every: int = 250
     val_batches: int = 4
+    eval_episodes: int = 0  # > 0: evaluate each periodic checkpoint in the dataset's env (vla eval), log success
     log_every: int = 10
     seed: int = 0
     cpu: bool = False  # force CPU even when a GPU is visible

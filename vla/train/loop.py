@@ -78,6 +78,8 @@ def check_setup(cfg: TrainConfig, out: Path) -> TrajectoryStore:
         probe.unlink()
     except OSError as e:
         raise TrainError(f"run directory {out} is not writable: {e}") from e
+    if t.eval_episodes > 0 and not store.meta.env:
+        raise TrainError(f"trainer.eval_episodes={t.eval_episodes} but {cfg.data.path} names no env to evaluate in")
     if cfg.resume not in (True, False, "auto"):
         raise TrainError(f"resume must be true, false or auto, got {cfg.resume!r}")
     existing = latest_checkpoint(out)
@@ -248,8 +250,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         if done % t.checkpoint_every == 0 or done == t.steps or is_best:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
+                periodic = done % t.checkpoint_every == 0 or done == t.steps
                 final = save_checkpoint(out, done, policy, optimizer, scheduler, ema, best_val, t.keep_last,
-                                        periodic=done % t.checkpoint_every == 0 or done == t.steps, best=is_best)
+                                        periodic=periodic, best=is_best)
+                if periodic and t.eval_episodes > 0:
+                    logger.log(periodic_eval(final, done, t.eval_episodes, out), force=True)
     bar.close()
     logger.close()
     accelerator.wait_for_everyone()
@@ -275,6 +280,15 @@ def validate_loss(policy: Policy, val_set: WindowDataset, ema, t, accelerator) -
         ema.restore(params)
     policy.train()
     return round(float(np.mean(losses)), 6)
+
+
+def periodic_eval(checkpoint: Path, step: int, episodes: int, out: Path) -> dict[str, Any]:
+    """Success rate of a checkpoint in the env its dataset names (vla eval, no videos)."""
+    from vla.eval import EvalConfig, evaluate
+
+    report = evaluate(EvalConfig(checkpoint=str(checkpoint), episodes=episodes, videos=0,
+                                 out=str(out / "eval" / f"step_{step:06d}")), progress=False)
+    return {"step": step, **{f"success/{task}": r["success_rate"] for task, r in report["tasks"].items()}}
 
 
 def save_checkpoint(out: Path, step: int, policy: Policy, optimizer, scheduler, ema, best_val: float,
