@@ -23,7 +23,7 @@ for _task, _desc in (
     ("push", "push the named block onto the named pad (3 blocks, 3 pads; language picks the target)"),
     ("reach", "move the pusher to the named block (3 blocks)"),
 ):
-    register(EnvSpec(f"builtin/{_task}", "envs.builtin.tabletop:make_tabletop", _desc, (("kind", _task),)))
+    register(EnvSpec(f"builtin/{_task}", "envs.builtin.tabletop:TabletopEnv", _desc, (("kind", _task),)))
 
 for _task, _desc in (
     ("Lift", "lift the red cube (Panda, OSC_POSE)"),

@@ -51,16 +51,17 @@ class TabletopEnv(gym.Env):
 
     def __init__(
         self,
-        task: TabletopTask | None = None,
+        kind: str = "push",
         name: str = "builtin/push",
         cameras: tuple[str, ...] | list[str] = ("top",),
         image_size: int | tuple[int, int] = 64,
         max_steps: int | None = None,
         control_freq: float = 10.0,
         seed: int | None = None,
+        render_quality: str = "fast",  # accepted for a uniform interface; numpy rendering has one quality
         render_mode: str | None = "rgb_array",
     ):
-        self.task = task or TabletopTask()
+        self.task = TabletopTask(kind=kind)
         self.name = name
         unknown = set(cameras) - set(CAMERAS)
         if unknown:
@@ -243,16 +244,3 @@ class TabletopEnv(gym.Env):
             "blocks": self.blocks.copy(),
         }
 
-
-def make_tabletop(
-    kind: str = "push",
-    name: str = "builtin/push",
-    cameras: tuple[str, ...] | list[str] = ("top",),
-    image_size: int | tuple[int, int] = 64,
-    max_steps: int | None = None,
-    control_freq: float = 10.0,
-    seed: int | None = None,
-    render_quality: str = "fast",  # accepted for a uniform interface; numpy rendering has one quality
-) -> TabletopEnv:
-    return TabletopEnv(TabletopTask(kind=kind), name=name, cameras=cameras, image_size=image_size,
-                       max_steps=max_steps, control_freq=control_freq, seed=seed)

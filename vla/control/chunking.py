@@ -13,23 +13,24 @@ was predicted at, and returns the action for the current step.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections import deque
 
 import numpy as np
 
 
-class ChunkExecutor:
-    def reset(self) -> None:
-        raise NotImplementedError
+class ChunkExecutor(ABC):
+    @abstractmethod
+    def reset(self) -> None: ...
 
-    def needs_chunk(self, t: int) -> bool:
-        raise NotImplementedError
+    @abstractmethod
+    def needs_chunk(self, t: int) -> bool: ...
 
-    def add_chunk(self, chunk: np.ndarray, t: int) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def add_chunk(self, chunk: np.ndarray, t: int) -> None: ...
 
-    def action(self, t: int) -> np.ndarray:
-        raise NotImplementedError
+    @abstractmethod
+    def action(self, t: int) -> np.ndarray: ...
 
 
 class RecedingHorizon(ChunkExecutor):

@@ -31,7 +31,6 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, default_collate
 
 from vla.data import Normalizer, TrajectoryStore, WindowConfig, WindowDataset, ensure_stats, split_episodes
-from vla.data.schema import SchemaError
 from vla.models import Policy
 
 from .config import TrainConfig
@@ -360,4 +359,4 @@ class _Logger:
                 self.writer.finish()
 
 
-__all__ = ["TrainError", "SchemaError", "train"]
+__all__ = ["TrainError", "train"]

@@ -4,13 +4,13 @@ LeRobot v3.0 layout::
 
     meta/info.json                                  codebase_version, fps, features, path templates
     meta/tasks.parquet                              task string <-> task_index
-    meta/episodes/chunk-XXX/file-YYY.parquet        one row per episode: length, tasks, dataset_from/to_index,
+    meta/episodes/chunk-000/file-000.parquet        one row per episode: length, tasks, dataset_from/to_index,
                                                     data/{chunk,file}_index, videos/<key>/{chunk_index,
                                                     file_index, from_timestamp, to_timestamp}
-    data/chunk-XXX/file-YYY.parquet                 one row per frame: observation.state, action, timestamp,
+    data/chunk-000/file-000.parquet                 one row per frame: observation.state, action, timestamp,
                                                     frame_index, episode_index, index, task_index
                                                     (+ inline images for `image` features: {bytes, path})
-    videos/<key>/chunk-XXX/file-YYY.mp4             frames of several episodes back to back
+    videos/<key>/chunk-000/file-000.mp4             frames of several episodes back to back
 
 Video features are decoded with PyAV (AV1, H.264, ...). Writing uses ``video_codec`` (``libsvtav1``
 as LeRobot does, ``libx264``, or ``libx264rgb`` which is lossless), or ``None`` to store images
