@@ -18,7 +18,7 @@ def test_entry_point_help():
     exe = Path(sys.executable).parent / "vla"  # the venv's console script, whether or not it is on PATH
     assert exe.exists(), "the `vla` console script is not installed"
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
-    for verb in ("collect", "train", "eval", "serve", "data", "bench"):
+    for verb in ("collect", "train", "eval", "serve", "robot", "data", "bench"):
         assert verb in out
     out = subprocess.run([exe, "data", "info", "--help"], capture_output=True, text=True, check=True).stdout
     assert "dataset URL" in out
@@ -45,9 +45,16 @@ def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
     assert "no Zarr dataset at" in capsys.readouterr().err
 
 
-def test_unbuilt_verb_says_so_and_prints_config(capsys):
-    assert main(["serve", "out=runs/x"]) == 2
-    assert "not built yet" in capsys.readouterr().err
+def test_config_errors_and_cfg_printing(capsys, monkeypatch):
+    assert main(["serve"]) == 2
+    assert "checkpoint=<dir> is required" in capsys.readouterr().err
+    assert main(["serve", "nonsense=1"]) == 2
+    assert "nonsense" in capsys.readouterr().err
+    monkeypatch.setenv("VLA_API_KEY", "from-env")
+    assert main(["serve", "--cfg", "port=9000"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["port"] == 9000 and cfg["host"] == "127.0.0.1"
+    monkeypatch.delenv("VLA_API_KEY")
     assert main(["train", "--cfg", "data.horizon=4", "out=runs/x", "policy=small"]) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["data"]["horizon"] == 4 and cfg["out"] == "runs/x" and cfg["policy"]["name"] == "small"

@@ -11,11 +11,11 @@ from pathlib import Path
 from vla import __version__
 
 HYDRA_VERBS = {
-    # verb: (help, issue that builds it, or None when built)
-    "collect": ("collect demonstrations with a scripted expert into a Zarr dataset", None),
-    "train": ("train a policy on a Zarr dataset (hydra + accelerate)", None),
-    "eval": ("evaluate a checkpoint in simulation and write a report", None),
-    "serve": ("serve a checkpoint over websocket (openpi-compatible)", 7),
+    "collect": "collect demonstrations with a scripted expert into a Zarr dataset",
+    "train": "train a policy on a Zarr dataset (hydra + accelerate)",
+    "eval": "evaluate a checkpoint in simulation and write a report",
+    "serve": "serve a checkpoint over websocket (openpi-compatible) with /healthz /metadata /metrics",
+    "robot": "drive a simulated robot through a running `vla serve` at a fixed control rate",
 }
 
 OVERRIDES_HELP = (
@@ -33,15 +33,7 @@ def _hydra_verb(verb: str, args: argparse.Namespace) -> int:
     if args.cfg:
         print(OmegaConf.to_yaml(cfg), end="")
         return 0
-    if verb == "collect":
-        return _collect(cfg, args)
-    if verb == "train":
-        return _train(cfg, args)
-    if verb == "eval":
-        return _eval(cfg, args)
-    issue = HYDRA_VERBS[verb][1]
-    print(f"error: `vla {verb}` is not built yet (tracked in issue #{issue}); nothing was run.", file=sys.stderr)
-    return 2
+    return {"collect": _collect, "train": _train, "eval": _eval, "serve": _serve, "robot": _robot}[verb](cfg, args)
 
 
 def _collect(cfg, args: argparse.Namespace) -> int:
@@ -70,6 +62,24 @@ def _eval(cfg, args: argparse.Namespace) -> int:
     report = evaluate(to_object(cfg, EvalConfig))
     print(f"report: {report['out']}/eval.md   videos: {report['out']}/videos/")
     return 0
+
+
+def _serve(cfg, args: argparse.Namespace) -> int:
+    from vla.config import to_object
+    from vla.serve import ServeConfig, serve
+
+    serve(to_object(cfg, ServeConfig))
+    return 0
+
+
+def _robot(cfg, args: argparse.Namespace) -> int:
+    from vla.config import to_object
+    from vla.serve.config import RobotConfig
+    from vla.serve.control_loop import run_robot
+
+    summary = run_robot(to_object(cfg, RobotConfig))
+    print(json.dumps(summary, indent=2))
+    return 0 if summary["episodes"] else 1
 
 
 def _list_envs(args: argparse.Namespace) -> int:
@@ -166,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vla {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="<verb>", required=True)
 
-    for verb, (help_text, _) in HYDRA_VERBS.items():
+    for verb, help_text in HYDRA_VERBS.items():
         p = verbs.add_parser(verb, help=help_text, description=help_text)
         p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
         p.add_argument("--cfg", action="store_true", help="print the composed config and exit")

@@ -32,6 +32,11 @@ class ChunkExecutor(ABC):
     @abstractmethod
     def action(self, t: int) -> np.ndarray: ...
 
+    @abstractmethod
+    def covers(self, t: int) -> bool:
+        """Whether some received chunk still has an action for step t (a live loop holds the robot
+        when none does, instead of repeating a chunk's last action)."""
+
 
 class RecedingHorizon(ChunkExecutor):
     def __init__(self, execute: int):
@@ -53,6 +58,9 @@ class RecedingHorizon(ChunkExecutor):
         if self.chunk is None:
             raise RuntimeError("no chunk yet: call add_chunk first")
         return self.chunk[min(t - self.start, len(self.chunk) - 1)]
+
+    def covers(self, t: int) -> bool:
+        return self.chunk is not None and 0 <= t - self.start < len(self.chunk)
 
 
 class TemporalEnsemble(ChunkExecutor):
@@ -82,6 +90,9 @@ class TemporalEnsemble(ChunkExecutor):
         weights = np.exp(-self.decay * np.arange(len(preds)))
         return (weights[:, None] * preds).sum(0) / weights.sum()
 
+    def covers(self, t: int) -> bool:
+        return any(0 <= t - start < len(c) for start, c in self.chunks)
+
 
 class RealTimeChunking(ChunkExecutor):
     def __init__(self, execute: int, delay: int = 0):
@@ -100,14 +111,7 @@ class RealTimeChunking(ChunkExecutor):
         """(guide (H, D), weights (H,)) for a chunk requested at step t, or None for the first chunk."""
         if self.chunk is None:
             return None
-        remaining = self.chunk[min(t - self.start, len(self.chunk) - 1):]
-        overlap = min(len(remaining), horizon)
-        guide = np.repeat(remaining[-1:], horizon, axis=0)
-        guide[:overlap] = remaining[:overlap]
-        steps = np.arange(horizon)
-        soft = np.exp(-3.0 * (steps - self.delay) / max(1, overlap - self.delay))
-        weights = np.where(steps < self.delay, 1.0, np.where(steps < overlap, soft, 0.0)).astype(np.float32)
-        return guide.astype(np.float32), weights
+        return rtc_guide(self.chunk, t - self.start, horizon, self.delay)
 
     def add_chunk(self, chunk: np.ndarray, t: int) -> None:
         self.pending = (np.asarray(chunk, dtype=np.float32), t)
@@ -124,6 +128,29 @@ class RealTimeChunking(ChunkExecutor):
         if self.chunk is None:
             raise RuntimeError("no chunk yet: call add_chunk first")
         return self.chunk[min(t - self.start, len(self.chunk) - 1)]
+
+    def covers(self, t: int) -> bool:
+        if self.pending is not None and t >= self.pending[1] + self.delay:
+            chunk, start = self.pending  # the chunk action(t) will switch to
+        else:
+            chunk, start = self.chunk, self.start
+        return chunk is not None and 0 <= t - start < len(chunk)
+
+
+def rtc_guide(chunk: np.ndarray, offset: int, horizon: int, delay: int) -> tuple[np.ndarray, np.ndarray]:
+    """Real-time chunking's guide for a new chunk requested ``offset`` steps into ``chunk``:
+    (guide (horizon, D), weights (horizon,)). The old plan's remaining actions, padded with its last
+    one; weight 1 for the ``delay`` steps that run before the answer arrives, decaying over the rest
+    of the overlap, 0 beyond it. Shared by the eval executor and the policy server."""
+    chunk = np.asarray(chunk, dtype=np.float32)
+    remaining = chunk[min(max(offset, 0), len(chunk) - 1):]
+    overlap = min(len(remaining), horizon)
+    guide = np.repeat(remaining[-1:], horizon, axis=0)
+    guide[:overlap] = remaining[:overlap]
+    steps = np.arange(horizon)
+    soft = np.exp(-3.0 * (steps - delay) / max(1, overlap - delay))
+    weights = np.where(steps < delay, 1.0, np.where(steps < overlap, soft, 0.0)).astype(np.float32)
+    return guide, weights
 
 
 def make_executor(strategy: str, horizon: int, execute: int | None = None, decay: float = 0.01,

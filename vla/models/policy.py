@@ -86,11 +86,14 @@ class Policy(nn.Module):
         return self.head.loss(prefix, head_batch, noise)
 
     @torch.no_grad()
-    def predict_chunk(self, obs: dict, generator: torch.Generator | None = None, action_steps: int | None = None,
+    def predict_chunk(self, obs: dict, generator: torch.Generator | list[torch.Generator] | None = None,
+                      action_steps: int | None = None,
                       vision_steps: int | None = None, guide: np.ndarray | None = None,
                       guide_weights: np.ndarray | None = None) -> np.ndarray:
         """Observation dict (DESIGN.md contract; batched or single) -> (B, H, D_action) float32 in env units.
-        ``guide`` (B or 1, H, D_action) in env units + ``guide_weights`` (H,): real-time chunking's prefix."""
+        ``generator``: one, or a list with one per sample (batch-independent noise, as the server uses).
+        ``guide`` (B or 1, H, D_action) in env units + ``guide_weights`` (H,) or (B, H): real-time
+        chunking's prefix."""
         single = isinstance(obs["instruction"], str)
         if single:
             obs = {"images": {c: np.asarray(v)[None] for c, v in obs["images"].items()},

@@ -8,7 +8,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from torch import nn
 
 from ..config import HeadConfig
-from .flow import FlowHead, masked_mse
+from .flow import FlowHead, Generators, masked_mse, randn
 
 
 class DiffusionHead(nn.Module):
@@ -43,7 +43,7 @@ class DiffusionHead(nn.Module):
 
     @torch.no_grad()
     def sample(self, prefix, state: torch.Tensor, action_steps: int | None = None, vision_steps: int | None = None,
-               cache: list | None = None, generator: torch.Generator | None = None,
+               cache: list | None = None, generator: Generators = None,
                guide: torch.Tensor | None = None, guide_weights: torch.Tensor | None = None) -> torch.Tensor:
         if guide is not None:
             raise ValueError("real-time chunking (a guided prefix) is implemented for the flow heads, not diffusion")
@@ -52,7 +52,7 @@ class DiffusionHead(nn.Module):
         scheduler.set_timesteps(action_steps or self.config.diffusion_sample_steps)
         cache = cache if cache is not None else self.prefix_cache(prefix)
         b = state.shape[0]
-        x = torch.randn(b, self.net.horizon, self.net.action_dim, device=state.device, generator=generator)
+        x = randn((b, self.net.horizon, self.net.action_dim), generator, state.device)
         for t in scheduler.timesteps:
             eps, _ = self.net.velocity(cache, state, x, t.expand(b).to(state.device))
             x = scheduler.step(eps, t, x).prev_sample

@@ -33,6 +33,19 @@ def sincos_2d(tokens: int, width: int) -> torch.Tensor:
     return torch.cat([rows[:, None].expand(side, side, -1), cols[None].expand(side, side, -1)], -1).reshape(tokens, width)
 
 
+Generators = torch.Generator | list[torch.Generator] | None
+
+
+def randn(shape: tuple[int, ...], generator: Generators = None, device=None) -> torch.Tensor:
+    """Gaussian noise; with a list of generators (one per sample along dim 0) each sample's noise
+    depends only on its own generator, so a request's result does not depend on its batch mates."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
+        return torch.stack([torch.randn(shape[1:], generator=g) for g in generator]).to(device)
+    return torch.randn(shape, device=device, generator=generator)
+
+
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over samples of each sample's MSE over its valid (unpadded) chunk steps. Normalizing per
     sample makes the mean over a data-parallel split equal the mean over the whole batch."""
@@ -146,12 +159,12 @@ class FlowHead(nn.Module):
     # -- sampling --------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, prefix: tuple[torch.Tensor, torch.Tensor] | None, state: torch.Tensor, action_steps: int | None = None,
-               vision_steps: int | None = None, cache: list | None = None, generator: torch.Generator | None = None,
+               vision_steps: int | None = None, cache: list | None = None, generator: Generators = None,
                guide: torch.Tensor | None = None, guide_weights: torch.Tensor | None = None) -> torch.Tensor:
         """Euler from noise. The vision stream advances every global step, the action stream every
         q-th (N_o = q * N_A: asynchronous test-time scaling); vision_steps = 0 samples actions alone.
 
-        ``guide`` (B, H, A) with ``guide_weights`` (H,) in [0, 1]: real-time chunking's frozen prefix,
+        ``guide`` (B, H, A) with ``guide_weights`` (H,) or (B, H) in [0, 1]: real-time chunking's frozen prefix,
         as soft-masked inpainting. After every action update the chunk is pulled towards the guide's
         noisy path ``tau * guide + (1 - tau) * eps0`` with those weights: weight 1 freezes a step
         (the actions executed while this chunk is computed), weights decaying over the rest of the
@@ -165,15 +178,15 @@ class FlowHead(nn.Module):
             raise ValueError(f"vision_steps ({n_o}) must be a multiple of action_steps ({n_a})")
         cache = cache if cache is not None else self.prefix_cache(prefix)
         b, device = state.shape[0], state.device
-        x = torch.randn(b, self.horizon, self.action_dim, device=device, generator=generator)
-        y = (torch.randn(b, self.config.vision_tokens, self.vision_out[-1].out_features, device=device, generator=generator)
-             if n_o else None)
+        x = randn((b, self.horizon, self.action_dim), generator, device)
+        y = randn((b, self.config.vision_tokens, self.vision_out[-1].out_features), generator, device) if n_o else None
         q = n_o // n_a if n_o else 1
         tau_a = torch.zeros(b, device=device)
         tau_o = torch.zeros(b, device=device)
         counts = {"action": 0, "vision": 0}
         if guide is not None:
-            eps0, w = x.clone(), guide_weights.to(device)[None, :, None]
+            w = guide_weights.to(device)
+            eps0, w = x.clone(), (w[None, :, None] if w.ndim == 1 else w[:, :, None])
         for step in range(max(n_a, n_o)):
             v_action, v_vision = self.velocity(cache, state, x, tau_a, y, tau_o if n_o else None)
             if n_o:
