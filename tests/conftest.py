@@ -56,9 +56,96 @@ def write_dataset(url, lengths=(5, 3, 7, 1, 4), meta: DatasetMeta | None = None,
     return meta
 
 
+def make_random_checkpoint(path, head: str = "dual_stream", seed: int = 0) -> str:
+    """A tiny, untrained policy for builtin/push (one 64 px camera, state 4, action 2), saved at ``path``."""
+    import torch
+
+    from vla.data import Normalizer
+    from vla.models import HeadConfig, Policy, PolicyConfig
+
+    meta = DatasetMeta(fps=10, cameras=["top"], image_size=(64, 64), state_dim=4,
+                       action_space=ActionSpace(dim=2, low=[-1, -1], high=[1, 1], kind="planar_velocity"),
+                       env="builtin/push")
+    stats = {k: {"mean": np.zeros(d), "std": np.ones(d), "min": -np.ones(d), "max": np.ones(d), "q01": -np.ones(d),
+                 "q99": np.ones(d)} for k, d in (("state", 4), ("action", 2))}
+    torch.manual_seed(seed)
+    policy = Policy(PolicyConfig(head=HeadConfig(kind=head)), meta,
+                    Normalizer.from_stats(stats, {"state": "identity", "action": "identity"}))
+    policy.eval().save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory):
+    """Path of a tiny random dual-stream checkpoint for builtin/push (shared by the eval and serve tests)."""
+    return make_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "ckpt")
+
+
 @pytest.fixture
 def dataset(tmp_path):
     """Path of a 5-episode dataset with lengths 5, 3, 7, 1, 4 (20 frames)."""
     path = tmp_path / "demo.zarr"
     write_dataset(path)
     return path
+
+
+class ServerProcess:
+    """`vla serve` in a subprocess on a free loopback port; ``stop()`` sends SIGTERM, ``kill()`` SIGKILL."""
+
+    def __init__(self, checkpoint: str, *overrides: str, port: int = 0, timeout_s: float = 120.0):
+        import re
+        import subprocess
+        import sys
+        import time
+
+        cmd = [sys.executable, "-m", "vla.cli", "serve", f"checkpoint={checkpoint}", f"port={port}", *overrides]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env={k: v for k, v in os.environ.items() if k != "VLA_API_KEY"} | {"PYTHONUNBUFFERED": "1"})
+        self.lines: list[str] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            match = re.search(r"on ws://([\d.]+):(\d+)", line)
+            if match:
+                self.host, self.port = match.group(1), int(match.group(2))
+                self.url = f"ws://{self.host}:{self.port}"
+                import threading
+
+                threading.Thread(target=self._drain, daemon=True).start()  # keep the pipe from filling
+                return
+        self.proc.kill()
+        raise RuntimeError("server did not start:\n" + "".join(self.lines))
+
+    def _drain(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def http(self, path: str, api_key: str | None = None) -> tuple[int, str]:
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(f"http://{self.host}:{self.port}{path}")
+        if api_key:
+            request.add_header("Authorization", f"Api-Key {api_key}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        import signal
+
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout_s)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(30)

@@ -3,14 +3,10 @@
 import json
 
 import imageio.v3 as iio
-import numpy as np
 import pytest
-import torch
 
 from vla.cli import main
-from vla.data import ActionSpace, DatasetMeta, Normalizer
 from vla.eval import EvalConfig, evaluate, wilson
-from vla.models import Policy, PolicyConfig
 
 
 def test_wilson():
@@ -30,19 +26,6 @@ def test_expert_reference_row(tmp_path):
     assert iio.imread(tmp_path / "success.png").shape[2] in (3, 4)
     video = next((tmp_path / "videos" / "builtin_push").glob("seed0_success.mp4"))
     assert iio.imread(video).shape[0] == report["tasks"]["builtin/push"]["results"][0]["length"]
-
-
-@pytest.fixture(scope="module")
-def random_checkpoint(tmp_path_factory):
-    meta = DatasetMeta(fps=10, cameras=["top"], image_size=(64, 64), state_dim=4,
-                       action_space=ActionSpace(dim=2, low=[-1, -1], high=[1, 1]), env="builtin/push")
-    stats = {k: {"mean": np.zeros(d), "std": np.ones(d), "min": -np.ones(d), "max": np.ones(d), "q01": -np.ones(d),
-                 "q99": np.ones(d)} for k, d in (("state", 4), ("action", 2))}
-    torch.manual_seed(0)
-    policy = Policy(PolicyConfig(), meta, Normalizer.from_stats(stats, {"state": "identity", "action": "identity"}))
-    path = tmp_path_factory.mktemp("ckpt") / "ckpt"
-    policy.eval().save(path)
-    return str(path)
 
 
 def test_random_tiny_policy_end_to_end_and_repeatable(random_checkpoint, tmp_path):

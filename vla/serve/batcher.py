@@ -106,7 +106,7 @@ class MicroBatcher:
             infer_ms = (time.perf_counter() - start) * 1e3
             if self.on_batch is not None:
                 self.on_batch(len(batch), infer_ms / 1e3)
-            for (_, future, submitted), result in zip(batch, results):
+            for (_, future, submitted), result in zip(batch, results, strict=True):
                 if future.done():
                     continue
                 if isinstance(result, Exception):

@@ -62,7 +62,7 @@ class RobotClient:
         headers = {"Authorization": f"Api-Key {self.api_key}"} if self.api_key else None
         try:
             self._ws = connect(self.url, additional_headers=headers, open_timeout=self.connect_timeout_s,
-                               compression=None, max_size=None)
+                               compression=None, max_size=None, legacy=True)
             self.metadata = unpackb(self._ws.recv(timeout=self.connect_timeout_s))
         except InvalidStatus as e:
             self._failed()

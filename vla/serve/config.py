@@ -26,6 +26,7 @@ class ServeConfig:
     ping_interval_s: float | None = 20.0  # drops clients that vanish without closing
 
     def __post_init__(self) -> None:
+        self.api_key = self.api_key or None  # an empty VLA_API_KEY means no key
         if not self.checkpoint:
             raise ValueError("checkpoint=<dir> is required (a directory written by `vla train`)")
         if not 0 <= self.port < 65536:
@@ -56,6 +57,7 @@ class RobotConfig:
     out: str | None = None  # writes control.json (per-step timing) here when set
 
     def __post_init__(self) -> None:
+        self.api_key = self.api_key or None
         if self.rate_hz <= 0:
             raise ValueError(f"rate_hz must be > 0, got {self.rate_hz}")
         if self.hold not in ("zero", "last", "auto"):

@@ -52,6 +52,11 @@ class EpisodeLog:
         return out
 
 
+def _request_seed(episode_seed: int | None, request: int) -> int | None:
+    """Seeded episodes send seeded requests, so a run against the same server repeats its chunks."""
+    return None if episode_seed is None else episode_seed * 100_003 + request
+
+
 def hold_action(mode: str, kind: str, low: np.ndarray, high: np.ndarray, last: np.ndarray | None) -> np.ndarray:
     """What the robot does when no chunk covers a step. ``zero``: zero command (stop, for velocity
     and delta actions); ``last``: repeat the last action (for absolute targets); ``auto``: zero, but
@@ -91,7 +96,7 @@ class ControlLoop:
         deadline = time.monotonic() + self.start_timeout_s
         while True:
             try:
-                reply = self.client.infer(self.robot.observe(), seed=seed)
+                reply = self.client.infer(self.robot.observe(), seed=_request_seed(seed, 0))
                 return reply.actions, reply.round_trip_ms
             except (ConnectionError, TimeoutError) as e:
                 if time.monotonic() > deadline:
@@ -113,6 +118,7 @@ class ControlLoop:
         arrived: tuple[np.ndarray, int, int] | None = None  # a chunk waiting for its activation step
         chunk_step = 0  # the step of the server's last answered request (rtc continues that chunk)
         request_count = 1
+        failing = False
         start = began = time.perf_counter()
         k = 0
         while max_steps is None or k < max_steps:
@@ -123,13 +129,18 @@ class ControlLoop:
                 try:
                     reply = future.result()
                     arrived, chunk_step = (reply.actions, t_req, activate), t_req
+                    if failing:
+                        log.warning("step %d: the server answers again", k)
+                        failing = False
                     episode.round_trip_ms.append(reply.round_trip_ms)
                     lead = self._lead(float(np.median(episode.round_trip_ms[-8:])))
                 except Exception as e:  # noqa: BLE001 - every failure mode means: hold and retry
                     kind = getattr(e, "kind", None) or ("timeout" if isinstance(e, TimeoutError) else
                                                        "connection" if isinstance(e, ConnectionError) else type(e).__name__)
                     episode.errors[kind] = episode.errors.get(kind, 0) + 1
-                    log.warning("step %d: request failed (%s): %s", k, kind, e)
+                    if not failing:  # log the change, not every retry
+                        log.warning("step %d: request failed (%s): %s; holding while retrying", k, kind, e)
+                        failing = True
             if arrived is not None and (k >= arrived[2] or not executor.covers(k)):
                 executor.add_chunk(arrived[0], arrived[1])
                 arrived = None
@@ -139,7 +150,7 @@ class ControlLoop:
                     executor.delay = min(lead, executor.execute)
                     rtc = (k - chunk_step, executor.delay)
                 obs = self.robot.observe()
-                request_seed = None if seed is None else seed * 100_003 + request_count
+                request_seed = _request_seed(seed, request_count)
                 # receding horizon switches to the new chunk `lead` steps on (the old one runs meanwhile);
                 # temporal ensembling and rtc take it on arrival (rtc freezes its first `delay` steps)
                 activate = k + lead if self.strategy == "receding" else k

@@ -26,8 +26,8 @@ class Robot(ABC):
     def act(self, action: np.ndarray) -> None:
         """Send one action (already clamped to ``meta.action_space``)."""
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 - optional: most robots have nothing to release
+        """Release the robot's resources (optional)."""
 
     @property
     def done(self) -> bool:

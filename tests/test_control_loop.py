@@ -1,0 +1,119 @@
+"""The robot side end to end: `vla serve` in one process, a simulated robot driven through
+`ControlLoop` in this one; the loop keeps its rate, follows the served chunks, and holds safely
+when the server is killed mid-episode."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import ServerProcess
+
+from vla.cli import main
+from vla.control import RecedingHorizon
+from vla.models import load_policy
+from vla.serve import ControlLoop, RobotClient, SimRobot
+
+RATE = 20.0
+
+
+@pytest.fixture
+def server(random_checkpoint):
+    srv = ServerProcess(random_checkpoint)
+    yield srv
+    if srv.alive():
+        srv.kill()
+
+
+def test_loop_follows_the_served_policy_at_a_fixed_rate(server, random_checkpoint):
+    robot = SimRobot("builtin/push")
+    with RobotClient(server.url, timeout_s=5) as client:
+        loop = ControlLoop(robot, client, rate_hz=RATE, strategy="receding", execute_steps=4)
+        episode = loop.run_episode(seed=3, max_steps=30)
+        loop.close()
+    assert episode.steps == 30 and not episode.errors
+    assert episode.held_steps <= 2  # only a badly delayed reply on a loaded machine makes the robot wait
+    assert episode.requests >= 30 // 4 and episode.max_tick_ms < 1e3 / RATE
+    assert 30 / RATE * 0.9 < episode.wall_s < 30 / RATE * 1.6  # a fixed rate, not as fast as possible
+    # the first chunk is the policy's answer to the reset observation with the loop's request seed
+    robot.reset(3)
+    chunk = load_policy(random_checkpoint).predict_chunk(robot.observe(), generator=[torch.Generator().manual_seed(3 * 100_003)])[0]
+    lead = min(episode.lead_steps, 4)
+    np.testing.assert_allclose(np.asarray(episode.actions[:lead]), chunk[:lead], atol=1e-5)
+    robot.close()
+
+
+def test_loop_holds_safely_when_the_server_is_killed(server):
+    robot = SimRobot("builtin/push")
+    client = RobotClient(server.url, timeout_s=0.5, retry_s=0.2)
+    loop = ControlLoop(robot, client, rate_hz=RATE, strategy="receding", execute_steps=4)
+    killed_at: list[float] = []
+
+    def kill_soon():
+        time.sleep(1.0)
+        server.kill()
+        killed_at.append(time.perf_counter())
+
+    threading.Thread(target=kill_soon).start()
+    start = time.perf_counter()
+    episode = loop.run_episode(seed=0, max_steps=60)  # 3 s at 20 Hz; the server dies after ~1 s
+    loop.close()
+    client.close()
+    assert episode.steps == 60  # the loop ran to the end: no exception, no wedge
+    assert sum(episode.errors.values()) >= 1 and set(episode.errors) <= {"connection", "timeout"}
+    sources = episode.sources
+    first_hold = sources.index("hold")
+    kill_step = int((killed_at[0] - start) * RATE)
+    # after the kill the robot runs out the chunk it has (at most one horizon), then holds every step
+    assert first_hold <= kill_step + 8 + 2
+    assert all(s == "hold" for s in sources[first_hold:])
+    held = np.asarray(episode.actions[first_hold:])
+    np.testing.assert_array_equal(held, np.zeros_like(held))  # planar velocity: hold = zero motion
+    assert episode.late_ticks == 0 and episode.max_tick_ms < 1e3 / RATE  # holding never blocks a tick
+    robot.close()
+
+
+def test_executors_report_coverage():
+    ex = RecedingHorizon(4)
+    assert not ex.covers(0)
+    ex.add_chunk(np.zeros((8, 2)), 10)
+    assert ex.covers(10) and ex.covers(17) and not ex.covers(18) and not ex.covers(9)
+
+
+def test_vla_robot_cli(server, tmp_path, capsys):
+    assert main(["robot", f"url={server.url}", "episodes=2", "max_steps=12", "rate_hz=40", f"out={tmp_path}",
+                 "strategy=rtc"]) == 0
+    out = capsys.readouterr().out
+    summary = __import__("json").loads(out[out.index("{"):])
+    assert summary["episodes"] == 2 and [e["steps"] for e in summary["per_episode"]] == [12, 12]
+    assert (tmp_path / "control.json").exists()
+    # a robot whose cameras do not fit the served policy is refused before it moves
+    assert main(["robot", f"url={server.url}", "env=metaworld/reach-v3", "max_steps=3"]) == 2
+    assert "does not fit this robot: cameras" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_loop_reconnects_when_the_server_comes_back(random_checkpoint):
+    first = ServerProcess(random_checkpoint)
+    port = first.port
+    robot = SimRobot("builtin/push", max_steps=int(RATE * 20))
+    client = RobotClient(first.url, timeout_s=0.5, retry_s=0.2)
+    loop = ControlLoop(robot, client, rate_hz=RATE, execute_steps=4)
+    servers = [first]
+
+    def restart():
+        time.sleep(1.0)
+        first.kill()
+        servers.append(ServerProcess(random_checkpoint, port=port, timeout_s=60))
+
+    threading.Thread(target=restart).start()
+    episode = loop.run_episode(seed=0, max_steps=int(RATE * 20))
+    loop.close()
+    for srv in servers:
+        if srv.alive():
+            srv.kill()
+    sources = episode.sources
+    first_hold = sources.index("hold")
+    assert "policy" in sources[first_hold:], "the loop never resumed after the server came back"
+    assert client.reconnects >= 1 and episode.late_ticks == 0

@@ -1,0 +1,250 @@
+"""`vla serve` in a real subprocess on 127.0.0.1: openpi's own client gets correct actions, fuzzed
+garbage gets error replies while another client keeps being served, auth is enforced, concurrent
+clients are batched, HTTP endpoints answer, SIGTERM shuts down cleanly."""
+
+import json
+import threading
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import torch
+from conftest import ServerProcess
+from openpi_client.websocket_client_policy import WebsocketClientPolicy
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from vla.models import load_policy
+from vla.serve import RobotClient, ServerError, packb, unpackb
+from vla.serve.protocol import parse_error
+
+KEY = "test-key-123"
+
+
+@pytest.fixture(scope="module")
+def server(random_checkpoint):
+    srv = ServerProcess(random_checkpoint, f"api_key={KEY}", "max_wait_ms=50", "max_message_mb=1")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def policy(random_checkpoint):
+    return load_policy(random_checkpoint)
+
+
+def observation(i: int) -> dict:
+    rng = np.random.default_rng(i)
+    return {"images": {"top": rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)},
+            "state": rng.standard_normal(4).astype(np.float32),
+            "instruction": ["push the red block onto the blue pad", "reach the green block", "push"][i % 3]}
+
+
+def expected(policy, obs: dict, seed: int) -> np.ndarray:
+    return policy.predict_chunk(obs, generator=[torch.Generator().manual_seed(seed)])[0]
+
+
+def test_openpi_client_gets_correct_actions(server, policy):
+    client = WebsocketClientPolicy(server.host, server.port, api_key=KEY)
+    meta = client.get_server_metadata()
+    assert meta["cameras"] == ["top"] and meta["image_size"] == [64, 64] and meta["action_dim"] == 2
+    assert meta["action_horizon"] == 8 and meta["state_dim"] == 4 and meta["fps"] == 10.0
+    assert meta["action_low"] == [-1.0, -1.0] and meta["model"]["head"] == "dual_stream"
+    for i in range(3):
+        obs = dict(observation(i), seed=100 + i)
+        reply = client.infer(obs)
+        assert reply["actions"].shape == (8, 2) and reply["actions"].dtype == np.float32
+        np.testing.assert_allclose(reply["actions"], expected(policy, observation(i), 100 + i), atol=1e-5)
+        assert reply["server_timing"]["infer_ms"] > 0
+    # an error reaches openpi's client as the RuntimeError it raises for text frames; the connection survives
+    with pytest.raises(RuntimeError, match="state: expected float32 array of shape"):
+        client.infer(dict(observation(0), state=np.zeros(9, np.float32)))
+    assert client.infer(dict(observation(0), seed=1))["actions"].shape == (8, 2)
+
+
+def test_auth_is_enforced(server):
+    for headers in (None, {"Authorization": "Api-Key wrong"}, {"Authorization": f"Bearer {KEY}"}):
+        with pytest.raises(InvalidStatus) as info:
+            connect(server.url, additional_headers=headers, open_timeout=10)
+        assert info.value.response.status_code == 401
+    with pytest.raises(ConnectionError, match="HTTP 401.*API key"):
+        RobotClient(server.url, api_key="wrong").connect()
+    assert server.http("/healthz") == (200, "ok\n")  # liveness needs no key
+    assert server.http("/metadata")[0] == 401 and server.http("/metrics")[0] == 401
+    status, body = server.http("/metadata", KEY)
+    assert status == 200 and json.loads(body)["api_key_required"] is True
+    assert server.http("/nope", KEY)[0] == 404
+
+
+def _fuzz_cases(rng) -> list:
+    """≥ 200 malformed requests: garbage bytes, truncations, wrong types/shapes/dtypes, NaN/inf,
+    oversized frames, unknown cameras, bad array headers, text frames."""
+    good = packb(dict(observation(0), seed=1))
+    cases: list = [rng.bytes(int(n)) for n in rng.integers(1, 400, 60)]
+    cases += [good[: int(n)] for n in rng.integers(1, len(good) - 1, 40)]
+    cases += [msgpack.packb(x) for x in (None, 1, "obs", [1, 2], {"images": None}, {}, {"": 1}, True, 1.5, b"\x00")]
+    cases += [f"text frame {i}" for i in range(10)]
+    for i in range(72):
+        obs = observation(i)
+        kind = i % 12
+        if kind == 0:
+            obs["images"]["top"] = rng.integers(0, 255, (int(rng.integers(65, 300)), 64, 3), dtype=np.uint8)  # oversized
+        elif kind == 1:
+            obs["images"][f"cam_{i}"] = obs["images"]["top"]
+        elif kind == 2:
+            obs["images"]["top"] = obs["images"]["top"].astype(np.float32)
+        elif kind == 3:
+            obs["state"] = np.full(4, [np.nan, np.inf, -np.inf][i % 3], np.float32)
+        elif kind == 4:
+            obs["state"] = np.zeros(int(rng.integers(5, 50)), np.float32)
+        elif kind == 5:
+            del obs[["images", "state", "instruction"][i % 3]]
+        elif kind == 6:
+            obs["instruction"] = [None, 5, ["a"], {"x": 1}][i % 4]
+        elif kind == 7:
+            obs["seed"] = [-5, "x", 2**70, 1.5][i % 4]
+        elif kind == 8:
+            obs["rtc"] = [{"offset": -1, "delay": 0}, "rtc", {"offset": 0, "delay": 100}][i % 3]
+        elif kind == 9:
+            obs[f"unexpected_{i}"] = 1
+        elif kind == 10:
+            obs["images"]["top"] = obs["images"]["top"][..., :2]
+        else:
+            obs["images"] = obs["images"]["top"]
+        cases.append(packb(obs))
+    header = {b"__ndarray__": True, b"data": b"\0" * 12, b"dtype": "<f4", b"shape": [3]}
+    for bad in ({b"dtype": "|O"}, {b"dtype": "<c8"}, {b"shape": [5]}, {b"shape": [-3]}, {b"data": 5},
+                {b"dtype": "?!"}, {b"shape": "3"}, {b"shape": [1] * 20}):
+        arr = header | bad
+        cases.append(packb(dict(observation(1), state=arr)))
+        cases.append(msgpack.packb({"images": {"top": arr}, "state": [0, 0, 0, 0], "instruction": "x"}))
+    return cases
+
+
+def test_fuzzed_requests_get_errors_while_another_client_is_served(server, policy):
+    cases = _fuzz_cases(np.random.default_rng(0))
+    assert len(cases) >= 200
+    stop, good_replies, failures = threading.Event(), [], []
+
+    def well_behaved():
+        with RobotClient(server.url, api_key=KEY, timeout_s=30) as client:
+            i = 0
+            while not stop.is_set():
+                reply = client.infer(observation(i), seed=i)
+                if not np.allclose(reply.actions, expected(policy, observation(i), i), atol=1e-5):
+                    failures.append(i)
+                good_replies.append(i)
+                i += 1
+
+    thread = threading.Thread(target=well_behaved)
+    thread.start()
+    kinds = {}
+    with connect(server.url, additional_headers={"Authorization": f"Api-Key {KEY}"}, max_size=None) as ws:
+        unpackb(ws.recv(timeout=10))  # metadata
+        for case in cases:
+            ws.send(case)
+            reply = ws.recv(timeout=30)
+            assert isinstance(reply, str), f"no error for {case[:60]!r}"
+            kind, message = parse_error(reply)
+            assert kind == "bad_request" and len(message) > 10
+            kinds[message.split(":")[0]] = kinds.get(message.split(":")[0], 0) + 1
+        ws.send(packb(dict(observation(5), seed=5)))  # the fuzzed connection still works
+        np.testing.assert_allclose(unpackb(ws.recv(timeout=30))["actions"], expected(policy, observation(5), 5), atol=1e-5)
+    # clients that vanish mid-request, and a message over max_message_mb (closes that connection only: 1009)
+    for _ in range(5):
+        ws = connect(server.url, additional_headers={"Authorization": f"Api-Key {KEY}"})
+        ws.recv(timeout=10)
+        ws.send(packb(observation(0)))
+        ws.close()
+    with connect(server.url, additional_headers={"Authorization": f"Api-Key {KEY}"}, max_size=None) as ws:
+        ws.recv(timeout=10)
+        ws.send(b"\0" * (2 << 20))
+        with pytest.raises(ConnectionClosed) as info:
+            ws.recv(timeout=10)
+        assert info.value.rcvd.code == 1009
+    stop.set()
+    thread.join(60)
+    assert server.alive() and not failures and len(good_replies) >= 3
+    assert len(kinds) >= 10, kinds  # many different problems were named
+    metrics = server.http("/metrics", KEY)[1]
+    bad = float(next(line.split()[-1] for line in metrics.splitlines()
+                     if line.startswith('vla_requests_total{outcome="bad_request"}')))
+    assert bad >= len(cases)
+
+
+def test_batching_serves_8_concurrent_clients_correctly(server, policy):
+    rounds, n = 3, 8
+    barrier = threading.Barrier(n)
+    results, errors = {}, []
+
+    def client_thread(c):
+        try:
+            with RobotClient(server.url, api_key=KEY, timeout_s=60) as client:
+                client.connect()
+                for r in range(rounds):
+                    barrier.wait(timeout=60)
+                    i = c * 10 + r
+                    results[i] = client.infer(observation(i), seed=i)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    before = server.http("/metrics", KEY)[1]
+    threads = [threading.Thread(target=client_thread, args=(c,)) for c in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and len(results) == rounds * n
+    for i, reply in results.items():
+        np.testing.assert_allclose(reply.actions, expected(policy, observation(i), i), atol=1e-4)
+    sizes = [reply.server_timing["batch_size"] for reply in results.values()]
+    assert max(sizes) > 1, sizes  # requests that arrived together shared a forward pass
+    after = server.http("/metrics", KEY)[1]
+    assert "vla_batch_size_bucket" in after and after != before
+
+
+def test_rtc_continues_the_connection_previous_chunk(server):
+    with RobotClient(server.url, api_key=KEY, timeout_s=30) as client:
+        first = client.infer(observation(0), seed=1, rtc=(0, 2))
+        assert not first.guided  # nothing to continue yet
+        second = client.infer(observation(1), seed=2, rtc=(3, 2))
+        assert second.guided
+        # the frozen prefix: the first `delay` actions continue the previous chunk from offset 3
+        np.testing.assert_allclose(second.actions[:2], first.actions[3:5], atol=1e-5)
+        free = client.infer(observation(1), seed=2)
+        assert not np.allclose(free.actions[:2], first.actions[3:5], atol=1e-3)
+
+
+def test_client_timeout_never_returns_a_stale_chunk(server, policy):
+    with RobotClient(server.url, api_key=KEY, timeout_s=30) as client:
+        with pytest.raises(TimeoutError):
+            client.infer(observation(0), seed=7, timeout_s=1e-4)
+        assert not client.connected
+        reply = client.infer(observation(1), seed=8)  # reconnects; must be the answer to *this* request
+        np.testing.assert_allclose(reply.actions, expected(policy, observation(1), 8), atol=1e-5)
+        assert client.reconnects == 1
+        with pytest.raises(ServerError, match="bad_request: missing 'state'"):
+            client.infer({"images": observation(0)["images"], "instruction": "x"})
+        assert client.connected
+
+
+def test_openpi_style_keys_through_obs_keys_and_graceful_shutdown(random_checkpoint, policy):
+    keys = '{observation/image:images.top,observation/state:state,prompt:instruction}'
+    srv = ServerProcess(random_checkpoint, f"++obs_keys={keys}", "warmup=false")
+    try:
+        client = WebsocketClientPolicy(srv.host, srv.port)
+        assert client.get_server_metadata()["obs_keys"]["prompt"] == "instruction"
+        obs = observation(2)
+        reply = client.infer({"observation/image": obs["images"]["top"], "observation/state": obs["state"],
+                              "prompt": obs["instruction"], "seed": 3})
+        np.testing.assert_allclose(reply["actions"], expected(policy, obs, 3), atol=1e-5)
+        start = time.monotonic()
+        assert srv.stop() == 0 and time.monotonic() - start < 20
+        assert any("stopped" in line for line in srv.lines)
+        with pytest.raises(ConnectionClosed) as info:
+            client.infer({"observation/image": obs["images"]["top"], "observation/state": obs["state"], "prompt": "x"})
+        assert info.value.rcvd is None or info.value.rcvd.code == 1001
+    finally:
+        if srv.alive():
+            srv.kill()
