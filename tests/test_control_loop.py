@@ -8,12 +8,11 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import ServerProcess
 
 from vla.cli import main
 from vla.control import RecedingHorizon
 from vla.models import load_policy
-from vla.serve import ControlLoop, RobotClient, SimRobot
+from vla.serve import ControlLoop, RobotClient, ServerProcess, SimRobot
 
 RATE = 20.0
 

@@ -10,13 +10,12 @@ import msgpack
 import numpy as np
 import pytest
 import torch
-from conftest import ServerProcess
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from vla.models import load_policy
-from vla.serve import RobotClient, ServerError, packb, unpackb
+from vla.serve import RobotClient, ServerError, ServerProcess, packb, unpackb
 from vla.serve.protocol import parse_error
 
 KEY = "test-key-123"

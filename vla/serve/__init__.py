@@ -4,9 +4,10 @@
 from .client import Reply, RobotClient, ServerError
 from .config import RobotConfig, ServeConfig
 from .control_loop import ControlLoop, EpisodeLog, hold_action
+from .process import ServerProcess
 from .protocol import ProtocolError, packb, unpackb
 from .robot import Robot, SimRobot
 from .server import PolicyServer, serve
 
 __all__ = ["ControlLoop", "EpisodeLog", "PolicyServer", "ProtocolError", "Reply", "Robot", "RobotClient", "RobotConfig",
-           "ServeConfig", "ServerError", "SimRobot", "hold_action", "packb", "serve", "unpackb"]
+           "ServeConfig", "ServerError", "ServerProcess", "SimRobot", "hold_action", "packb", "serve", "unpackb"]
