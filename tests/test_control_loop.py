@@ -106,9 +106,11 @@ def test_loop_reconnects_when_the_server_comes_back(random_checkpoint):
         first.kill()
         servers.append(ServerProcess(random_checkpoint, port=port, timeout_s=60))
 
-    threading.Thread(target=restart).start()
+    restarter = threading.Thread(target=restart)
+    restarter.start()
     episode = loop.run_episode(seed=0, max_steps=int(RATE * 20))
     loop.close()
+    restarter.join()
     for srv in servers:
         if srv.alive():
             srv.kill()
