@@ -54,6 +54,7 @@ bench: setup
 	$(PY) benchmarks/expert_success.py
 	$(PY) benchmarks/policy_latency.py
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/serve_latency.py
 
 lint: setup
 	$(VENV)/bin/ruff check vla envs tests benchmarks

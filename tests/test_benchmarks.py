@@ -53,3 +53,14 @@ def test_train_throughput_smoke():
                            "batch_size=8")
     (row,) = result["rows"]
     assert row["samples_per_s"] > 0 and row["peak_rss_mib"] > 0 and row["params_m"] > 0
+
+
+@pytest.mark.slow
+def test_serve_latency_smoke():
+    result = run_benchmark("serve_latency", "presets=[tiny]", "repeats=3", "clients=[1,2]", "seconds=0.5")
+    (row,) = result["rows"]
+    assert row["round_trip_ms"] > 0 and row["in_process_ms"] > 0
+    for batching in ("batched", "unbatched"):
+        assert [r["clients"] for r in row[batching]] == [1, 2]
+        assert all(r["requests_per_s"] > 0 and not r["errors"] for r in row[batching])
+    assert max(r["mean_batch_size"] for r in row["unbatched"]) == 1.0
