@@ -21,7 +21,7 @@ def run_benchmark(name, *overrides):
 def test_bench_list(capsys):
     assert main(["bench", "--list"]) == 0
     assert capsys.readouterr().out.split() == ["data_throughput", "env_speed", "expert_success", "policy_latency",
-                                                  "train_throughput"]
+                                                  "serve_latency", "train_throughput"]
     assert main(["bench", "nope"]) == 2
 
 

