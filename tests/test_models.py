@@ -258,3 +258,31 @@ def test_rtc_guided_sampling_freezes_the_prefix(demo):
     diffusion = make_policy(demo, "diffusion").eval()
     with pytest.raises(ValueError, match="flow heads, not diffusion"):
         diffusion.predict_chunk(obs, guide=guide, guide_weights=weights)
+
+
+def test_feature_cache_gives_the_same_loss_and_skips_the_encoders(demo):
+    """Frozen encoders memoized by content: same prefix and loss, encoders run once per distinct input."""
+    _, _, batch = demo
+    torch.manual_seed(0)
+    cfg = PolicyConfig()
+    cfg.backbone.finetune = "frozen"
+    policy = Policy(cfg, demo[0].meta, demo[1]).train()
+    noise = policy.draw_noise(4, torch.Generator().manual_seed(0))
+    plain = policy.compute_loss(batch, noise)["loss"]
+    policy.backbone.cache_features(100)
+    calls = []
+    policy.backbone.vision.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    first = policy.compute_loss(batch, noise)["loss"]
+    second = policy.compute_loss(batch, noise)["loss"]
+    torch.testing.assert_close(first, plain, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(second, plain, rtol=1e-5, atol=1e-6)
+    distinct = len({bytes(x.numpy().tobytes()) for x in torch.cat([batch["images"]["top"][:, -1], batch["future_images"]["top"]])})
+    assert sum(calls) == distinct  # the second pass ran no encoder at all
+    assert policy.backbone.image_memo.hits >= 8 and len(policy.backbone.text_memo.entries) == len(set(batch["instruction"]))
+    second.backward()
+    assert policy.backbone.vision_proj.weight.grad is not None
+    policy.backbone.cache_features(0)
+    assert policy.backbone.image_memo is None
+    cfg.backbone.finetune = "full"
+    with pytest.raises(ValueError, match="frozen"):
+        Policy(cfg, demo[0].meta, demo[1]).backbone.cache_features(10)

@@ -12,8 +12,10 @@ average-pooled to ``tokens_per_image`` tokens (visual-token reduction). ``finetu
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import math
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -60,6 +62,33 @@ def apply_finetune(module: nn.Module, mode: str, rank: int, targets: list[str]) 
             param.requires_grad_("lora_" in name)
         return module
     raise ValueError(f"finetune must be full, frozen or lora, got {mode!r}")
+
+
+class FeatureMemo:
+    """Content-addressed memo of a frozen encoder: an input seen before (same bytes) returns the
+    stored output instead of running the encoder again. Training a head on frozen encoders sees each
+    dataset frame every epoch, so this turns the encoder cost into a one-off (LRU, ``max_entries``)."""
+
+    def __init__(self, max_entries: int):
+        self.max_entries = max_entries
+        self.entries: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def key(x: torch.Tensor | str) -> bytes:
+        data = x.encode() if isinstance(x, str) else x.detach().cpu().contiguous().numpy().tobytes()
+        return hashlib.blake2b(data, digest_size=16).digest()
+
+    def get(self, key: bytes) -> torch.Tensor | None:
+        value = self.entries.get(key)
+        if value is not None:
+            self.entries.move_to_end(key)
+        return value
+
+    def put(self, key: bytes, value: torch.Tensor) -> None:
+        self.entries[key] = value.detach()
+        if len(self.entries) > self.max_entries:
+            self.entries.popitem(last=False)
 
 
 class SiglipEncoder(nn.Module):
@@ -164,6 +193,16 @@ class CompositeBackbone(nn.Module):
         self.text_proj = nn.Linear(text.dim, width)
         self.camera_embed = nn.Parameter(torch.zeros(len(self.cameras), 1, width))
         self.state_proj = nn.Linear(state_dim, width) if config.state_token and state_dim else None
+        self.image_memo: FeatureMemo | None = None
+        self.text_memo: FeatureMemo | None = None
+
+    def cache_features(self, max_images: int) -> None:
+        """Memoize the frozen encoders' outputs (images by content, instructions by text); 0 turns it off.
+        Only for ``finetune: frozen``: trainable encoders change their outputs every step."""
+        if max_images and self.config.finetune != "frozen":
+            raise ValueError(f"feature caching needs frozen encoders (backbone.finetune=frozen), got {self.config.finetune!r}")
+        self.image_memo = FeatureMemo(max_images) if max_images else None
+        self.text_memo = FeatureMemo(10_000) if max_images else None
 
     def train(self, mode: bool = True) -> CompositeBackbone:
         super().train(mode)
@@ -174,7 +213,41 @@ class CompositeBackbone(nn.Module):
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W, 3) -> patch features (B, P, D_vision)."""
-        return self.vision(images)
+        if self.image_memo is None:
+            return self.vision(images)
+        memo = self.image_memo
+        keys = [memo.key(image) for image in images]
+        found = [memo.get(k) for k in keys]
+        missing = [i for i, f in enumerate(found) if f is None]
+        memo.hits += len(keys) - len(missing)
+        memo.misses += len(missing)
+        if missing:
+            with torch.no_grad():
+                computed = self.vision(images[missing])
+            for i, feats in zip(missing, computed, strict=True):
+                found[i] = feats
+                memo.put(keys[i], feats)
+        return torch.stack(found).to(images.device)
+
+    def _text(self, instructions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.text_memo is None:
+            return self.text(instructions, device)
+        # one instruction at a time (no padding), then padded here: the memo stores unpadded states
+        hidden = []
+        for text in instructions:
+            key = FeatureMemo.key(text)
+            value = self.text_memo.get(key)
+            if value is None:
+                with torch.no_grad():
+                    value = self.text([text], device)[0][0]
+                self.text_memo.put(key, value)
+            hidden.append(value)
+        length = max(h.shape[0] for h in hidden)
+        mask = torch.zeros(len(hidden), length, dtype=torch.bool, device=device)
+        padded = torch.zeros(len(hidden), length, hidden[0].shape[-1], device=device)
+        for i, h in enumerate(hidden):
+            padded[i, : h.shape[0]], mask[i, : h.shape[0]] = h, True
+        return padded, mask
 
     def target_features(self, images: torch.Tensor, tokens: int) -> torch.Tensor:
         """Pooled vision-encoder features of (future) frames, the world-model target (no gradient)."""
@@ -189,7 +262,7 @@ class CompositeBackbone(nn.Module):
             tokens = pool_tokens(self.image_features(images[cam]), self.config.tokens_per_image)
             parts.append(self.vision_proj(tokens) + self.camera_embed[i])
             masks.append(torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device))
-        hidden, mask = self.text(instructions, parts[0].device)
+        hidden, mask = self._text(instructions, parts[0].device)
         parts.append(self.text_proj(hidden))
         masks.append(mask)
         if self.state_proj is not None and state is not None:

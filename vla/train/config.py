@@ -30,6 +30,9 @@ class TrainerConfig:
     seed: int = 0
     cpu: bool = False  # force CPU even when a GPU is visible
     logger: str = "tensorboard"  # tensorboard | wandb | none
+    # memoize frozen encoders' outputs per dataset frame (auto: when the backbone is composite and
+    # frozen and augmentation is off, i.e. when every epoch would recompute the same features)
+    cache_features: Any = "auto"
 
 
 @dataclass

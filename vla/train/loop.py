@@ -79,6 +79,12 @@ def check_setup(cfg: TrainConfig, out: Path) -> TrajectoryStore:
         raise TrainError(f"run directory {out} is not writable: {e}") from e
     if t.eval_episodes > 0 and not store.meta.env:
         raise TrainError(f"trainer.eval_episodes={t.eval_episodes} but {cfg.data.path} names no env to evaluate in")
+    if t.cache_features not in (True, False, "auto"):
+        raise TrainError(f"trainer.cache_features must be true, false or auto, got {t.cache_features!r}")
+    if t.cache_features is True and (cfg.policy.backbone.kind != "composite" or cfg.policy.backbone.finetune != "frozen"
+                                     or cfg.data.augment.enabled):
+        raise TrainError("trainer.cache_features=true needs a composite backbone with finetune=frozen and "
+                         "data.augment.enabled=false (otherwise features change between epochs)")
     if cfg.resume not in (True, False, "auto"):
         raise TrainError(f"resume must be true, false or auto, got {cfg.resume!r}")
     existing = latest_checkpoint(out)
@@ -183,6 +189,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if cfg.data.cameras is not None:
         meta = type(meta)(**{**meta.__dict__, "cameras": list(cfg.data.cameras)})
     policy = Policy(cfg.policy, meta, normalizer)
+    if t.cache_features is True or (t.cache_features == "auto" and cfg.policy.backbone.kind == "composite"
+                                    and cfg.policy.backbone.finetune == "frozen" and not cfg.data.augment.enabled):
+        policy.backbone.cache_features(store.num_frames * len(meta.cameras))
     optimizer = torch.optim.AdamW(param_groups(policy, t.weight_decay), lr=t.lr, betas=tuple(t.betas))
     scheduler = get_cosine_schedule_with_warmup(optimizer, t.warmup_steps, t.steps)
     ema = EMAModel([p for p in policy.parameters() if p.requires_grad], decay=t.ema_decay) if t.ema_decay > 0 else None
