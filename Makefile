@@ -8,7 +8,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export MUJOCO_GL ?= egl
 export PYTHONWARNINGS ?= ignore::DeprecationWarning
 
-.PHONY: setup demo test test-slow test-all bench lint clean
+.PHONY: setup demo test test-slow test-all bench lint clean results-smoke
 
 setup: $(STAMP)
 
@@ -47,6 +47,16 @@ test-slow: setup
 
 test-all: setup
 	$(PY) -m pytest -q
+
+# Results (docs/results.md): `make results-builtin`, results-heads_builtin, results-heads_lift,
+# results-lift, results-pickplacecan, results-liftcolor, results-mt10 (configs/experiment/).
+EXPERIMENTS := builtin heads_builtin heads_lift lift pickplacecan liftcolor mt10
+
+results-smoke: setup
+	for e in $(EXPERIMENTS); do $(PY) benchmarks/results.py experiment=$$e smoke=true > /dev/null || exit 1; done
+
+results-%: setup
+	$(PY) benchmarks/results.py experiment=$*
 
 bench: setup
 	$(PY) benchmarks/data_throughput.py

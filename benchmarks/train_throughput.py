@@ -30,20 +30,25 @@ class BenchConfig:
     warmup: int = 3
     episodes: int = 20
     image_size: int = 64
+    # trainer.cache_features settings to compare; with the memo on, the timed steps span several
+    # epochs (cache_steps), so the figure includes the first epoch, which fills the memo
+    cache_features: list[bool] = field(default_factory=lambda: [False, True])
+    cache_steps: int = 60
 
 
-def one_run(dataset: str, preset: str, head: str, cfg: BenchConfig, out: str) -> dict:
+def one_run(dataset: str, preset: str, head: str, cfg: BenchConfig, out: str, cache: bool) -> dict:
     """Runs in a child process: warm-up steps, then timed steps (resumed from the warm-up checkpoint)."""
     from vla.config import compose, to_object
     from vla.train import TrainConfig, train
 
     base = [f"data.path={dataset}", f"policy={preset}", f"head={head}", f"out={out}", "data.num_workers=0",
             f"trainer.batch_size={cfg.batch_size}", "trainer.logger=none", "trainer.val_every=1000000",
-            "trainer.ema_decay=0.999", "data.val_fraction=0.1"]
+            "trainer.ema_decay=0.999", "data.val_fraction=0.1", f"trainer.cache_features={'auto' if cache else 'false'}"]
+    steps = cfg.cache_steps if cache else cfg.steps
     warm = to_object(compose("train", base + [f"trainer.steps={cfg.warmup}", f"trainer.checkpoint_every={cfg.warmup}"]),
                      TrainConfig)
     train(warm, progress=False)
-    timed = to_object(compose("train", base + [f"trainer.steps={cfg.warmup + cfg.steps}", "resume=true",
+    timed = to_object(compose("train", base + [f"trainer.steps={cfg.warmup + steps}", "resume=true",
                                                f"trainer.checkpoint_every={10**6}"]), TrainConfig)
     t0 = time.perf_counter()
     train(timed, progress=False)
@@ -52,12 +57,13 @@ def one_run(dataset: str, preset: str, head: str, cfg: BenchConfig, out: str) ->
 
     from vla.models import load_policy
 
-    policy = load_policy(Path(out) / "checkpoints" / f"step_{cfg.warmup + cfg.steps:06d}")
-    return {"preset": preset, "head": head, "batch_size": cfg.batch_size,
+    policy = load_policy(Path(out) / "checkpoints" / f"step_{cfg.warmup + steps:06d}")
+    cached = cache and policy.config.backbone.kind == "composite" and policy.config.backbone.finetune == "frozen"
+    return {"preset": preset, "head": head, "batch_size": cfg.batch_size, "cache_features": cached, "timed_steps": steps,
             "params_m": round(sum(p.numel() for p in policy.parameters()) / 1e6, 2),
             "trainable_m": round(sum(p.numel() for p in policy.parameters() if p.requires_grad) / 1e6, 2),
-            "samples_per_s": round(cfg.batch_size * cfg.steps / seconds, 1),
-            "step_s": round(seconds / cfg.steps, 3),
+            "samples_per_s": round(cfg.batch_size * steps / seconds, 1),
+            "step_s": round(seconds / steps, 3),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "threads": torch.get_num_threads()}
 
@@ -73,18 +79,21 @@ def main(argv: list[str]) -> dict:
         collect(CollectConfig(episodes=cfg.episodes, out=dataset, image_size=cfg.image_size, videos=0), progress=False)
         for preset in cfg.presets:
             for head in cfg.heads:
-                out = str(Path(tmp) / f"run-{preset}-{head}")
-                child = subprocess.run([sys.executable, __file__, "--one", dataset, preset, head, out, json.dumps(asdict(cfg))],
-                                       capture_output=True, text=True, check=True)
-                rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
-                print(rows[-1], file=sys.stderr, flush=True)
+                for cache in cfg.cache_features:
+                    if cache and preset == "tiny":
+                        continue  # tiny's encoders train (finetune: full): nothing to memoize
+                    out = str(Path(tmp) / f"run-{preset}-{head}-{cache}")
+                    child = subprocess.run([sys.executable, __file__, "--one", dataset, preset, head, out,
+                                            json.dumps(asdict(cfg)), str(cache)], capture_output=True, text=True, check=True)
+                    rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
+                    print(rows[-1], file=sys.stderr, flush=True)
     return {"benchmark": "train_throughput", "config": asdict(cfg), "device": "cpu", "rows": rows,
             "machine": {"cpus": os.cpu_count(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}}
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--one"]:
-        _, _, dataset, preset, head, out, cfg_json = sys.argv
-        print(json.dumps(one_run(dataset, preset, head, BenchConfig(**json.loads(cfg_json)), out)))
+        _, _, dataset, preset, head, out, cfg_json, cache = sys.argv
+        print(json.dumps(one_run(dataset, preset, head, BenchConfig(**json.loads(cfg_json)), out, cache == "True")))
     else:
         print(json.dumps(main(sys.argv[1:]), indent=2))

@@ -20,8 +20,8 @@ def run_benchmark(name, *overrides):
 
 def test_bench_list(capsys):
     assert main(["bench", "--list"]) == 0
-    assert capsys.readouterr().out.split() == ["data_throughput", "env_speed", "expert_success", "policy_latency",
-                                                  "serve_latency", "train_throughput"]
+    assert capsys.readouterr().out.split() == ["data_throughput", "env_speed", "expert_success", "openloop_error",
+                                                  "policy_latency", "results", "serve_latency", "train_throughput"]
     assert main(["bench", "nope"]) == 2
 
 
@@ -64,3 +64,26 @@ def test_serve_latency_smoke():
         assert [r["clients"] for r in row[batching]] == [1, 2]
         assert all(r["requests_per_s"] > 0 and not r["errors"] for r in row[batching])
     assert max(r["mean_batch_size"] for r in row["unbatched"]) == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", ["builtin", "heads_builtin", "heads_lift", "lift", "pickplacecan", "liftcolor",
+                                        "mt10"])
+def test_results_smoke(experiment, tmp_path):
+    """Every docs/results.md command end to end on a tiny budget: demos -> train -> eval -> summary."""
+    result = run_benchmark("results", f"experiment={experiment}", "smoke=true", f"out={tmp_path / 'out'}")
+    assert result["experiment"] == experiment and result["smoke"] and result["rows"]
+    for row in result["rows"]:
+        assert row["episodes"] > 0 and 0.0 <= row["success_rate"] <= 1.0 and row["latency_ms_median"] > 0
+    assert (tmp_path / "out" / "table.md").exists()
+
+
+@pytest.mark.slow
+def test_openloop_error_smoke(tmp_path, random_checkpoint):
+    from envs.collect import CollectConfig, collect
+
+    data = str(tmp_path / "push.zarr")
+    collect(CollectConfig(episodes=2, out=data, cameras=["top"], videos=0), progress=False)
+    result = run_benchmark("openloop_error", f"checkpoint={random_checkpoint}", f"datasets=[{data}]", "episodes=2")
+    (row,) = result["rows"]
+    assert row["windows"] > 0 and row["chunk_abs_error"] > 0 and row["mean_abs_action"] > 0

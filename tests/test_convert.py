@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import zarr
-from conftest import make_meta
+from conftest import make_meta, write_dataset
 
 from vla.cli import main
 from vla.data import TrajectoryStore, TrajectoryWriter, validate
@@ -207,3 +207,25 @@ def test_cli_convert(tmp_path, dataset, capsys):
     assert "already exists" in capsys.readouterr().err
     assert main(["data", "convert", str(tmp_path / "nothing"), str(tmp_path / "z.zarr")]) == 2
     assert "cannot tell the format" in capsys.readouterr().err
+
+
+def test_merge_keeps_every_episode_and_names_the_suite(tmp_path, capsys):
+    from vla.cli import main
+    from vla.data import TrajectoryStore
+    from vla.data.merge import merged_env
+
+    a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"
+    write_dataset(a, lengths=(3, 2), meta=make_meta(env="builtin/push"))
+    write_dataset(b, lengths=(4,), meta=make_meta(env="builtin/reach"))
+    assert main(["data", "merge", str(a), str(b), "--out", str(tmp_path / "ab.zarr")]) == 0
+    merged = TrajectoryStore(tmp_path / "ab.zarr")
+    assert merged.num_episodes == 3 and list(merged.episode_lengths) == [3, 2, 4] and merged.meta.env == "builtin"
+    src = TrajectoryStore(b).episode(0)
+    np.testing.assert_array_equal(merged.episode(2)["images"]["front"], src["images"]["front"])
+    np.testing.assert_array_equal(merged.episode(2)["action"], src["action"])
+    assert merged.episode(2)["instruction"] == src["instruction"] and merged.stats() is not None
+    assert merged_env(["metaworld/reach-v3", "robosuite/Lift"]) is None and merged_env(["x/y", "x/y"]) == "x/y"
+    # a dataset with other cameras is refused and nothing is left behind
+    write_dataset(tmp_path / "c.zarr", lengths=(2,), meta=make_meta(cameras=["front"]))
+    assert main(["data", "merge", str(a), str(tmp_path / "c.zarr"), "--out", str(tmp_path / "bad.zarr")]) == 2
+    assert "cameras" in capsys.readouterr().err and not (tmp_path / "bad.zarr").exists()

@@ -117,6 +117,10 @@ def test_bad_configs_fail_before_any_compute(dataset, tmp_path):
         train(config(*overrides(dataset, tmp_path / "d"), "data.horizon=4"), progress=False)
     with pytest.raises(TrainError, match="resume=true but"):
         train(config(*overrides(dataset, tmp_path / "e"), "resume=true"), progress=False)
+    with pytest.raises(TrainError, match="cache_features=true needs a composite backbone with finetune=frozen"):
+        train(config(*overrides(dataset, tmp_path / "g"), "trainer.cache_features=true"), progress=False)  # tiny: full
+    with pytest.raises(TrainError, match="cache_features must be true, false or auto"):
+        train(config(*overrides(dataset, tmp_path / "h"), "trainer.cache_features=sometimes"), progress=False)
     train(config(*overrides(dataset, tmp_path / "f"), "trainer.steps=2", "trainer.checkpoint_every=2"), progress=False)
     with pytest.raises(TrainError, match="already holds checkpoints"):
         train(config(*overrides(dataset, tmp_path / "f"), "trainer.steps=2"), progress=False)

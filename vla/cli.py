@@ -145,6 +145,13 @@ def _data_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_merge(args: argparse.Namespace) -> int:
+    from vla.data.merge import merge
+
+    print(json.dumps(merge(args.sources, args.out, overwrite=args.overwrite), indent=2))
+    return 0
+
+
 def _benchmarks_dir() -> Path:
     for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
         if (base / "benchmarks").is_dir():
@@ -216,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video-codec", default="libsvtav1", help="--to lerobot: libsvtav1 | libx264 | libx264rgb (lossless) | none (inline PNG)")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     p.set_defaults(func=_data_convert)
+    p = data_verbs.add_parser("merge", help="merge datasets (same cameras and dims) into one, e.g. for multi-task training",
+                              description="Copy every episode of SRC... into a new dataset OUT; validated, with stats.")
+    p.add_argument("sources", nargs="+", metavar="SRC")
+    p.add_argument("--out", required=True, help="the merged dataset")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=_data_merge)
 
     p = verbs.add_parser("bench", help="run a benchmark from benchmarks/ (prints JSON)",
                          description="Run benchmarks/<name>.py with key=value overrides; prints JSON.")

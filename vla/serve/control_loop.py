@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -178,6 +178,8 @@ class ControlLoop:
             elif now - next_tick > self.period:
                 episode.late_ticks += 1
                 start += (now - next_tick)  # re-anchor: late ticks are not made up by a burst of actions
+        if pending is not None:  # the client is not shared across threads: let the last request finish
+            wait([pending[0]])
         episode.steps, episode.success = k, self.robot.success
         episode.lead_steps, episode.wall_s = lead, time.perf_counter() - began
         return episode

@@ -1,0 +1,201 @@
+"""Results for docs/results.md: one command per experiment, from scripted demos to saved eval reports.
+
+    python benchmarks/results.py experiment=builtin           (configs/experiment/builtin.yaml)
+    python benchmarks/results.py experiment=builtin smoke=true   (tiny budgets: what CI runs)
+
+For every variant (e.g. a head) and seed: collect the demos (reused when already there), merge
+them when there are several, train with `vla train` (resumed when interrupted), then run each
+evaluation with `vla eval`. Writes ``<out>/<variant>/seed<k>/{run/, eval-<name>/}``, and
+``summary.json`` + ``table.md`` (success with pooled 95% Wilson intervals, per-seed rates, chunk
+latency, training wall time), which are copied to ``docs/results/<experiment>/`` unless smoke.
+Prints the summary as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("MUJOCO_GL", "egl")
+warnings.filterwarnings("ignore")
+
+import numpy as np  # noqa: E402
+
+from vla.config import compose, to_object  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Collection:
+    env: str
+    episodes: int = 100
+    overrides: list[str] = field(default_factory=list)  # extra `vla collect` overrides (cameras, image_size...)
+
+
+@dataclass
+class Evaluation:
+    name: str
+    overrides: list[str] = field(default_factory=list)  # `vla eval` overrides (episodes, instruction_swap, ...)
+    variants: list[str] | None = None  # only these variants (null = all), e.g. N_o scaling for dual_stream
+
+
+@dataclass
+class ExperimentConfig:
+    """Mirrors ``configs/experiment/*.yaml``."""
+
+    name: str = "builtin"
+    description: str = ""
+    collect: list[Collection] = field(default_factory=list)
+    train: list[str] = field(default_factory=list)  # `vla train` overrides shared by every variant
+    variants: dict[str, list[str]] = field(default_factory=dict)  # name -> extra train overrides (empty: one run)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    evals: list[Evaluation] = field(default_factory=list)
+    smoke: bool = False
+    smoke_train: list[str] = field(default_factory=list)  # appended when smoke=true
+    smoke_eval: list[str] = field(default_factory=list)
+    smoke_episodes: int = 4  # demos per collection when smoke=true
+    smoke_seeds: list[int] = field(default_factory=lambda: [0])
+    data_dir: str = "data/results"
+    out: str | None = None  # null = runs/results/<name> (runs/results-smoke/<name> when smoke)
+    docs: bool = True  # copy summary.json, table.md and the eval reports to docs/results/<name>/
+
+
+def collect_data(cfg: ExperimentConfig) -> str:
+    from envs.collect import CollectConfig, collect
+    from vla.data.merge import merge
+
+    paths = []
+    for c in cfg.collect:
+        episodes = min(c.episodes, cfg.smoke_episodes) if cfg.smoke else c.episodes
+        tag = "smoke-" if cfg.smoke else ""
+        path = str(ROOT / cfg.data_dir / f"{tag}{c.env.replace('/', '_')}-{episodes}.zarr")
+        ccfg = to_object(compose("collect", [f"env={c.env}", f"episodes={episodes}", f"out={path}", "videos=0",
+                                             *c.overrides]), CollectConfig)
+        summary = collect(ccfg, progress=not cfg.smoke)
+        print(f"collect {c.env}: {summary['episodes']} episodes in {path}", file=sys.stderr, flush=True)
+        paths.append(path)
+    if len(paths) == 1:
+        return paths[0]
+    merged = str(ROOT / cfg.data_dir / f"{'smoke-' if cfg.smoke else ''}{cfg.name}-merged.zarr")
+    if not Path(merged).exists():
+        merge(paths, merged, progress=False)
+    return merged
+
+
+def train_run(cfg: ExperimentConfig, data: str, variant: list[str], seed: int, run: Path) -> tuple[str, float]:
+    from vla.train import TrainConfig, train
+
+    overrides = [*cfg.train, *variant, f"data.path={data}", f"out={run}", f"trainer.seed={seed}", "resume=auto",
+                 "trainer.logger=none", *(cfg.smoke_train if cfg.smoke else [])]
+    tcfg = to_object(compose("train", overrides), TrainConfig)
+    t0 = time.perf_counter()
+    checkpoint = train(tcfg, progress=not cfg.smoke)
+    wall = time.perf_counter() - t0
+    timing = run / "train_wall_s.json"
+    if not timing.exists():  # a resumed run keeps the first run's figure only if the first finished
+        timing.write_text(json.dumps({"wall_s": round(wall, 1), "steps": tcfg.trainer.steps,
+                                      "batch_size": tcfg.trainer.batch_size}))
+    return str(checkpoint), json.loads(timing.read_text())["wall_s"]
+
+
+def evaluate_run(cfg: ExperimentConfig, checkpoint: str, ev: Evaluation, seed: int, out: Path) -> dict[str, Any]:
+    from vla.eval import EvalConfig, evaluate
+
+    overrides = [f"checkpoint={checkpoint}", f"out={out}", "videos=1", *ev.overrides, *(cfg.smoke_eval if cfg.smoke else [])]
+    ecfg = to_object(compose("eval", overrides), EvalConfig)
+    if (out / "eval.json").exists():
+        saved = json.loads((out / "eval.json").read_text())
+        same = {k: v for k, v in saved["config"].items() if k not in ("out", "checkpoint")}
+        if same == {k: v for k, v in asdict(ecfg).items() if k not in ("out", "checkpoint")}:
+            return saved  # already evaluated with this config (the run directory may have moved)
+    return evaluate(ecfg, progress=not cfg.smoke)
+
+
+def summarize(cfg: ExperimentConfig, rows: list[dict]) -> dict[str, Any]:
+    from vla.eval.metrics import wilson
+
+    table = []
+    for variant in cfg.variants:
+        for ev in cfg.evals:
+            cell = [r for r in rows if r["variant"] == variant and r["eval"] == ev.name]
+            if not cell:
+                continue
+            tasks = sorted({t for r in cell for t in r["tasks"]})
+            for task in tasks + (["all"] if len(tasks) > 1 else []):
+                per_seed = []
+                wins = episodes = 0
+                latency = []
+                for r in cell:
+                    ts = r["tasks"].values() if task == "all" else [r["tasks"][task]]
+                    w, n = sum(t["successes"] for t in ts), sum(t["episodes"] for t in ts)
+                    wins, episodes = wins + w, episodes + n
+                    per_seed.append(round(w / n, 4))
+                    latency += [t["latency_ms"]["median"] for t in ts]
+                lo, hi = wilson(wins, episodes)
+                table.append({"variant": variant, "eval": ev.name, "task": task, "successes": wins, "episodes": episodes,
+                              "success_rate": round(wins / episodes, 4), "ci95": [round(lo, 4), round(hi, 4)],
+                              "per_seed": per_seed, "latency_ms_median": round(float(np.median(latency)), 1),
+                              "train_wall_s": [r["train_wall_s"] for r in cell]})
+    return {"experiment": cfg.name, "description": cfg.description, "smoke": cfg.smoke, "config": asdict(cfg),
+            "rows": table, "runs": rows,
+            "machine": {"cpus": os.cpu_count(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}}
+
+
+def markdown(summary: dict) -> str:
+    lines = ["| variant | eval | task | success | 95% CI | per seed | chunk latency (ms) | train wall (s) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in summary["rows"]:
+        lines.append(f"| {r['variant']} | {r['eval']} | {r['task']} | {r['successes']}/{r['episodes']} "
+                     f"({r['success_rate']:.0%}) | {r['ci95'][0]:.2f}-{r['ci95'][1]:.2f} | "
+                     f"{', '.join(f'{p:.2f}' for p in r['per_seed'])} | {r['latency_ms_median']} | "
+                     f"{', '.join(str(round(w)) for w in r['train_wall_s'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    cfg: ExperimentConfig = to_object(compose("results", argv), ExperimentConfig)
+    out = Path(cfg.out) if cfg.out else ROOT / "runs" / ("results-smoke" if cfg.smoke else "results") / cfg.name
+    cfg.variants = cfg.variants or {"default": []}
+    data = collect_data(cfg)
+    rows = []
+    for variant, extra in cfg.variants.items():
+        for seed in cfg.smoke_seeds if cfg.smoke else cfg.seeds:
+            base = out / variant / f"seed{seed}"
+            checkpoint, wall = train_run(cfg, data, extra, seed, base / "run")
+            for ev in cfg.evals:
+                if ev.variants is not None and variant not in ev.variants:
+                    continue
+                report = evaluate_run(cfg, checkpoint, ev, seed, base / f"eval-{ev.name}")
+                tasks = {k: {key: v[key] for key in ("successes", "episodes", "success_rate", "ci95", "latency_ms")}
+                         for k, v in report["tasks"].items()}
+                rows.append({"variant": variant, "seed": seed, "eval": ev.name, "checkpoint": checkpoint,
+                             "train_wall_s": wall, "tasks": tasks, "eval_dir": str(base / f"eval-{ev.name}")})
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    summary = summarize(cfg, rows)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "table.md").write_text(markdown(summary))
+    if cfg.docs and not cfg.smoke:
+        docs = ROOT / "docs" / "results" / cfg.name
+        docs.mkdir(parents=True, exist_ok=True)
+        shutil.copy(out / "summary.json", docs / "summary.json")
+        shutil.copy(out / "table.md", docs / "table.md")
+        for r in rows:  # the saved eval reports every number comes from (no checkpoints, no videos)
+            target = docs / r["variant"] / f"seed{r['seed']}" / f"eval-{r['eval']}"
+            target.mkdir(parents=True, exist_ok=True)
+            for name in ("eval.json", "eval.md", "success.png"):
+                shutil.copy(Path(r["eval_dir"]) / name, target / name)
+    return summary
+
+
+if __name__ == "__main__":
+    result = main(sys.argv[1:])
+    print(json.dumps({k: v for k, v in result.items() if k not in ("runs", "config")}, indent=2))
