@@ -93,17 +93,20 @@ def collect_data(cfg: ExperimentConfig) -> str:
 
 def train_run(cfg: ExperimentConfig, data: str, variant: list[str], seed: int, run: Path) -> tuple[str, float]:
     from vla.train import TrainConfig, train
+    from vla.train.loop import latest_checkpoint
 
     overrides = [*cfg.train, *variant, f"data.path={data}", f"out={run}", f"trainer.seed={seed}", "resume=auto",
                  "trainer.logger=none", *(cfg.smoke_train if cfg.smoke else [])]
     tcfg = to_object(compose("train", overrides), TrainConfig)
+    timing = run / "train_wall_s.json"
+    resumed = latest_checkpoint(run) is not None
     t0 = time.perf_counter()
     checkpoint = train(tcfg, progress=not cfg.smoke)
     wall = time.perf_counter() - t0
-    timing = run / "train_wall_s.json"
-    if not timing.exists():  # a resumed run keeps the first run's figure only if the first finished
+    if not timing.exists():  # written once, when the run completes; a finished run is not timed again
+        # after an interrupted run only the resumed part is timed, and the file says so
         timing.write_text(json.dumps({"wall_s": round(wall, 1), "steps": tcfg.trainer.steps,
-                                      "batch_size": tcfg.trainer.batch_size}))
+                                      "batch_size": tcfg.trainer.batch_size, "resumed": resumed}))
     return str(checkpoint), json.loads(timing.read_text())["wall_s"]
 
 
@@ -118,6 +121,12 @@ def evaluate_run(cfg: ExperimentConfig, checkpoint: str, ev: Evaluation, seed: i
         if same == {k: v for k, v in asdict(ecfg).items() if k not in ("out", "checkpoint")}:
             return saved  # already evaluated with this config (the run directory may have moved)
     return evaluate(ecfg, progress=not cfg.smoke)
+
+
+def relative(path: str | Path) -> str:
+    """Paths in the saved summary are relative to the repository, so the docs hold no machine paths."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def summarize(cfg: ExperimentConfig, rows: list[dict]) -> dict[str, Any]:
@@ -177,8 +186,8 @@ def main(argv: list[str]) -> dict[str, Any]:
                 report = evaluate_run(cfg, checkpoint, ev, seed, base / f"eval-{ev.name}")
                 tasks = {k: {key: v[key] for key in ("successes", "episodes", "success_rate", "ci95", "latency_ms")}
                          for k, v in report["tasks"].items()}
-                rows.append({"variant": variant, "seed": seed, "eval": ev.name, "checkpoint": checkpoint,
-                             "train_wall_s": wall, "tasks": tasks, "eval_dir": str(base / f"eval-{ev.name}")})
+                rows.append({"variant": variant, "seed": seed, "eval": ev.name, "checkpoint": relative(checkpoint),
+                             "train_wall_s": wall, "tasks": tasks, "eval_dir": relative(base / f"eval-{ev.name}")})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     summary = summarize(cfg, rows)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -192,7 +201,7 @@ def main(argv: list[str]) -> dict[str, Any]:
             target = docs / r["variant"] / f"seed{r['seed']}" / f"eval-{r['eval']}"
             target.mkdir(parents=True, exist_ok=True)
             for name in ("eval.json", "eval.md", "success.png"):
-                shutil.copy(Path(r["eval_dir"]) / name, target / name)
+                shutil.copy(ROOT / r["eval_dir"] / name, target / name)  # ROOT / an absolute path = that path
     return summary
 
 
