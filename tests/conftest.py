@@ -57,20 +57,16 @@ def write_dataset(url, lengths=(5, 3, 7, 1, 4), meta: DatasetMeta | None = None,
 
 
 def make_random_checkpoint(path, head: str = "dual_stream", seed: int = 0) -> str:
-    """A tiny, untrained policy for builtin/push (one 64 px camera, state 4, action 2), saved at ``path``."""
+    """A tiny, untrained policy for builtin/push (its `top` camera at 64 px, state 4, action 2), saved at ``path``."""
     import torch
 
+    import envs
     from vla.data import Normalizer
     from vla.models import HeadConfig, Policy, PolicyConfig
 
-    meta = DatasetMeta(fps=10, cameras=["top"], image_size=(64, 64), state_dim=4,
-                       action_space=ActionSpace(dim=2, low=[-1, -1], high=[1, 1], kind="planar_velocity"),
-                       env="builtin/push")
-    stats = {k: {"mean": np.zeros(d), "std": np.ones(d), "min": -np.ones(d), "max": np.ones(d), "q01": -np.ones(d),
-                 "q99": np.ones(d)} for k, d in (("state", 4), ("action", 2))}
+    meta = envs.make("builtin/push", cameras=["top"], image_size=64).unwrapped.meta
     torch.manual_seed(seed)
-    policy = Policy(PolicyConfig(head=HeadConfig(kind=head)), meta,
-                    Normalizer.from_stats(stats, {"state": "identity", "action": "identity"}))
+    policy = Policy(PolicyConfig(head=HeadConfig(kind=head)), meta, Normalizer.identity({"state": 4, "action": 2}))
     policy.eval().save(path)
     return str(path)
 

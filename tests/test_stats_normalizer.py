@@ -83,3 +83,11 @@ def test_normalizer_errors(tmp_path):
         norm.normalize("state", np.zeros((2, 5), np.float32))
     with pytest.raises(ValueError, match="malformed normalizer dict"):
         Normalizer.from_dict({"state": {}})
+
+
+def test_identity_normalizer_changes_nothing():
+    norm = Normalizer.identity({"state": 3, "action": 2})
+    x = np.array([[1.5, -2.0, 7.0]], np.float32)
+    np.testing.assert_array_equal(norm.normalize("state", x), x)
+    np.testing.assert_array_equal(norm.unnormalize("action", x[:, :2]), x[:, :2])
+    assert Normalizer.from_dict(norm.to_dict()).keys["action"].mode == "identity"

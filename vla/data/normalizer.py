@@ -63,6 +63,11 @@ class Normalizer:
             raise KeyError(f"no stats for keys {sorted(missing)}; stats have {sorted(stats)}")
         return cls({key: KeyNorm(mode, *_affine(mode, stats[key])) for key, mode in modes.items()})
 
+    @classmethod
+    def identity(cls, dims: dict[str, int]) -> Normalizer:
+        """A normalizer that changes nothing, e.g. ``{"state": 4, "action": 2}`` (untrained policies)."""
+        return cls({key: KeyNorm("identity", np.zeros(d, np.float32), np.ones(d, np.float32)) for key, d in dims.items()})
+
     def _params(self, key: str, x: Any) -> tuple[Any, Any]:
         if key not in self.keys:
             raise KeyError(f"normalizer has no key {key!r}; it has {sorted(self.keys)}")

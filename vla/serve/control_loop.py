@@ -13,11 +13,13 @@ server answers again.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -194,9 +196,6 @@ class ControlLoop:
 
 def run_robot(cfg) -> dict[str, Any]:
     """`vla robot`: episodes of a `SimRobot` driven through a running server (``RobotConfig``)."""
-    import json
-    from pathlib import Path
-
     from tqdm import tqdm
 
     from .robot import SimRobot
