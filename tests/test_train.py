@@ -132,3 +132,18 @@ def test_bad_configs_fail_before_any_compute(dataset, tmp_path):
         train(config(*overrides(dataset, blocker / "run")), progress=False)
     with pytest.raises(ConfigError, match="trainer.stepz"):
         config("trainer.stepz=3")
+
+
+def test_task_balanced_batches_give_each_task_an_equal_share():
+    from vla.train.loop import StepBatches, task_balanced_weights
+
+    tasks = np.array(["push"] * 900 + ["reach"] * 100)
+    weights = task_balanced_weights(tasks)
+    assert weights.sum() == pytest.approx(1.0) and weights[-1] == pytest.approx(9 * weights[0])
+    batches = list(StepBatches(len(tasks), 64, 0, 0, 200, 0, 1, weights))
+    drawn = tasks[np.concatenate(batches)]
+    assert abs((drawn == "reach").mean() - 0.5) < 0.03  # 10% of the windows, half of the draws
+    again = list(StepBatches(len(tasks), 64, 0, 100, 200, 0, 1, weights))
+    assert [b for b in again] == batches[100:]  # a pure function of (seed, step): resumable
+    plain = np.concatenate(list(StepBatches(len(tasks), 64, 0, 0, 200, 0, 1)))
+    assert abs((tasks[plain] == "reach").mean() - 0.1) < 0.03

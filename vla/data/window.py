@@ -149,6 +149,10 @@ class WindowDataset(Dataset):
     def __len__(self) -> int:
         return len(self._frame)
 
+    def window_tasks(self) -> np.ndarray:
+        """The task name of every window (for task-balanced sampling)."""
+        return np.asarray(self.tasks)[self._episode_of]
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         t, s, e = int(self._frame[i]), int(self._start[i]), int(self._end[i])
         obs_idx = np.maximum(t + self._obs_offsets, s)

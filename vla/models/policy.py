@@ -39,16 +39,19 @@ class Policy(nn.Module):
         super().__init__()
         self.config, self.meta, self.normalizer = config, meta, normalizer
         self.backbone = build_backbone(config.backbone, config.head.width, meta.cameras, meta.state_dim)
-        self.head = build_head(config.head, meta.state_dim, meta.action_dim, config.horizon, self.backbone.feature_dim)
+        grounded = getattr(self.backbone, "conv_stem", None) is not None
+        # the head's condition: normalized state, plus the conv stem's keypoint tokens (see head_condition)
+        condition_dim = meta.state_dim + (len(meta.cameras) * config.head.width if grounded else 0)
+        self.head = build_head(config.head, condition_dim, meta.action_dim, config.horizon, self.backbone.feature_dim)
         self.grounding_readout = None
-        if getattr(self.backbone, "conv_stem", None) is not None and config.backbone.conv_aux_weight > 0:
-            # auxiliary chunk regression from the stem's keypoints: a mean-squared error cannot be lowered by
-            # heading for *a* block, only for the named one, so it pulls the stem's FiLM to the instruction.
-            # The flow head alone can model "any of the blocks" as a multimodal chunk and never needs the words.
-            width = config.head.width
-            self.grounding_readout = nn.Sequential(
-                nn.Linear(len(meta.cameras) * width + meta.state_dim, 4 * width), nn.SiLU(),
-                nn.Linear(4 * width, config.horizon * meta.action_dim))
+        if grounded and config.backbone.conv_aux_weight > 0:
+            # auxiliary chunk regression from the same condition: a mean-squared error cannot be lowered by
+            # heading for *a* block, only for the named one, so it pulls the stem's FiLM and queries to the
+            # instruction. The flow head alone can model "any of the blocks" as a multimodal chunk
+            # distribution and never needs the words.
+            hidden = 4 * config.head.width
+            self.grounding_readout = nn.Sequential(nn.Linear(condition_dim, hidden), nn.SiLU(),
+                                                   nn.Linear(hidden, config.horizon * meta.action_dim))
         self.register_buffer("action_low", torch.tensor(meta.action_space.low, dtype=torch.float32), persistent=False)
         self.register_buffer("action_high", torch.tensor(meta.action_space.high, dtype=torch.float32), persistent=False)
 
@@ -67,6 +70,12 @@ class Policy(nn.Module):
             raise SchemaError(f"state has dim {state.shape[-1]}, the policy expects {self.meta.state_dim}")
         return imgs, self.normalizer.normalize("state", state) if self.meta.state_dim else state, list(instructions)
 
+    def head_condition(self, prefix: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """The head's global condition: normalized state, then (with a conv stem) its keypoint tokens."""
+        if getattr(self.backbone, "conv_stem", None) is None:
+            return state
+        return torch.cat([state, self.backbone.keypoint_tokens(prefix)], -1)
+
     def forward(self, batch: dict, noise: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """`compute_loss` (forward is what DDP wraps)."""
         return self.compute_loss(batch, noise)
@@ -80,8 +89,9 @@ class Policy(nn.Module):
         instruction; future_images / future_valid for the dual-stream head)."""
         images, state, instructions = self._inputs(batch["images"], batch["state"], batch["instruction"])
         prefix = self.backbone(images, instructions, state)
+        condition = self.head_condition(prefix[0], state)
         head_batch = {
-            "state": state,
+            "state": condition,
             "action": self.normalizer.normalize("action", torch.as_tensor(batch["action"], dtype=torch.float32).to(self.device)),
             "action_mask": torch.as_tensor(batch["action_mask"]).to(self.device),
         }
@@ -95,8 +105,7 @@ class Policy(nn.Module):
             head_batch["future_valid"] = torch.as_tensor(batch["future_valid"]).to(self.device)
         losses = self.head.loss(prefix, head_batch, noise)
         if self.grounding_readout is not None:
-            readout_in = torch.cat([self.backbone.keypoint_tokens(prefix[0]), state], -1)
-            chunk = self.grounding_readout(readout_in).view(head_batch["action"].shape)
+            chunk = self.grounding_readout(condition).view(head_batch["action"].shape)
             losses["loss_ground"] = masked_mse(chunk, head_batch["action"], head_batch["action_mask"])
             losses["loss"] = losses["loss"] + self.config.backbone.conv_aux_weight * losses["loss_ground"]
         return losses
@@ -119,8 +128,8 @@ class Policy(nn.Module):
         if guide is not None:
             guide = self.normalizer.normalize("action", torch.as_tensor(np.asarray(guide), dtype=torch.float32).to(self.device))
             guide_weights = torch.as_tensor(np.asarray(guide_weights), dtype=torch.float32)
-        chunk = self.head.sample(prefix, state, action_steps=action_steps, vision_steps=vision_steps, generator=generator,
-                                 guide=guide, guide_weights=guide_weights)
+        chunk = self.head.sample(prefix, self.head_condition(prefix[0], state), action_steps=action_steps,
+                                 vision_steps=vision_steps, generator=generator, guide=guide, guide_weights=guide_weights)
         chunk = self.normalizer.unnormalize("action", chunk)
         chunk = torch.maximum(torch.minimum(chunk, self.action_high), self.action_low)
         return chunk.float().cpu().numpy()

@@ -117,10 +117,20 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 # -- batches -------------------------------------------------------------------------------------
-def global_batch_indices(n: int, batch: int, seed: int, epoch: int, index: int) -> np.ndarray:
-    """Indices of global batch ``index`` of ``epoch`` (a seeded permutation; the last partial batch is dropped)."""
+def global_batch_indices(n: int, batch: int, seed: int, epoch: int, index: int,
+                         weights: np.ndarray | None = None) -> np.ndarray:
+    """Indices of global batch ``index`` of ``epoch``: a seeded permutation (the last partial batch is
+    dropped), or with ``weights`` (per-window probabilities) a seeded draw with replacement."""
+    if weights is not None:
+        return np.random.default_rng([seed, epoch, index]).choice(n, batch, replace=True, p=weights)
     perm = np.random.default_rng([seed, epoch]).permutation(n)
     return perm[index * batch : (index + 1) * batch]
+
+
+def task_balanced_weights(tasks: np.ndarray) -> np.ndarray:
+    """Per-window sampling probabilities that give every task the same share: 1 / (tasks x its windows)."""
+    names, inverse, counts = np.unique(tasks, return_inverse=True, return_counts=True)
+    return 1.0 / (len(names) * counts[inverse])
 
 
 def batches_per_epoch(n: int, batch: int) -> int:
@@ -137,8 +147,9 @@ class StepBatches:
     """This process's slice of every global (micro-)batch from ``start`` on: a DataLoader batch sampler,
     so DataLoader workers prefetch while the order stays a pure function of (seed, step)."""
 
-    def __init__(self, n: int, batch: int, seed: int, start: int, stop: int, rank: int, world: int):
-        self.n, self.batch, self.seed, self.start, self.stop = n, batch, seed, start, stop
+    def __init__(self, n: int, batch: int, seed: int, start: int, stop: int, rank: int, world: int,
+                 weights: np.ndarray | None = None):
+        self.n, self.batch, self.seed, self.start, self.stop, self.weights = n, batch, seed, start, stop, weights
         self.per_epoch, self.local, self.rank = batches_per_epoch(n, batch), batch // world, rank
 
     def __len__(self) -> int:
@@ -147,7 +158,7 @@ class StepBatches:
     def __iter__(self):
         for global_index in range(self.start, self.stop):
             epoch, index = divmod(global_index, self.per_epoch)
-            indices = global_batch_indices(self.n, self.batch, self.seed, epoch, index)
+            indices = global_batch_indices(self.n, self.batch, self.seed, epoch, index, self.weights)
             yield indices[self.rank * self.local : (self.rank + 1) * self.local].tolist()
 
 
@@ -219,7 +230,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                disable=not (progress and accelerator.is_main_process))
     started, samples = time.perf_counter(), 0
     final = None
-    sampler = StepBatches(len(train_set), t.batch_size, t.seed, start_step * t.grad_accum, t.steps * t.grad_accum, rank, world)
+    weights = task_balanced_weights(train_set.window_tasks()) if t.balance_tasks else None
+    sampler = StepBatches(len(train_set), t.batch_size, t.seed, start_step * t.grad_accum, t.steps * t.grad_accum, rank, world,
+                          weights)
     loader = iter(DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.data.num_workers))
     for step in range(start_step, t.steps):
         model.train()

@@ -74,7 +74,11 @@ class FlowHead(nn.Module):
         super().__init__()
         w = config.width
         self.config, self.horizon, self.action_dim, self.vision = config, horizon, action_dim, vision
+        # the "state" vector is the policy's global condition (proprio state, plus the grounded keypoint
+        # tokens when the backbone has a conv stem): a token in the action stream, and added to every
+        # stream's timestep embedding so it modulates every block (AdaLN, as Diffusion Policy's FiLM)
         self.state_in = nn.Linear(state_dim, w) if state_dim else None
+        self.condition_in = nn.Linear(state_dim, w) if state_dim else None
         self.state_token = nn.Parameter(torch.zeros(1, 1, w))
         self.action_in = nn.Linear(action_dim, w)
         self.action_out = nn.Linear(w, action_dim)
@@ -102,10 +106,11 @@ class FlowHead(nn.Module):
                  vision: torch.Tensor | None = None, tau_o: torch.Tensor | None = None):
         """Predicted velocities of the action chunk and, when given, of the future-vision tokens."""
         a = torch.cat([self._state_tokens(state), self.action_in(actions)], 1) + self.action_pos
-        xs, tembs = [a], [self.action_time(tau_a)]
+        condition = self.condition_in(state) if self.condition_in is not None else 0.0
+        xs, tembs = [a], [self.action_time(tau_a) + condition]
         if vision is not None:
             xs.append(self.vision_in(vision) + self.vision_pos)
-            tembs.append(self.vision_time(tau_o))
+            tembs.append(self.vision_time(tau_o) + condition)
         out = self.transformer(xs, tembs, cache)
         v_action = self.action_out(out[0][:, 1:])
         return v_action, (self.vision_out(out[1]) if vision is not None else None)
