@@ -26,7 +26,7 @@ def test_random_shift_translates_within_the_pad():
     assert shifted.shape == image.shape
     rows, cols = torch.nonzero(shifted[:, 0]).T[1:]
     assert len(rows) == 16 and (rows - 10).abs().max() <= 3 and (cols - 10).abs().max() <= 3
-    assert len({(r.item(), c.item()) for r, c in zip(rows, cols)}) > 1  # shifts differ per image
+    assert len({(r.item(), c.item()) for r, c in zip(rows, cols, strict=True)}) > 1  # shifts differ per image
 
 
 def scenes(n: int, generator: torch.Generator, size: int = 24):

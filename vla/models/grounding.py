@@ -11,8 +11,8 @@ things are, and which of them the instruction names. This stem does both before 
   (x, y) position.
 - **Language queries**: ``queries`` vectors computed from the instruction score every location's
   features; the softmax over locations gives one expected (x, y) per query. Finding "the red block"
-  is then one dot product away, which trains far faster than FiLM alone (``benchmarks``-free check:
-  ``tests/test_grounding.py``).
+  is then one dot product away, which FiLM-gated channels alone learned more slowly on the
+  built-in reach demos (docs/results.md).
 
 Output per camera: ``tokens`` grid tokens (learned 2-D position embedding) plus one keypoint token.
 While training, the stem applies DrQ-style random shifts itself (pad + crop), so the frozen

@@ -28,7 +28,7 @@ class TrainerConfig:
     eval_episodes: int = 0  # > 0: evaluate each periodic checkpoint in the dataset's env (vla eval), log success
     log_every: int = 10
     # multi-task data: draw windows so that every task gets the same share of each batch (short-episode
-    # tasks are otherwise starved: builtin/reach has 1/6 of the frames of builtin/push)
+    # tasks are otherwise under-sampled: builtin/reach has 27% of the built-in suite's frames)
     balance_tasks: bool = False
     seed: int = 0
     cpu: bool = False  # force CPU even when a GPU is visible
