@@ -29,8 +29,9 @@ class BackboneConfig:
     state_token: bool = False  # append a projected proprioceptive-state token to the prefix
     finetune: str = "full"  # full | frozen | lora (peft LoRA on the encoders' attention projections)
     lora_rank: int = 8
-    # composite: a trainable conv stem beside the vision encoder, FiLM-conditioned on the instruction,
-    # with coordinate channels and a spatial-softmax keypoint token (vla/models/grounding.py)
+    # composite: a trainable conv stem beside the vision encoder, FiLM-conditioned on the instruction, with
+    # coordinate channels, spatial-softmax and language-queried keypoints; its keypoint token per camera also
+    # joins the head's condition (vla/models/grounding.py, Policy.head_condition)
     conv_channels: int = 0  # 0 = off
     conv_tokens: int = 16  # grid tokens per camera (a square number), plus one keypoint token
     conv_shift: int = 4  # random-shift augmentation (pixels) applied inside the stem while training
