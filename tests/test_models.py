@@ -314,6 +314,13 @@ def test_policy_with_the_grounded_conv_stem_trains_and_round_trips(demo, tmp_pat
     policy.eval()
     np.testing.assert_array_equal(policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1)),
                                   loaded.predict_chunk(obs, generator=torch.Generator().manual_seed(1)))
+    import safetensors.torch  # a checkpoint from an older vla (no condition_in): a clear error, not a state_dict dump
+
+    weights = safetensors.torch.load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+    del weights["head.condition_in.weight"]
+    safetensors.torch.save_file(weights, str(tmp_path / "ckpt" / "model.safetensors"))
+    with pytest.raises(SchemaError, match=r"missing weights: \['head\.condition_in\.weight'\].*older vla"):
+        load_policy(tmp_path / "ckpt")
     cfg.backbone.kind = "vlm"
     with pytest.raises(ValueError, match="conv_channels"):
         Policy(cfg, store.meta, normalizer)

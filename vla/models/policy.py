@@ -76,6 +76,15 @@ class Policy(nn.Module):
             return state
         return torch.cat([state, self.backbone.keypoint_tokens(prefix)], -1)
 
+    def load_weights(self, state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
+        """``load_state_dict`` with an error that says which checkpoint does not fit this code, and why."""
+        result = self.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise SchemaError(
+                f"checkpoint {source} does not match this version of vla's {self.config.name} policy "
+                f"(missing weights: {result.missing_keys[:4]}, unexpected: {result.unexpected_keys[:4]}); it was "
+                "probably written by an older vla: retrain it, or start a fresh run directory instead of resuming")
+
     def forward(self, batch: dict, noise: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """`compute_loss` (forward is what DDP wraps)."""
         return self.compute_loss(batch, noise)
@@ -179,5 +188,5 @@ def load_policy(path: str | os.PathLike, expect: DatasetMeta | None = None, devi
     if expect is not None:
         expect.check_compatible(meta, what="the environment/dataset", other_what=f"checkpoint {path}")
     policy = Policy(config, meta, Normalizer.load(path / "norm_stats.json"))
-    policy.load_state_dict(safetensors.torch.load_file(str(path / "model.safetensors")))
+    policy.load_weights(safetensors.torch.load_file(str(path / "model.safetensors")), path)
     return policy.to(device).eval()

@@ -211,7 +211,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     resume = cfg.resume is True or (cfg.resume == "auto" and latest_checkpoint(out) is not None)
     if resume:
         state = torch.load(latest_checkpoint(out) / STATE_FILE, map_location="cpu", weights_only=False)
-        policy.load_state_dict(state["model"])
+        policy.load_weights(state["model"], latest_checkpoint(out))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if ema is not None:
