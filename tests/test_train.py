@@ -144,6 +144,6 @@ def test_task_balanced_batches_give_each_task_an_equal_share():
     drawn = tasks[np.concatenate(batches)]
     assert abs((drawn == "reach").mean() - 0.5) < 0.03  # 10% of the windows, half of the draws
     again = list(StepBatches(len(tasks), 64, 0, 100, 200, 0, 1, weights))
-    assert [b for b in again] == batches[100:]  # a pure function of (seed, step): resumable
+    assert again == batches[100:]  # a pure function of (seed, step): resumable
     plain = np.concatenate(list(StepBatches(len(tasks), 64, 0, 0, 200, 0, 1)))
     assert abs((tasks[plain] == "reach").mean() - 0.1) < 0.03

@@ -39,12 +39,12 @@ class Policy(nn.Module):
         super().__init__()
         self.config, self.meta, self.normalizer = config, meta, normalizer
         self.backbone = build_backbone(config.backbone, config.head.width, meta.cameras, meta.state_dim)
-        grounded = getattr(self.backbone, "conv_stem", None) is not None
+        self.grounded = getattr(self.backbone, "conv_stem", None) is not None
         # the head's condition: normalized state, plus the conv stem's keypoint tokens (see head_condition)
-        condition_dim = meta.state_dim + (len(meta.cameras) * config.head.width if grounded else 0)
+        condition_dim = meta.state_dim + (len(meta.cameras) * config.head.width if self.grounded else 0)
         self.head = build_head(config.head, condition_dim, meta.action_dim, config.horizon, self.backbone.feature_dim)
         self.grounding_readout = None
-        if grounded and config.backbone.conv_aux_weight > 0:
+        if self.grounded and config.backbone.conv_aux_weight > 0:
             # auxiliary chunk regression from the same condition: a mean-squared error cannot be lowered by
             # heading for *a* block, only for the named one, so it pulls the stem's FiLM and queries to the
             # instruction. The flow head alone can model "any of the blocks" as a multimodal chunk
@@ -72,7 +72,7 @@ class Policy(nn.Module):
 
     def head_condition(self, prefix: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """The head's global condition: normalized state, then (with a conv stem) its keypoint tokens."""
-        if getattr(self.backbone, "conv_stem", None) is None:
+        if not self.grounded:
             return state
         return torch.cat([state, self.backbone.keypoint_tokens(prefix)], -1)
 

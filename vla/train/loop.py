@@ -208,10 +208,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     ema = EMAModel([p for p in policy.parameters() if p.requires_grad], decay=t.ema_decay) if t.ema_decay > 0 else None
 
     start_step, best_val = 0, math.inf
-    resume = cfg.resume is True or (cfg.resume == "auto" and latest_checkpoint(out) is not None)
+    resume_from = latest_checkpoint(out)
+    resume = cfg.resume is True or (cfg.resume == "auto" and resume_from is not None)
     if resume:
-        state = torch.load(latest_checkpoint(out) / STATE_FILE, map_location="cpu", weights_only=False)
-        policy.load_weights(state["model"], latest_checkpoint(out))
+        state = torch.load(resume_from / STATE_FILE, map_location="cpu", weights_only=False)
+        policy.load_weights(state["model"], resume_from)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if ema is not None:
