@@ -48,9 +48,9 @@ test-slow: setup
 test-all: setup
 	$(PY) -m pytest -q
 
-# Results (docs/results.md): `make results-builtin`, results-heads_builtin, results-heads_lift,
+# Results (docs/results.md): `make results-builtin`, results-heads_builtin, results-heads_reach, results-heads_lift,
 # results-lift, results-pickplacecan, results-liftcolor, results-mt10 (configs/experiment/).
-EXPERIMENTS := builtin heads_builtin heads_lift lift pickplacecan liftcolor mt10
+EXPERIMENTS := builtin heads_builtin heads_reach heads_lift lift pickplacecan liftcolor mt10
 
 results-smoke: setup
 	for e in $(EXPERIMENTS); do $(PY) benchmarks/results.py experiment=$$e smoke=true > /dev/null || exit 1; done

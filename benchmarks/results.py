@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import sys
+import textwrap
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -170,6 +171,32 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(summary: dict, path: Path) -> None:
+    """One bar per row of the table: success rate with its 95% interval, chunk latency in the label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary["rows"]
+    labels = [f"{r['variant']} / {r['eval']} / {r['task']}  ({r['latency_ms_median']:.0f} ms)" for r in rows]
+    rates = np.array([r["success_rate"] for r in rows])
+    err = np.array([[rate - r["ci95"][0], r["ci95"][1] - rate] for r, rate in zip(rows, rates, strict=True)]).T
+    fig, ax = plt.subplots(figsize=(7, 0.8 + 0.32 * len(rows)))
+    y = np.arange(len(rows))[::-1]
+    ax.barh(y, rates, xerr=err, capsize=3, color=[f"C{list(summary['config']['variants']).index(r['variant']) % 10}"
+                                                   for r in rows])
+    for yi, r in zip(y, rows, strict=True):
+        ax.text(min(r["ci95"][1] + 0.02, 0.9), yi, f"{r['successes']}/{r['episodes']}", va="center", fontsize=7)
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_xlim(0, 1.0)
+    ax.set_xlabel("success rate (95% Wilson interval); label: median chunk latency")
+    ax.set_title(textwrap.fill(f"{summary['experiment']}: {summary['description']}", 100), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: list[str]) -> dict[str, Any]:
     cfg: ExperimentConfig = to_object(compose("results", argv), ExperimentConfig)
     out = Path(cfg.out) if cfg.out else ROOT / "runs" / ("results-smoke" if cfg.smoke else "results") / cfg.name
@@ -192,11 +219,13 @@ def main(argv: list[str]) -> dict[str, Any]:
     summary = summarize(cfg, rows)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "table.md").write_text(markdown(summary))
+    plot(summary, out / "results.png")
     if cfg.docs and not cfg.smoke:
         docs = ROOT / "docs" / "results" / cfg.name
         docs.mkdir(parents=True, exist_ok=True)
         shutil.copy(out / "summary.json", docs / "summary.json")
         shutil.copy(out / "table.md", docs / "table.md")
+        shutil.copy(out / "results.png", docs / "results.png")
         for r in rows:  # the saved eval reports every number comes from (no checkpoints, no videos)
             target = docs / r["variant"] / f"seed{r['seed']}" / f"eval-{r['eval']}"
             target.mkdir(parents=True, exist_ok=True)

@@ -68,14 +68,14 @@ def test_serve_latency_smoke():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", ["builtin", "heads_builtin", "heads_lift", "lift", "pickplacecan", "liftcolor",
-                                        "mt10"])
+                                        "mt10", "heads_reach"])
 def test_results_smoke(experiment, tmp_path):
     """Every docs/results.md command end to end on a tiny budget: demos -> train -> eval -> summary."""
     result = run_benchmark("results", f"experiment={experiment}", "smoke=true", f"out={tmp_path / 'out'}")
     assert result["experiment"] == experiment and result["smoke"] and result["rows"]
     for row in result["rows"]:
         assert row["episodes"] > 0 and 0.0 <= row["success_rate"] <= 1.0 and row["latency_ms_median"] > 0
-    assert (tmp_path / "out" / "table.md").exists()
+    assert (tmp_path / "out" / "table.md").exists() and (tmp_path / "out" / "results.png").stat().st_size > 0
 
 
 @pytest.mark.slow
