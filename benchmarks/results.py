@@ -40,6 +40,7 @@ class Collection:
     env: str
     episodes: int = 100
     overrides: list[str] = field(default_factory=list)  # extra `vla collect` overrides (cameras, image_size...)
+    name: str | None = None  # dataset file stem; null = <suite>_<task>-<episodes> (name two collections of one env)
 
 
 @dataclass
@@ -74,16 +75,17 @@ def collect_data(cfg: ExperimentConfig) -> str:
     from envs.collect import CollectConfig, collect
     from vla.data.merge import merge
 
-    paths = []
-    for c in cfg.collect:
-        episodes = min(c.episodes, cfg.smoke_episodes) if cfg.smoke else c.episodes
-        tag = "smoke-" if cfg.smoke else ""
-        path = str(ROOT / cfg.data_dir / f"{tag}{c.env.replace('/', '_')}-{episodes}.zarr")
+    tag = "smoke-" if cfg.smoke else ""
+    counts = [min(c.episodes, cfg.smoke_episodes) if cfg.smoke else c.episodes for c in cfg.collect]
+    paths = [str(ROOT / cfg.data_dir / f"{tag}{c.name or c.env.replace('/', '_') + f'-{n}'}.zarr")
+             for c, n in zip(cfg.collect, counts, strict=True)]
+    for path in {p for p in paths if paths.count(p) > 1}:  # a resumed collection would reuse the other's demos
+        raise ValueError(f"experiment {cfg.name}: two collections write {path}; give one of them a `name`")
+    for c, episodes, path in zip(cfg.collect, counts, paths, strict=True):
         ccfg = to_object(compose("collect", [f"env={c.env}", f"episodes={episodes}", f"out={path}", "videos=0",
                                              *c.overrides]), CollectConfig)
         summary = collect(ccfg, progress=not cfg.smoke)
         print(f"collect {c.env}: {summary['episodes']} episodes in {path}", file=sys.stderr, flush=True)
-        paths.append(path)
     if len(paths) == 1:
         return paths[0]
     merged = str(ROOT / cfg.data_dir / f"{'smoke-' if cfg.smoke else ''}{cfg.name}-merged.zarr")
@@ -187,9 +189,10 @@ def plot(summary: dict, path: Path) -> None:
     ax.barh(y, rates, xerr=err, capsize=3, color=[f"C{list(summary['config']['variants']).index(r['variant']) % 10}"
                                                    for r in rows])
     for yi, r in zip(y, rows, strict=True):
-        ax.text(min(r["ci95"][1] + 0.02, 0.9), yi, f"{r['successes']}/{r['episodes']}", va="center", fontsize=7)
+        ax.text(r["ci95"][1] + 0.02, yi, f"{r['successes']}/{r['episodes']}", va="center", fontsize=7)
     ax.set_yticks(y, labels, fontsize=7)
-    ax.set_xlim(0, 1.0)
+    ax.set_xlim(0, 1.15)
+    ax.set_xticks(np.linspace(0, 1, 6))
     ax.set_xlabel("success rate (95% Wilson interval); label: median chunk latency")
     ax.set_title(textwrap.fill(f"{summary['experiment']}: {summary['description']}", 100), fontsize=8)
     fig.tight_layout()

@@ -87,3 +87,22 @@ def test_openloop_error_smoke(tmp_path, random_checkpoint):
     result = run_benchmark("openloop_error", f"checkpoint={random_checkpoint}", f"datasets=[{data}]", "episodes=2")
     (row,) = result["rows"]
     assert row["windows"] > 0 and row["chunk_abs_error"] > 0 and row["mean_abs_action"] > 0
+
+
+def test_results_collections_of_one_env_need_names(tmp_path):
+    """Two collections of one env (say clean and noisy demos) must not share a dataset file."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import results
+
+    twice = [results.Collection(env="builtin/reach", episodes=2, overrides=["cameras=[top]", "image_size=32"]),
+             results.Collection(env="builtin/reach", episodes=2, overrides=["cameras=[top]", "image_size=32", "noise_std=0.2"])]
+    cfg = results.ExperimentConfig(name="twice", collect=twice, data_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="two collections write .*builtin_reach-2.zarr"):
+        results.collect_data(cfg)
+    assert not list(tmp_path.iterdir())  # refused before collecting anything
+    twice[1].name = "reach-noisy"
+    merged = results.collect_data(cfg)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["builtin_reach-2.zarr", "reach-noisy.zarr", "twice-merged.zarr"]
+    from vla.data.store import TrajectoryStore
+
+    assert TrajectoryStore(merged).num_episodes == 4
