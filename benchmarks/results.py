@@ -184,7 +184,7 @@ def plot(summary: dict, path: Path) -> None:
     labels = [f"{r['variant']} / {r['eval']} / {r['task']}  ({r['latency_ms_median']:.0f} ms)" for r in rows]
     rates = np.array([r["success_rate"] for r in rows])
     err = np.array([[rate - r["ci95"][0], r["ci95"][1] - rate] for r, rate in zip(rows, rates, strict=True)]).T
-    fig, ax = plt.subplots(figsize=(7, 0.8 + 0.32 * len(rows)))
+    fig, ax = plt.subplots(figsize=(5 + 0.07 * max(map(len, labels)), 0.8 + 0.32 * len(rows)))
     y = np.arange(len(rows))[::-1]
     ax.barh(y, rates, xerr=err, capsize=3, color=[f"C{list(summary['config']['variants']).index(r['variant']) % 10}"
                                                    for r in rows])
