@@ -89,9 +89,9 @@ def test_openloop_error_smoke(tmp_path, random_checkpoint):
     assert row["windows"] > 0 and row["chunk_abs_error"] > 0 and row["mean_abs_action"] > 0
 
 
-def test_results_collections_of_one_env_need_names(tmp_path):
+def test_results_collections_of_one_env_need_names(tmp_path, monkeypatch):
     """Two collections of one env (say clean and noisy demos) must not share a dataset file."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import results
 
     twice = [results.Collection(env="builtin/reach", episodes=2, overrides=["cameras=[top]", "image_size=32"]),
