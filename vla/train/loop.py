@@ -211,7 +211,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     resume_from = latest_checkpoint(out)
     resume = cfg.resume is True or (cfg.resume == "auto" and resume_from is not None)
     if resume:
-        state = torch.load(resume_from / STATE_FILE, map_location="cpu", weights_only=False)
+        state = torch.load(resume_from / STATE_FILE, map_location="cpu", weights_only=True)
         policy.load_weights(state["model"], resume_from)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
