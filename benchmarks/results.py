@@ -89,9 +89,20 @@ def collect_data(cfg: ExperimentConfig) -> str:
     if len(paths) == 1:
         return paths[0]
     merged = str(ROOT / cfg.data_dir / f"{'smoke-' if cfg.smoke else ''}{cfg.name}-merged.zarr")
-    if not Path(merged).exists():
-        merge(paths, merged, progress=False)
+    if not merged_is_current(merged, paths):
+        merge(paths, merged, overwrite=True, progress=False)
     return merged
+
+
+def merged_is_current(merged: str, sources: list[str]) -> bool:
+    """A merged dataset left by an earlier run is reused only if it holds exactly the sources' episodes
+    (same instructions, in order); after a collection's size changes it is rebuilt, never silently reused."""
+    from vla.data.store import TrajectoryStore
+
+    if not Path(merged).exists():
+        return False
+    expected = [text for path in sources for text in TrajectoryStore(path).instructions]
+    return TrajectoryStore(merged).instructions.tolist() == expected
 
 
 def train_run(cfg: ExperimentConfig, data: str, variant: list[str], seed: int, run: Path) -> tuple[str, float]:

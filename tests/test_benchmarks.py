@@ -106,3 +106,22 @@ def test_results_collections_of_one_env_need_names(tmp_path, monkeypatch):
     from vla.data.store import TrajectoryStore
 
     assert TrajectoryStore(merged).num_episodes == 4
+
+
+def test_results_rebuilds_a_stale_merged_dataset(tmp_path, monkeypatch):
+    """A merged dataset left by an earlier config (fewer demos) is rebuilt, not silently trained on."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import results
+    from vla.data.store import TrajectoryStore
+
+    def config(episodes: int) -> "results.ExperimentConfig":
+        collect = [results.Collection(env=f"builtin/{kind}", episodes=episodes, overrides=["cameras=[top]", "image_size=32"])
+                   for kind in ("push", "reach")]
+        return results.ExperimentConfig(name="suite", collect=collect, data_dir=str(tmp_path))
+
+    merged = results.collect_data(config(1))
+    assert TrajectoryStore(merged).num_episodes == 2
+    assert results.merged_is_current(merged, [str(tmp_path / "builtin_push-1.zarr"), str(tmp_path / "builtin_reach-1.zarr")])
+    assert results.collect_data(config(2)) == merged
+    store = TrajectoryStore(merged)
+    assert store.num_episodes == 4 and sorted(set(store.tasks)) == ["builtin/push", "builtin/reach"]
