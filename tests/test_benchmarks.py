@@ -21,7 +21,8 @@ def run_benchmark(name, *overrides):
 def test_bench_list(capsys):
     assert main(["bench", "--list"]) == 0
     assert capsys.readouterr().out.split() == ["data_throughput", "env_speed", "expert_success", "openloop_error",
-                                                  "policy_latency", "results", "serve_latency", "train_throughput"]
+                                                  "policy_latency", "push_outcomes", "results", "serve_latency",
+                                                  "train_throughput"]
     assert main(["bench", "nope"]) == 2
 
 
@@ -78,6 +79,17 @@ def test_results_smoke(experiment, tmp_path):
     assert (tmp_path / "out" / "table.md").exists() and (tmp_path / "out" / "results.png").stat().st_size > 0
 
 
+def test_push_outcomes_counts_what_the_episodes_did(random_checkpoint):
+    result = run_benchmark("push_outcomes", f"checkpoint={random_checkpoint}", "episodes=2", "seed=7")
+    episodes = result["episodes"]
+    assert [e["seed"] for e in episodes] == [7, 8]
+    assert all(0 < e["steps"] <= 60 and e["target_to_pad_start"] > 0 for e in episodes)
+    summary = result["summary"]
+    assert summary["touched_target"] == sum(e["touched_target"] for e in episodes) / 2
+    assert summary["mean_closer_to_pad"] == pytest.approx(
+        sum(e["target_to_pad_start"] - e["target_to_pad_end"] for e in episodes) / 2, abs=1e-3)
+
+
 @pytest.mark.slow
 def test_openloop_error_smoke(tmp_path, random_checkpoint):
     from envs.collect import CollectConfig, collect
@@ -112,6 +124,7 @@ def test_results_rebuilds_a_stale_merged_dataset(tmp_path, monkeypatch):
     """A merged dataset left by an earlier config (fewer demos) is rebuilt, not silently trained on."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import results
+
     from vla.data.store import TrajectoryStore
 
     def config(episodes: int) -> "results.ExperimentConfig":

@@ -1,0 +1,80 @@
+"""Where a policy fails on builtin/push: does it find the named block, and does it move it to the pad?
+
+    python benchmarks/push_outcomes.py checkpoint=<dir> episodes=20 seed=100000   (configs/bench/push_outcomes.yaml)
+
+Runs ``episodes`` episodes (seeds ``seed``, ``seed`` + 1, ...) with the receding-horizon loop of
+`vla eval` (``execute_steps`` actions per chunk, horizon // 2 by default) and, from the env's own
+state, counts how often the target block was touched, how often another block was, and how much
+closer the target block ended up to its pad. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np
+import torch
+
+from envs.builtin.tabletop import TabletopEnv
+from vla.config import compose, to_object
+from vla.models import load_policy
+
+
+@dataclass
+class BenchConfig:
+    checkpoint: str | None = None
+    episodes: int = 20
+    seed: int = 100000
+    execute_steps: int | None = None  # null = horizon // 2, as `vla eval`
+    moved: float = 0.01  # a block counts as touched once it moved this far (workspace is 1 x 1)
+
+
+def run_episode(env: TabletopEnv, policy, seed: int, execute: int, moved: float) -> dict:
+    obs, _ = env.reset(seed=seed)
+    start = env.blocks.copy()
+    target, pad = env.target_block, env.pads[env.target_pad]
+    before = float(np.linalg.norm(start[target] - pad))
+    touched = np.zeros(len(start), dtype=bool)
+    generator = torch.Generator().manual_seed(seed)
+    success, done = False, False
+    while not done:
+        for action in policy.predict_chunk(obs, generator=generator)[0][:execute]:
+            obs, _, success, truncated, _ = env.step(action)
+            touched |= np.linalg.norm(env.blocks - start, axis=1) > moved
+            done = success or truncated
+            if done:
+                break
+    others = np.delete(touched, target)
+    return {"seed": seed, "success": bool(success), "touched_target": bool(touched[target]),
+            "touched_other": bool(others.any()), "target_to_pad_start": round(before, 4),
+            "target_to_pad_end": round(float(np.linalg.norm(env.blocks[target] - pad)), 4), "steps": env.steps}
+
+
+def main(argv: list[str]) -> dict:
+    cfg: BenchConfig = to_object(compose("bench/push_outcomes", argv), BenchConfig)
+    if not cfg.checkpoint:
+        raise SystemExit("checkpoint=<dir> is required")
+    policy = load_policy(cfg.checkpoint)
+    if policy.meta.env not in ("builtin/push", "builtin"):
+        raise SystemExit(f"{cfg.checkpoint} was trained on {policy.meta.env!r}; this benchmark runs builtin/push")
+    env = TabletopEnv(kind="push", cameras=policy.meta.cameras, image_size=policy.meta.image_size)
+    execute = cfg.execute_steps or max(1, policy.config.horizon // 2)
+    episodes = [run_episode(env, policy, cfg.seed + i, execute, cfg.moved) for i in range(cfg.episodes)]
+    closer = [e["target_to_pad_start"] - e["target_to_pad_end"] for e in episodes]
+
+    def share(key: str) -> float:
+        return round(float(np.mean([e[key] for e in episodes])), 3)
+
+    summary = {"success": share("success"), "touched_target": share("touched_target"),
+               "touched_other": share("touched_other"), "mean_closer_to_pad": round(float(np.mean(closer)), 4),
+               "moved_halfway": round(float(np.mean([e["target_to_pad_end"] <= e["target_to_pad_start"] / 2 for e in episodes])), 3)}
+    return {"benchmark": "push_outcomes", "config": asdict(cfg), "summary": summary, "episodes": episodes}
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1:]), indent=2))
