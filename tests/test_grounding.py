@@ -1,5 +1,6 @@
 """The grounded conv stem: keypoints, shifts, FiLM, and that it learns to find the object a word names."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -67,3 +68,59 @@ def test_stem_learns_to_locate_the_named_object():
     baseline = (target - target.mean(0)).pow(2).mean().item()  # a readout that ignores the image
     assert error < 0.2 * baseline, (error, baseline)
     assert wrong_word > 3 * error, (wrong_word, error)  # another word points at another square
+
+
+def two_word_scenes(n: int, generator: torch.Generator):
+    """`scenes` plus a second, different colour: the instruction is the word pair (named, other)."""
+    images, words, target = scenes(n, generator)
+    other = (words + torch.randint(1, 3, (n,), generator=generator)) % 3
+    return images, torch.stack([words, other], 1), target
+
+
+class TwoWordLocator(nn.Module):
+    """Stem + a readout of the named square's position; each instruction token = word + its place."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.stem = GroundedConvStem(16, 4, 32, 8, shift_pad=0, text=text)
+        self.words, self.places, self.readout = nn.Embedding(3, 8), nn.Embedding(2, 8), nn.Linear(32, 2)
+
+    def forward(self, images: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+        tokens = self.words(words) + self.places.weight
+        return self.readout(self.stem(images, tokens, torch.ones(words.shape, dtype=torch.bool))[:, -1])
+
+
+def test_attention_reading_binds_words_to_their_place_in_the_instruction():
+    """'red ... green' and 'green ... red' name different squares. Their mean-pooled token embeddings are
+    equal, so only the stem that reads the tokens with attention can tell which square is meant."""
+    errors = {}
+    for text in ("mean", "attention"):
+        torch.manual_seed(0)
+        generator = torch.Generator().manual_seed(0)
+        locator = TwoWordLocator(text)
+        optimizer = torch.optim.Adam(locator.parameters(), lr=3e-3)
+        images, words, target = two_word_scenes(256, generator)
+        for _ in range(300):
+            idx = torch.randint(0, 256, (32,), generator=generator)
+            loss = (locator(images[idx], words[idx]) - target[idx]).pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        locator.eval()
+        images, words, target = two_word_scenes(32, generator)
+        with torch.no_grad():
+            errors[text] = (locator(images, words) - target).pow(2).mean().item()
+            swapped = (locator(images, words.flip(1)) - target).pow(2).mean().item()
+        baseline = (target - target.mean(0)).pow(2).mean().item()
+        if text == "attention":
+            assert errors[text] < 0.25 * baseline, (errors, baseline)
+            assert swapped > 3 * errors[text], (swapped, errors)  # the same words, other order: the other square
+    assert errors["mean"] > 2 * errors["attention"], errors
+
+
+def test_attention_reading_stem_needs_the_tokens():
+    stem = GroundedConvStem(4, 4, 8, 8, text="attention")
+    with pytest.raises(ValueError, match="instruction's tokens"):
+        stem(torch.zeros(1, 16, 16, 3, dtype=torch.uint8), torch.zeros(1, 8))
+    with pytest.raises(ValueError, match="'mean' or 'attention'"):
+        GroundedConvStem(4, 4, 8, 8, text="max")

@@ -288,11 +288,12 @@ def test_feature_cache_gives_the_same_loss_and_skips_the_encoders(demo):
         Policy(cfg, demo[0].meta, demo[1]).backbone.cache_features(10)
 
 
-def test_policy_with_the_grounded_conv_stem_trains_and_round_trips(demo, tmp_path):
+@pytest.mark.parametrize("conv_text", ["mean", "attention"])
+def test_policy_with_the_grounded_conv_stem_trains_and_round_trips(demo, tmp_path, conv_text):
     store, normalizer, batch = demo
     torch.manual_seed(0)
     cfg = PolicyConfig()
-    cfg.backbone.conv_channels, cfg.backbone.conv_tokens = 8, 4
+    cfg.backbone.conv_channels, cfg.backbone.conv_tokens, cfg.backbone.conv_text = 8, 4, conv_text
     policy = Policy(cfg, store.meta, normalizer).train()
     images, state, instructions = policy._inputs(batch["images"], batch["state"], batch["instruction"])
     prefix, mask = policy.backbone(images, instructions, state)
@@ -307,6 +308,8 @@ def test_policy_with_the_grounded_conv_stem_trains_and_round_trips(demo, tmp_pat
     assert losses["loss"] > losses["loss_ground"] > 0
     stem = policy.backbone.conv_stem
     assert stem.blocks[0].conv.weight.grad.abs().sum() > 0 and stem.blocks[0].film.weight.grad.abs().sum() > 0
+    if conv_text == "attention":
+        assert stem.reader.queries.grad.abs().sum() > 0
     policy.save(tmp_path / "ckpt")
     loaded = load_policy(tmp_path / "ckpt")
     obs = {"images": {"top": batch["images"]["top"][:2, -1].numpy()}, "state": batch["state"][:2, -1].numpy(),

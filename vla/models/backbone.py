@@ -195,7 +195,8 @@ class CompositeBackbone(nn.Module):
         self.text_proj = nn.Linear(text.dim, width)
         self.camera_embed = nn.Parameter(torch.zeros(len(self.cameras), 1, width))
         self.state_proj = nn.Linear(state_dim, width) if config.state_token and state_dim else None
-        self.conv_stem = (GroundedConvStem(config.conv_channels, config.conv_tokens, width, width, config.conv_shift)
+        self.conv_stem = (GroundedConvStem(config.conv_channels, config.conv_tokens, width, width, config.conv_shift,
+                                           text=config.conv_text)
                           if config.conv_channels else None)
         self.image_memo: FeatureMemo | None = None
         self.text_memo: FeatureMemo | None = None
@@ -269,14 +270,11 @@ class CompositeBackbone(nn.Module):
         device = images[self.cameras[0]].device
         hidden, text_mask = self._text(instructions, device)
         text = self.text_proj(hidden)
-        if self.conv_stem is not None:
-            weights = text_mask.unsqueeze(-1).float()
-            pooled_text = (text * weights).sum(1) / weights.sum(1).clamp(min=1.0)
         parts, masks = [], []
         for i, cam in enumerate(self.cameras):
             tokens = self.vision_proj(pool_tokens(self.image_features(images[cam]), self.config.tokens_per_image))
             if self.conv_stem is not None:
-                tokens = torch.cat([tokens, self.conv_stem(images[cam], pooled_text)], 1)
+                tokens = torch.cat([tokens, self.conv_stem(images[cam], text, text_mask)], 1)
             parts.append(tokens + self.camera_embed[i])
             masks.append(torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device))
         parts.append(text)

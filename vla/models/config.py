@@ -35,6 +35,9 @@ class BackboneConfig:
     conv_channels: int = 0  # 0 = off
     conv_tokens: int = 16  # grid tokens per camera (a square number), plus one keypoint token
     conv_shift: int = 4  # random-shift augmentation (pixels) applied inside the stem while training
+    # how the stem reads the instruction: "mean" of its tokens, or "attention" (learned queries over the
+    # tokens, which keep "red block ... blue pad" apart from "blue block ... red pad"; grounding.py)
+    conv_text: str = "mean"
     # weight of the auxiliary loss that regresses the action chunk from the stem's keypoint tokens + state:
     # a direct gradient that makes the stem find what the instruction names (see Policy.compute_loss)
     conv_aux_weight: float = 1.0

@@ -13,6 +13,11 @@ things are, and which of them the instruction names. This stem does both before 
   features; the softmax over locations gives one expected (x, y) per query. Finding "the red block"
   is then one dot product away, which FiLM-gated channels alone learned more slowly on the
   built-in reach demos (docs/results.md).
+- **Reading the instruction**: ``text="mean"`` conditions all of this on the mean of the instruction's
+  token embeddings; ``text="attention"`` on learned queries that cross-attend over the tokens
+  (`InstructionReader`), one read for FiLM and one per keypoint query. The mean blurs which colour goes
+  with which noun: MiniLM's mean-pooled "push the red block onto the blue pad" and "push the blue
+  block onto the red pad" have cosine similarity 0.997.
 
 Output per camera: ``tokens`` grid tokens (learned 2-D position embedding) plus one keypoint token.
 While training, the stem applies DrQ-style random shifts itself (pad + crop), so the frozen
@@ -59,9 +64,33 @@ def spatial_softmax(features: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bcp,kp->bck", weights, grid)
 
 
-class GroundedConvStem(nn.Module):
-    def __init__(self, channels: int, tokens: int, width: int, text_dim: int, shift_pad: int = 4, queries: int = 8):
+class InstructionReader(nn.Module):
+    """``reads`` learned queries cross-attend over the instruction's tokens: (B, L, D) -> (B, reads, D)."""
+
+    def __init__(self, dim: int, reads: int, heads: int = 4):
         super().__init__()
+        self.queries = nn.Parameter(torch.randn(reads, dim) * dim**-0.5)
+        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        queries = self.queries.expand(tokens.shape[0], -1, -1)
+        read, _ = self.attention(queries, tokens, tokens, key_padding_mask=~mask, need_weights=False)
+        return self.norm(read)
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, L, D) tokens, (B, L) bool mask -> (B, D) mean over the real tokens."""
+    weights = mask.unsqueeze(-1).to(tokens.dtype)
+    return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+class GroundedConvStem(nn.Module):
+    def __init__(self, channels: int, tokens: int, width: int, text_dim: int, shift_pad: int = 4, queries: int = 8,
+                 text: str = "mean"):
+        super().__init__()
+        if text not in ("mean", "attention"):
+            raise ValueError(f"conv stem text must be 'mean' or 'attention', got {text!r}")
         side = math.isqrt(tokens)
         if side * side != tokens:
             raise ValueError(f"conv_tokens must be a square number, got {tokens}")
@@ -73,8 +102,10 @@ class GroundedConvStem(nn.Module):
             FiLMConv(2 * c, 2 * c, 1, text_dim),
         ])
         self.keypoint_logits = nn.Conv2d(2 * c, c, 1)
-        self.queries = nn.Linear(text_dim, queries * 2 * c)
         self.n_queries = queries
+        # attention: one read for FiLM plus one per keypoint query, each projected to a query vector
+        self.reader = InstructionReader(text_dim, 1 + queries) if text == "attention" else None
+        self.queries = nn.Linear(text_dim, 2 * c) if self.reader else nn.Linear(text_dim, queries * 2 * c)
         self.down = FiLMConv(2 * c, 2 * c, 2, text_dim)
         self.grid_proj = nn.Linear(2 * c, width)
         self.grid_pos = nn.Parameter(torch.randn(tokens, width) * 0.02)
@@ -91,8 +122,16 @@ class GroundedConvStem(nn.Module):
         cols = (offsets[:, 1, None] + torch.arange(w, device=x.device))[:, None, None, :].expand(b, x.shape[1], h, w)
         return x.gather(3, cols)
 
-    def forward(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, H, W, 3) + pooled instruction (B, text_dim) -> (B, tokens + 1, width)."""
+    def forward(self, images: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 (B, H, W, 3) + the instruction -> (B, tokens + 1, width). ``text``: its tokens (B, L, text_dim)
+        with ``text_mask`` (B, L), or (``text="mean"`` only) an already pooled (B, text_dim)."""
+        if self.reader is not None:
+            if text.ndim != 3 or text_mask is None:
+                raise ValueError("the attention-reading conv stem needs the instruction's tokens (B, L, D) and their mask")
+            reads = self.reader(text, text_mask)
+            text, query_text = reads[:, 0], reads[:, 1:]
+        elif text.ndim == 3:
+            text = masked_mean(text, text_mask if text_mask is not None else torch.ones(text.shape[:2], dtype=torch.bool, device=text.device))
         x = images.permute(0, 3, 1, 2).float() / 255.0 - 0.5
         if self.training and self.shift_pad:
             x = self.shift(x)
@@ -101,7 +140,7 @@ class GroundedConvStem(nn.Module):
         for block in self.blocks:
             x = block(x, text)
         keypoints = spatial_softmax(self.keypoint_logits(x)).flatten(1)  # (B, 2c)
-        queries = self.queries(text).view(b, self.n_queries, x.shape[1])
+        queries = (self.queries(query_text) if self.reader is not None else self.queries(text)).view(b, self.n_queries, x.shape[1])
         scores = torch.einsum("bnc,bchw->bnhw", queries, x) / math.sqrt(x.shape[1])
         named = spatial_softmax(scores).flatten(1)  # (B, 2 * queries): where the instruction points
         keypoints = torch.cat([keypoints, named], 1)
