@@ -77,7 +77,9 @@ def _run_episode(seed: int) -> dict[str, Any]:
     success = False
     while True:
         label = np.asarray(expert.act(), dtype=np.float32)
-        recorder.add(obs, label)
+        # privileged per-frame targets (e.g. the named object's position) for auxiliary losses, if the env has them
+        targets = env.unwrapped.training_targets() if hasattr(env.unwrapped, "training_targets") else None
+        recorder.add(obs, label, targets)
         obs, _, terminated, truncated, info = env.step(add_noise(label, _WORKER["noise_std"], rng, low, high))
         success = bool(info.get("success", False))
         if terminated or truncated or success:

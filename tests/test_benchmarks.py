@@ -21,7 +21,7 @@ def run_benchmark(name, *overrides):
 def test_bench_list(capsys):
     assert main(["bench", "--list"]) == 0
     assert capsys.readouterr().out.split() == ["data_throughput", "env_speed", "expert_success", "openloop_error",
-                                                  "policy_latency", "push_outcomes", "results", "serve_latency",
+                                                  "policy_latency", "push_oracle", "push_outcomes", "results", "serve_latency",
                                                   "train_throughput"]
     assert main(["bench", "nope"]) == 2
 
@@ -88,6 +88,13 @@ def test_push_outcomes_counts_what_the_episodes_did(random_checkpoint):
     assert summary["touched_target"] == sum(e["touched_target"] for e in episodes) / 2
     assert summary["mean_closer_to_pad"] == pytest.approx(
         sum(e["target_to_pad_start"] - e["target_to_pad_end"] for e in episodes) / 2, abs=1e-3)
+
+
+def test_push_oracle_regresses_the_expert_and_rolls_it_out():
+    result = run_benchmark("push_oracle", "demos=5", "steps=3", "episodes=2", "execute_steps=[1,8]")
+    assert result["frames"] > 5 and result["final_loss"] > 0
+    assert [r["execute_steps"] for r in result["rows"]] == [1, 8]
+    assert all(r["success_rate"] in (0.0, 0.5, 1.0) for r in result["rows"])
 
 
 @pytest.mark.slow

@@ -82,6 +82,11 @@ def test_target_block_is_drawn_where_the_state_says():
     x, y = base.blocks[base.target_block]
     px, py = int(x * 64), int(y * 64)
     assert tuple(obs["images"]["top"][py, px]) == COLORS[base.block_colors[base.target_block]]
+    # the training targets point at the named block and the named pad (its ring is drawn in the pad's colour)
+    block_x, block_y, pad_x, pad_y = base.training_targets()
+    assert (block_x, block_y) == pytest.approx((x, y)) and base.meta.target_names == ["block_x", "block_y", "pad_x", "pad_y"]
+    ring_x = int((pad_x + base.pad_half * 0.9) * 64)
+    assert tuple(obs["images"]["top"][int(pad_y * 64), ring_x]) == COLORS[base.pad_colors[base.target_pad]]
 
 
 def test_pushing_moves_a_block():

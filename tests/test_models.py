@@ -306,6 +306,9 @@ def test_policy_with_the_grounded_conv_stem_trains_and_round_trips(demo, tmp_pat
         losses["loss"].backward()
         optimizer.step()
     assert losses["loss"] > losses["loss_ground"] > 0
+    # the built-in demos carry where the named block and pad are: the stem's keypoints learn to read them out
+    assert store.meta.target_names == ["block_x", "block_y", "pad_x", "pad_y"] and batch["targets"].shape == (4, 4)
+    assert losses["loss"] > losses["loss_locate"] > 0 and policy.locate_readout.weight.grad.abs().sum() > 0
     stem = policy.backbone.conv_stem
     assert stem.blocks[0].conv.weight.grad.abs().sum() > 0 and stem.blocks[0].film.weight.grad.abs().sum() > 0
     if conv_text == "attention":
@@ -324,6 +327,8 @@ def test_policy_with_the_grounded_conv_stem_trains_and_round_trips(demo, tmp_pat
     safetensors.torch.save_file(weights, str(tmp_path / "ckpt" / "model.safetensors"))
     with pytest.raises(SchemaError, match=r"missing weights: \['head\.condition_in\.weight'\].*older vla"):
         load_policy(tmp_path / "ckpt")
+    cfg.backbone.conv_locate_weight = 0.0
+    assert Policy(cfg, store.meta, normalizer).locate_readout is None
     cfg.backbone.kind = "vlm"
     with pytest.raises(ValueError, match="conv_channels"):
         Policy(cfg, store.meta, normalizer)

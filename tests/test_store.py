@@ -134,3 +134,40 @@ def test_summary(dataset):
     assert s["tasks"] == {"task0": 3, "task1": 2}
     assert s["success_rate"] == 0.6
     assert s["bytes_stored"] > 0 and s["stats"] is None and s["partial_tail"] is None
+
+
+def test_training_targets_round_trip_merge_and_windows(tmp_path):
+    """Privileged per-frame targets (data/targets): written with the episode, required when declared,
+    carried by merge, and handed to training windows for the frame they belong to."""
+    from vla.data.merge import merge
+    from vla.data.window import WindowConfig, WindowDataset
+
+    meta = make_meta(extra={"targets": ["block_x", "block_y"]})
+    paths = [tmp_path / "a.zarr", tmp_path / "b.zarr"]
+    for k, path in enumerate(paths):
+        with TrajectoryWriter(path, meta) as w:
+            for e, length in enumerate((3, 4)):
+                episode = make_episode(e, length, 0, meta)
+                targets = np.stack([np.arange(length) + 10 * e + 100 * k, -np.arange(length)], 1).astype(np.float32)
+                w.add_episode(**episode, targets=targets)
+            with pytest.raises(SchemaError, match=r"declares training targets \['block_x', 'block_y'\]"):
+                w.add_episode(**make_episode(2, 2, 0, meta))
+            with pytest.raises(SchemaError, match=r"targets has shape \(2, 3\), expected \(T, 2\)"):
+                w.add_episode(**make_episode(2, 2, 0, meta), targets=np.zeros((2, 3), np.float32))
+    store = TrajectoryStore(paths[0])
+    assert store.num_episodes == 2 and store.meta.target_names == ["block_x", "block_y"]  # refusals wrote nothing
+    np.testing.assert_array_equal(store.episode(1)["targets"][:, 0], [10, 11, 12, 13])
+    merge([str(p) for p in paths], tmp_path / "ab.zarr", progress=False)
+    merged = TrajectoryStore(tmp_path / "ab.zarr")
+    assert merged.meta.target_names == ["block_x", "block_y"]
+    np.testing.assert_array_equal(merged.episode(3)["targets"][:, 0], [110, 111, 112, 113])
+    windows = WindowDataset(merged, WindowConfig(n_obs_steps=2, horizon=2))
+    assert [float(windows[i]["targets"][0]) for i in range(len(windows))] == [0, 1, 2, 10, 11, 12, 13, 100, 101, 102,
+                                                                               110, 111, 112, 113]
+    with TrajectoryWriter(tmp_path / "plain.zarr", make_meta()) as w:
+        with pytest.raises(SchemaError, match="declares none"):
+            w.add_episode(**make_episode(0, 2, 0), targets=np.zeros((2, 2), np.float32))
+        w.add_episode(**make_episode(0, 2, 0))
+    merge([str(paths[0]), str(tmp_path / "plain.zarr")], tmp_path / "mixed.zarr", progress=False)
+    mixed = TrajectoryStore(tmp_path / "mixed.zarr")  # not every source has them: the merge drops them
+    assert mixed.meta.target_names == [] and "targets" not in mixed.episode(0) and mixed.num_episodes == 3

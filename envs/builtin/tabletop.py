@@ -30,6 +30,9 @@ COLORS = {
 TABLE = np.array((205, 190, 165), dtype=np.uint8)
 PUSHER = np.array((70, 70, 70), dtype=np.uint8)
 CAMERAS = ("top", "wrist")  # wrist: a 2x zoomed view that follows the pusher
+# privileged per-frame training targets recorded with the demos (`training_targets`): where the named block
+# and the named pad are, in workspace units ([0, 1], x right, y down, like the top camera)
+TARGET_NAMES = ("block_x", "block_y", "pad_x", "pad_y")
 
 
 @dataclass
@@ -97,7 +100,7 @@ class TabletopEnv(gym.Env):
         return DatasetMeta(
             fps=self.control_freq, cameras=self.cameras, image_size=self.image_size, state_dim=4,
             action_space=ActionSpace(dim=2, low=[-1.0, -1.0], high=[1.0, 1.0], kind="planar_velocity"),
-            robot="point_pusher", env=self.name,
+            robot="point_pusher", env=self.name, extra={"targets": list(TARGET_NAMES)},
         )
 
     # -- episode ---------------------------------------------------------------------------
@@ -235,7 +238,12 @@ class TabletopEnv(gym.Env):
         img[(d2 <= (0.5 * self.pusher_radius) ** 2)] = (200, 200, 200)
         return img
 
-    # -- privileged state for the scripted expert ------------------------------------------
+    # -- privileged state for the scripted expert and for auxiliary training targets ------------
+    def training_targets(self) -> np.ndarray:
+        """(4,) float32: the named block's and the named pad's centres (`TARGET_NAMES`); for reach, the pad
+        is the one drawn for the episode (the instruction does not name it)."""
+        return np.concatenate([self.blocks[self.target_block], self.pads[self.target_pad]]).astype(np.float32)
+
     def privileged_state(self) -> dict:
         return {
             "pusher": self.pusher.copy(),

@@ -1,5 +1,6 @@
 """Merge datasets into one (multi-task training: the built-in suite, MetaWorld MT10): episodes
-are copied in order with their instruction, task, success and seed. Cameras, image size and dims
+are copied in order with their instruction, task, success and seed (and training targets, when every
+source has the same ones). Cameras, image size and dims
 must agree; the merged ``env`` is the shared env, else the shared suite (``builtin``,
 ``metaworld``), which `vla eval` expands to its tasks."""
 
@@ -37,7 +38,10 @@ def merge(sources: list[str | os.PathLike], dst: str | os.PathLike, overwrite: b
         first.meta.check_compatible(store.meta, what=store.url, other_what=first.url)
         if store.meta.fps != first.meta.fps:
             raise ConversionError(f"{store.url} runs at {store.meta.fps} fps, {first.url} at {first.meta.fps}")
-    meta = type(first.meta)(**{**first.meta.__dict__, "env": merged_env([s.meta.env for s in stores]),
+    # privileged training targets survive a merge only when every source has the same ones
+    keep_targets = all(s.meta.target_names == first.meta.target_names for s in stores)
+    extra = {k: v for k, v in first.meta.extra.items() if k != "targets" or keep_targets}
+    meta = type(first.meta)(**{**first.meta.__dict__, "env": merged_env([s.meta.env for s in stores]), "extra": extra,
                                "created_with": f"vla data merge ({len(stores)} datasets)"})
     total = sum(s.num_episodes for s in stores)
     with staged_dataset(dst, overwrite=overwrite) as tmp, TrajectoryWriter(tmp, meta) as writer:
@@ -48,7 +52,8 @@ def merge(sources: list[str | os.PathLike], dst: str | os.PathLike, overwrite: b
                 episode = store.episode(i)
                 writer.add_episode(episode["images"], episode["state"], episode["action"], episode["instruction"],
                                    task=episode["task"] or store.meta.env, success=episode["success"],
-                                   seed=None if seeds is None or seeds[i] < 0 else int(seeds[i]))
+                                   seed=None if seeds is None or seeds[i] < 0 else int(seeds[i]),
+                                   targets=episode.get("targets") if meta.target_names else None)
                 bar.update(1)
         bar.close()
     return summarize(str(dst), ", ".join(s.url for s in stores), "merge", started) | {"env": meta.env}

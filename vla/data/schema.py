@@ -10,6 +10,8 @@ of each episode), the same idea as diffusion_policy's ReplayBuffer::
       data/images/<camera>   uint8   (N, H, W, 3)
       data/state             float32 (N, D_state)
       data/action            float32 (N, D_action)
+      data/targets           float32 (N, D_targets)  optional: privileged per-frame training targets
+                                     (attrs.extra.targets names them), for auxiliary losses only
       meta/episode_ends      int64   (E,)   written last: the commit point
       meta/instruction       str     (E,)
       meta/task              str     (E,)
@@ -31,6 +33,7 @@ VERSION = 1
 IMAGES = "data/images"
 STATE = "data/state"
 ACTION = "data/action"
+TARGETS = "data/targets"
 EPISODE_ENDS = "meta/episode_ends"
 INSTRUCTION = "meta/instruction"
 TASK = "meta/task"
@@ -109,6 +112,11 @@ class DatasetMeta:
     @property
     def action_dim(self) -> int:
         return self.action_space.dim
+
+    @property
+    def target_names(self) -> list[str]:
+        """Names of the optional privileged training targets (``data/targets``), e.g. ``block_x``; [] = none."""
+        return [str(n) for n in self.extra.get("targets", [])]
 
     def to_attrs(self) -> dict[str, Any]:
         """JSON-typed attributes for the Zarr root group."""

@@ -89,7 +89,8 @@ class CommitState:
 
 
 def frame_array_paths(meta: DatasetMeta) -> list[str]:
-    return [f"{schema.IMAGES}/{cam}" for cam in meta.cameras] + [schema.STATE, schema.ACTION]
+    targets = [schema.TARGETS] if meta.target_names else []
+    return [f"{schema.IMAGES}/{cam}" for cam in meta.cameras] + [schema.STATE, schema.ACTION] + targets
 
 
 def read_commit_state(group: zarr.Group, meta: DatasetMeta) -> CommitState:
@@ -173,7 +174,7 @@ class TrajectoryStore:
         return self.group[f"{schema.IMAGES}/{camera}"]
 
     def load(self, key: str) -> np.ndarray:
-        """Read a whole committed frame array into memory: ``state``, ``action`` or ``images/<camera>``."""
+        """Read a whole committed frame array into memory: ``state``, ``action``, ``targets`` or ``images/<camera>``."""
         path = key if key.startswith("data/") else f"data/{key}"
         return np.asarray(self.group[path][: self.num_frames])
 
@@ -197,10 +198,12 @@ class TrajectoryStore:
         return np.asarray(self.group[schema.SEED][: self.num_episodes], dtype=np.int64)
 
     def episode(self, index: int) -> dict[str, Any]:
-        """One whole episode: images per camera, state, action and its per-episode fields."""
+        """One whole episode: images per camera, state, action (targets, if the dataset has them) and its
+        per-episode fields."""
         sl = self.episode_slice(index)
         index %= self.num_episodes
-        return {
+        targets = {"targets": np.asarray(self.group[schema.TARGETS][sl])} if self.meta.target_names else {}
+        return targets | {
             "images": {cam: np.asarray(self.images(cam)[sl]) for cam in self.meta.cameras},
             "state": np.asarray(self.group[schema.STATE][sl]),
             "action": np.asarray(self.group[schema.ACTION][sl]),

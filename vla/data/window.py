@@ -8,6 +8,7 @@ For frame t of an episode [s, e) a window holds:
 - ``action_mask``  bool (horizon,): False on padded actions
 - ``future_images[cam]`` uint8 (H, W, 3) and ``future_valid``: the frame t+k (clamped to e-1),
   when ``future_offset`` k is set (the target of the world-model stream)
+- ``targets`` float32 (D_targets,): frame t's privileged training targets, when the dataset has them
 - ``instruction``, ``task``, ``episode_index``, ``frame_index``
 
 Zarr random access costs milliseconds per call, so by default (``in_memory="auto"``) the
@@ -74,6 +75,7 @@ class _Arrays:
     def _load(self, store: TrajectoryStore) -> None:
         self.state = store.load("state")  # low-dim arrays always live in RAM
         self.action = store.load("action")
+        self.targets = store.load("targets") if store.meta.target_names else None
         if self.in_memory:
             self.images = {cam: store.load(f"images/{cam}") for cam in self.cameras}
         else:
@@ -170,6 +172,8 @@ class WindowDataset(Dataset):
             "episode_index": ep,
             "frame_index": t - s,
         }
+        if self.arrays.targets is not None:
+            sample["targets"] = self.arrays.targets[t]
         if self.config.future_offset is not None:
             f = t + self.config.future_offset
             sample["future_valid"] = f < e

@@ -88,7 +88,10 @@ class TrajectoryWriter:
                 f"{schema.IMAGES}/{cam}", shape=(0, h, w, 3), chunks=(image_chunk, h, w, 3),
                 dtype="uint8", compressors=images,
             )
-        for path, dim in ((schema.STATE, self.meta.state_dim), (schema.ACTION, self.meta.action_dim)):
+        lowdim = [(schema.STATE, self.meta.state_dim), (schema.ACTION, self.meta.action_dim)]
+        if self.meta.target_names:
+            lowdim.append((schema.TARGETS, len(self.meta.target_names)))
+        for path, dim in lowdim:
             self.group.create_array(path, shape=(0, dim), chunks=(lowdim_chunk, max(dim, 1)), dtype="float32", compressors=floats)
         self.group.create_array(schema.INSTRUCTION, shape=(0,), chunks=(episode_chunk,), dtype=str)
         self.group.create_array(schema.TASK, shape=(0,), chunks=(episode_chunk,), dtype=str)
@@ -133,14 +136,26 @@ class TrajectoryWriter:
         task: str | None = None,
         success: bool = True,
         seed: int | None = None,
+        targets: np.ndarray | None = None,
     ) -> int:
-        """Append one whole episode of T frames; returns its index. Nothing is visible until it is committed."""
+        """Append one whole episode of T frames; returns its index. Nothing is visible until it is committed.
+        ``targets`` (T, D_targets): required exactly when the metadata names targets (``extra.targets``)."""
         images, state, action, length = self._check_episode(images, state, action, instruction)
+        names = self.meta.target_names
+        if (targets is None) != (not names):
+            raise SchemaError(f"this dataset declares training targets {names}, the episode has none" if names else
+                              "the episode has training targets but the dataset declares none (meta.extra['targets'])")
+        if names:
+            targets = self._check_lowdim("targets", targets, len(names))
+            if len(targets) != length:
+                raise SchemaError(f"targets have {len(targets)} frames, the episode has {length}")
         start, end = self.num_frames, self.num_frames + length
         for cam, frames in images.items():
             self._append_rows(f"{schema.IMAGES}/{cam}", start, frames)
         self._append_rows(schema.STATE, start, state)
         self._append_rows(schema.ACTION, start, action)
+        if names:
+            self._append_rows(schema.TARGETS, start, targets)
         e = self.num_episodes
         self._append_rows(schema.INSTRUCTION, e, np.array([instruction], dtype=object))
         self._append_rows(schema.TASK, e, np.array([task if task is not None else (self.meta.env or "")], dtype=object))
@@ -221,16 +236,20 @@ class EpisodeRecorder:
         self._images: dict[str, list[np.ndarray]] = {c: [] for c in self.cameras}
         self._state: list[np.ndarray] = []
         self._action: list[np.ndarray] = []
+        self._targets: list[np.ndarray] = []
         self.instruction: str | None = None
 
     def __len__(self) -> int:
         return len(self._action)
 
-    def add(self, obs: Mapping[str, Any], action: np.ndarray) -> None:
+    def add(self, obs: Mapping[str, Any], action: np.ndarray, targets: np.ndarray | None = None) -> None:
+        """One step; ``targets``: the env's privileged training targets for this frame, if it has them."""
         for cam in self.cameras:
             self._images[cam].append(np.asarray(obs["images"][cam]))
         self._state.append(np.asarray(obs["state"], dtype=np.float32))
         self._action.append(np.asarray(action, dtype=np.float32))
+        if targets is not None:
+            self._targets.append(np.asarray(targets, dtype=np.float32))
         if self.instruction is None:
             self.instruction = str(obs["instruction"])
 
@@ -238,7 +257,9 @@ class EpisodeRecorder:
         """Keyword arguments for `TrajectoryWriter.add_episode` (without task/success)."""
         if not self._action:
             raise SchemaError("EpisodeRecorder has no steps")
-        return {
+        if self._targets and len(self._targets) != len(self._action):
+            raise SchemaError(f"EpisodeRecorder got targets for {len(self._targets)} of {len(self._action)} steps")
+        return ({"targets": np.stack(self._targets)} if self._targets else {}) | {
             "images": {c: np.stack(v) for c, v in self._images.items()},
             "state": np.stack(self._state),
             "action": np.stack(self._action),

@@ -41,6 +41,9 @@ class BackboneConfig:
     # weight of the auxiliary loss that regresses the action chunk from the stem's keypoint tokens + state:
     # a direct gradient that makes the stem find what the instruction names (see Policy.compute_loss)
     conv_aux_weight: float = 1.0
+    # weight of `loss_locate`: when the dataset carries privileged training targets (data/targets, e.g. the
+    # named block's and pad's positions), a linear readout of them from the stem's keypoint tokens
+    conv_locate_weight: float = 1.0
 
 
 @dataclass

@@ -52,6 +52,12 @@ class Policy(nn.Module):
             hidden = 4 * config.head.width
             self.grounding_readout = nn.Sequential(nn.Linear(condition_dim, hidden), nn.SiLU(),
                                                    nn.Linear(hidden, config.horizon * meta.action_dim))
+        self.locate_readout = None
+        if self.grounded and meta.target_names and config.backbone.conv_locate_weight > 0:
+            # the data carries privileged targets (where the named objects are): a linear readout of them from
+            # the stem's keypoint tokens teaches the stem to find what the instruction names in a few hundred
+            # steps, where the action losses alone took thousands (docs/results.md); used in training only
+            self.locate_readout = nn.Linear(len(meta.cameras) * config.head.width, len(meta.target_names))
         self.register_buffer("action_low", torch.tensor(meta.action_space.low, dtype=torch.float32), persistent=False)
         self.register_buffer("action_high", torch.tensor(meta.action_space.high, dtype=torch.float32), persistent=False)
 
@@ -117,6 +123,11 @@ class Policy(nn.Module):
             chunk = self.grounding_readout(condition).view(head_batch["action"].shape)
             losses["loss_ground"] = masked_mse(chunk, head_batch["action"], head_batch["action_mask"])
             losses["loss"] = losses["loss"] + self.config.backbone.conv_aux_weight * losses["loss_ground"]
+        if self.locate_readout is not None and "targets" in batch:
+            located = self.locate_readout(self.backbone.keypoint_tokens(prefix[0]))
+            targets = torch.as_tensor(batch["targets"], dtype=torch.float32).to(self.device)
+            losses["loss_locate"] = F.mse_loss(located, targets)
+            losses["loss"] = losses["loss"] + self.config.backbone.conv_locate_weight * losses["loss_locate"]
         return losses
 
     @torch.no_grad()
