@@ -72,14 +72,14 @@ def _run_episode(seed: int) -> dict[str, Any]:
     rng = np.random.default_rng([seed, 1])
     low, high = env.action_space.low, env.action_space.high
     recorder = EpisodeRecorder(env.unwrapped.meta.cameras)
+    # privileged per-frame targets (e.g. the named object's position) for auxiliary losses, if the env has them
+    training_targets = getattr(env.unwrapped, "training_targets", None)
     obs, info = env.reset(seed=seed)
     expert.reset()
     success = False
     while True:
         label = np.asarray(expert.act(), dtype=np.float32)
-        # privileged per-frame targets (e.g. the named object's position) for auxiliary losses, if the env has them
-        targets = env.unwrapped.training_targets() if hasattr(env.unwrapped, "training_targets") else None
-        recorder.add(obs, label, targets)
+        recorder.add(obs, label, training_targets() if training_targets else None)
         obs, _, terminated, truncated, info = env.step(add_noise(label, _WORKER["noise_std"], rng, low, high))
         success = bool(info.get("success", False))
         if terminated or truncated or success:

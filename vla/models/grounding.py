@@ -124,14 +124,14 @@ class GroundedConvStem(nn.Module):
 
     def forward(self, images: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 (B, H, W, 3) + the instruction -> (B, tokens + 1, width). ``text``: its tokens (B, L, text_dim)
-        with ``text_mask`` (B, L), or (``text="mean"`` only) an already pooled (B, text_dim)."""
+        with their ``text_mask`` (B, L), or (``text="mean"`` only) an already pooled (B, text_dim)."""
         if self.reader is not None:
             if text.ndim != 3 or text_mask is None:
                 raise ValueError("the attention-reading conv stem needs the instruction's tokens (B, L, D) and their mask")
             reads = self.reader(text, text_mask)
             text, query_text = reads[:, 0], reads[:, 1:]
         elif text.ndim == 3:
-            text = masked_mean(text, text_mask if text_mask is not None else torch.ones(text.shape[:2], dtype=torch.bool, device=text.device))
+            text = masked_mean(text, text_mask)
         x = images.permute(0, 3, 1, 2).float() / 255.0 - 0.5
         if self.training and self.shift_pad:
             x = self.shift(x)
