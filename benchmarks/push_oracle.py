@@ -8,6 +8,11 @@ from (pusher, velocity, named block, named pad) with an MLP (the same sample bud
 training), then runs it closed loop on held-out scenes for every ``execute_steps`` (actions executed
 per chunk). A vision-language policy can do no better than this regressor with a perfect reading of
 the scene; the gap between the execute_steps rows is what replanning every step is worth.
+
+How precise must the reading be? Each regressor is also run (one action per chunk) with Gaussian errors
+added to the block and pad positions it is given: drawn afresh every step (``per_step``: jitter) or once
+per episode (``per_episode``: a bias, as a misreading policy makes). ``train_noise`` adds such jitter to
+the training inputs too, as a regressor trained on its own imprecise estimates would see them.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ class BenchConfig:
     episodes: int = 100  # held-out evaluation episodes per execute_steps value
     seed: int = 100000
     execute_steps: list[int] = field(default_factory=lambda: [1, 4])
+    # std of the errors (workspace units; the table is 1 x 1) added to the block and pad positions at test time
+    perception_noise: list[float] = field(default_factory=lambda: [0.01, 0.02])
+    train_noise: list[float] = field(default_factory=lambda: [0.0, 0.01])  # one regressor per value
 
 
 def privileged_features(env: TabletopEnv) -> np.ndarray:
@@ -69,15 +77,23 @@ def expert_chunks(demos: int, horizon: int) -> tuple[torch.Tensor, torch.Tensor]
     return torch.tensor(np.array(features)), torch.tensor(np.array(chunks))
 
 
-def rollout_success(net: nn.Module, cfg: BenchConfig, execute: int) -> float:
+OBJECTS = slice(4, 8)  # the block and pad positions in `privileged_features`
+
+
+def rollout_success(net: nn.Module, cfg: BenchConfig, execute: int, noise: str = "none", std: float = 0.0) -> float:
+    """Closed-loop success; ``noise`` "per_step" | "per_episode" adds N(0, std) to the block and pad positions."""
     env = TabletopEnv(kind="push", cameras=["top"])
+    rng = np.random.default_rng(cfg.seed)
     successes = 0
     for i in range(cfg.episodes):
         env.reset(seed=cfg.seed + i)
+        bias = rng.normal(0.0, std, 4) if noise == "per_episode" else np.zeros(4)
         success = done = False
         while not done:
+            features = privileged_features(env)
+            features[OBJECTS] += bias + (rng.normal(0.0, std, 4) if noise == "per_step" else 0.0)
             with torch.no_grad():
-                chunk = net(torch.from_numpy(privileged_features(env))[None]).view(cfg.horizon, 2).numpy()
+                chunk = net(torch.from_numpy(features.astype(np.float32))[None]).view(cfg.horizon, 2).numpy()
             for action in chunk[:execute]:
                 _, _, success, truncated, _ = env.step(action)
                 done = success or truncated
@@ -87,10 +103,9 @@ def rollout_success(net: nn.Module, cfg: BenchConfig, execute: int) -> float:
     return successes / cfg.episodes
 
 
-def main(argv: list[str]) -> dict:
-    cfg: BenchConfig = to_object(compose("bench/push_oracle", argv), BenchConfig)
+def fit(features: torch.Tensor, chunks: torch.Tensor, cfg: BenchConfig, train_noise: float) -> tuple[nn.Module, float, float]:
+    """(regressor, final loss, seconds); ``train_noise`` jitters the block and pad inputs of every batch."""
     torch.manual_seed(0)
-    features, chunks = expert_chunks(cfg.demos, cfg.horizon)
     net = nn.Sequential(nn.Linear(features.shape[1], cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, cfg.hidden), nn.SiLU(),
                         nn.Linear(cfg.hidden, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, chunks.shape[1]))
     optimizer = torch.optim.AdamW(net.parameters(), cfg.lr)
@@ -99,16 +114,29 @@ def main(argv: list[str]) -> dict:
     started = time.perf_counter()
     for _ in range(cfg.steps):
         idx = torch.randint(0, len(features), (cfg.batch_size,), generator=generator)
-        loss = (net(features[idx]) - chunks[idx]).pow(2).mean()
+        inputs = features[idx].clone()
+        inputs[:, OBJECTS] += train_noise * torch.randn(len(idx), 4, generator=generator)
+        loss = (net(inputs) - chunks[idx]).pow(2).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         schedule.step()
-    train_s = time.perf_counter() - started
-    net.eval()
-    rows = [{"execute_steps": e, "success_rate": rollout_success(net, cfg, e)} for e in cfg.execute_steps]
-    return {"benchmark": "push_oracle", "config": asdict(cfg), "frames": len(features), "final_loss": round(loss.item(), 5),
-            "train_s": round(train_s, 1), "rows": rows}
+    return net.eval(), loss.item(), time.perf_counter() - started
+
+
+def main(argv: list[str]) -> dict:
+    cfg: BenchConfig = to_object(compose("bench/push_oracle", argv), BenchConfig)
+    features, chunks = expert_chunks(cfg.demos, cfg.horizon)
+    rows = []
+    for train_noise in cfg.train_noise:
+        net, loss, train_s = fit(features, chunks, cfg, train_noise)
+        fitted = {"train_noise": train_noise, "final_loss": round(loss, 5), "train_s": round(train_s, 1)}
+        rows += [{**fitted, "execute_steps": e, "test_noise": "none", "noise_std": 0.0,
+                  "success_rate": rollout_success(net, cfg, e)} for e in cfg.execute_steps]
+        rows += [{**fitted, "execute_steps": 1, "test_noise": kind, "noise_std": std,
+                  "success_rate": rollout_success(net, cfg, 1, kind, std)}
+                 for kind in ("per_step", "per_episode") for std in cfg.perception_noise]
+    return {"benchmark": "push_oracle", "config": asdict(cfg), "frames": len(features), "rows": rows}
 
 
 if __name__ == "__main__":

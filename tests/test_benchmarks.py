@@ -91,10 +91,14 @@ def test_push_outcomes_counts_what_the_episodes_did(random_checkpoint):
 
 
 def test_push_oracle_regresses_the_expert_and_rolls_it_out():
-    result = run_benchmark("push_oracle", "demos=5", "steps=3", "episodes=2", "execute_steps=[1,8]")
-    assert result["frames"] > 5 and result["final_loss"] > 0
-    assert [r["execute_steps"] for r in result["rows"]] == [1, 8]
-    assert all(r["success_rate"] in (0.0, 0.5, 1.0) for r in result["rows"])
+    result = run_benchmark("push_oracle", "demos=5", "steps=3", "episodes=2", "execute_steps=[1,8]",
+                           "perception_noise=[0.05]", "train_noise=[0.0,0.05]")
+    assert result["frames"] > 5
+    rows = result["rows"]
+    assert [(r["train_noise"], r["execute_steps"], r["test_noise"]) for r in rows] == [
+        (n, e, kind) for n in (0.0, 0.05) for e, kind in ((1, "none"), (8, "none"), (1, "per_step"), (1, "per_episode"))]
+    assert all(r["final_loss"] > 0 and r["success_rate"] in (0.0, 0.5, 1.0) for r in rows)
+    assert rows[0]["final_loss"] != rows[4]["final_loss"]  # the jittered inputs change the fit
 
 
 @pytest.mark.slow

@@ -307,7 +307,7 @@ def test_policy_with_the_grounded_conv_stem_trains_and_round_trips(demo, tmp_pat
         optimizer.step()
     assert losses["loss"] > losses["loss_ground"] > 0
     # the built-in demos carry where the named block and pad are: the stem's keypoints learn to read them out
-    assert store.meta.target_names == ["block_x", "block_y", "pad_x", "pad_y"] and batch["targets"].shape == (4, 4)
+    assert store.meta.target_names == ["block_x", "block_y", "goal_x", "goal_y"] and batch["targets"].shape == (4, 4)
     assert losses["loss"] > losses["loss_locate"] > 0 and policy.locate_readout.weight.grad.abs().sum() > 0
     stem = policy.backbone.conv_stem
     assert stem.blocks[0].conv.weight.grad.abs().sum() > 0 and stem.blocks[0].film.weight.grad.abs().sum() > 0
@@ -332,3 +332,41 @@ def test_policy_with_the_grounded_conv_stem_trains_and_round_trips(demo, tmp_pat
     cfg.backbone.kind = "vlm"
     with pytest.raises(ValueError, match="conv_channels"):
         Policy(cfg, store.meta, normalizer)
+
+
+def test_locate_condition_teaches_the_head_on_true_targets_and_acts_on_located_ones(demo, tmp_path):
+    """conv_locate_condition: training feeds the head the data's targets; acting feeds it the readout's estimate."""
+    store, normalizer, batch = demo
+    torch.manual_seed(0)
+    cfg = PolicyConfig()
+    cfg.backbone.conv_channels, cfg.backbone.conv_tokens, cfg.backbone.conv_first_stride = 8, 4, 1
+    cfg.backbone.conv_locate_condition = True
+    policy = Policy(cfg, store.meta, normalizer).train()
+    images, state, instructions = policy._inputs(batch["images"], batch["state"], batch["instruction"])
+    prefix = policy.backbone(images, instructions, state)[0]
+    targets = torch.as_tensor(batch["targets"])
+    keypoints = policy.backbone.keypoint_tokens(prefix)
+    taught = policy.head_condition(prefix, state, targets)
+    acting = policy.head_condition(prefix, state)
+    assert taught.shape == acting.shape == (len(targets), store.meta.state_dim + cfg.head.width + 4)
+    torch.testing.assert_close(taught[:, -4:], targets)  # training: the true positions
+    torch.testing.assert_close(acting[:, -4:], policy.locate_readout(keypoints))  # acting: the stem's reading
+    torch.testing.assert_close(taught[:, :-4], acting[:, :-4])
+    losses = policy.compute_loss(batch)
+    losses["loss"].backward()
+    assert losses["loss_locate"] > 0 and policy.head.condition_in.weight.grad[:, -4:].abs().sum() > 0
+    # a batch without targets cannot teach this head; a dataset without them cannot build it
+    with pytest.raises(KeyError, match="true targets"):
+        policy.compute_loss({k: v for k, v in batch.items() if k != "targets"})
+    cfg.backbone.conv_locate_weight = 0.0
+    with pytest.raises(ValueError, match="conv_locate_condition needs"):
+        Policy(cfg, store.meta, normalizer)
+    cfg.backbone.conv_locate_weight, cfg.backbone.conv_first_stride = 1.0, 3
+    with pytest.raises(ValueError, match="conv_first_stride must be 1 or 2"):
+        Policy(cfg, store.meta, normalizer)
+    cfg.backbone.conv_first_stride = 1
+    policy.eval().save(tmp_path / "ckpt")
+    obs = {"images": {"top": batch["images"]["top"][:2, -1].numpy()}, "state": batch["state"][:2, -1].numpy(),
+           "instruction": list(batch["instruction"][:2])}
+    np.testing.assert_array_equal(policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1)),
+                                  load_policy(tmp_path / "ckpt").predict_chunk(obs, generator=torch.Generator().manual_seed(1)))

@@ -147,3 +147,28 @@ def test_task_balanced_batches_give_each_task_an_equal_share():
     assert again == batches[100:]  # a pure function of (seed, step): resumable
     plain = np.concatenate(list(StepBatches(len(tasks), 64, 0, 0, 200, 0, 1)))
     assert abs((tasks[plain] == "reach").mean() - 0.1) < 0.03
+
+
+def test_lr_scale_gives_named_parameters_their_own_rate_and_rejects_unknown_names():
+    import torch
+
+    from vla.train.loop import param_groups
+
+    model = torch.nn.ModuleDict({"stem": torch.nn.Linear(3, 4), "head": torch.nn.Linear(4, 2)})
+    groups = param_groups(model, weight_decay=0.1, lr=1e-3, lr_scale={"stem": 3.0})
+    by_param = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    assert by_param[id(model["stem"].weight)] == (pytest.approx(3e-3), 0.1)
+    assert by_param[id(model["stem"].bias)] == (pytest.approx(3e-3), 0.0)  # biases: no decay, scaled rate
+    assert by_param[id(model["head"].weight)] == (1e-3, 0.1) and by_param[id(model["head"].bias)] == (1e-3, 0.0)
+    assert len(by_param) == 4
+    with pytest.raises(TrainError, match=r"lr_scale names \['stme'\], which match no trainable parameter"):
+        param_groups(model, 0.1, 1e-3, {"stme": 3.0})
+    # the scheduler scales every group from its own rate
+    optimizer = torch.optim.AdamW(groups, lr=1e-3)
+    from transformers import get_cosine_schedule_with_warmup
+
+    scheduler = get_cosine_schedule_with_warmup(optimizer, 0, 10)
+    optimizer.step()
+    scheduler.step()
+    rates = sorted(g["lr"] for g in optimizer.param_groups)
+    assert rates[-1] == pytest.approx(3 * rates[0])

@@ -31,8 +31,9 @@ TABLE = np.array((205, 190, 165), dtype=np.uint8)
 PUSHER = np.array((70, 70, 70), dtype=np.uint8)
 CAMERAS = ("top", "wrist")  # wrist: a 2x zoomed view that follows the pusher
 # privileged per-frame training targets recorded with the demos (`training_targets`): where the named block
-# and the named pad are, in workspace units ([0, 1], x right, y down, like the top camera)
-TARGET_NAMES = ("block_x", "block_y", "pad_x", "pad_y")
+# is and where the instruction's goal is (push: the named pad; reach: the block itself), in workspace units
+# ([0, 1], x right, y down, like the top camera)
+TARGET_NAMES = ("block_x", "block_y", "goal_x", "goal_y")
 
 
 @dataclass
@@ -240,9 +241,11 @@ class TabletopEnv(gym.Env):
 
     # -- privileged state for the scripted expert and for auxiliary training targets ------------
     def training_targets(self) -> np.ndarray:
-        """(4,) float32: the named block's and the named pad's centres (`TARGET_NAMES`); for reach, the pad
-        is the one drawn for the episode (the instruction does not name it)."""
-        return np.concatenate([self.blocks[self.target_block], self.pads[self.target_pad]]).astype(np.float32)
+        """(4,) float32 (`TARGET_NAMES`): the named block's centre, then the goal's: the named pad's for push; for
+        reach, whose instruction names no pad, the block's again (every target is then one the words determine)."""
+        block = self.blocks[self.target_block]
+        goal = block if self.task.kind == "reach" else self.pads[self.target_pad]
+        return np.concatenate([block, goal]).astype(np.float32)
 
     def privileged_state(self) -> dict:
         return {

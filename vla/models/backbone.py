@@ -196,7 +196,7 @@ class CompositeBackbone(nn.Module):
         self.camera_embed = nn.Parameter(torch.zeros(len(self.cameras), 1, width))
         self.state_proj = nn.Linear(state_dim, width) if config.state_token and state_dim else None
         self.conv_stem = (GroundedConvStem(config.conv_channels, config.conv_tokens, width, width, config.conv_shift,
-                                           text=config.conv_text)
+                                           text=config.conv_text, first_stride=config.conv_first_stride)
                           if config.conv_channels else None)
         self.image_memo: FeatureMemo | None = None
         self.text_memo: FeatureMemo | None = None

@@ -35,6 +35,9 @@ class BackboneConfig:
     conv_channels: int = 0  # 0 = off
     conv_tokens: int = 16  # grid tokens per camera (a square number), plus one keypoint token
     conv_shift: int = 4  # random-shift augmentation (pixels) applied inside the stem while training
+    # stride of the stem's first conv: 2 puts its keypoint maps at 1/4 of the image resolution, 1 at 1/2
+    # (finer locating for about 4x the stem's compute)
+    conv_first_stride: int = 2
     # how the stem reads the instruction: "mean" of its tokens, or "attention" (learned queries over the
     # tokens, which keep "red block ... blue pad" apart from "blue block ... red pad"; grounding.py)
     conv_text: str = "mean"
@@ -44,6 +47,10 @@ class BackboneConfig:
     # weight of `loss_locate`: when the dataset carries privileged training targets (data/targets, e.g. the
     # named block's and pad's positions), a linear readout of them from the stem's keypoint tokens
     conv_locate_weight: float = 1.0
+    # the head is also conditioned on the located targets: the readout's estimate when acting, the data's true
+    # targets while training (teacher forcing), so the head learns the control from exact positions. A head
+    # trained on its own imprecise estimates learns a blurred controller (benchmarks/push_oracle.py, train_noise)
+    conv_locate_condition: bool = False
 
 
 @dataclass

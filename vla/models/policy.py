@@ -40,8 +40,16 @@ class Policy(nn.Module):
         self.config, self.meta, self.normalizer = config, meta, normalizer
         self.backbone = build_backbone(config.backbone, config.head.width, meta.cameras, meta.state_dim)
         self.grounded = getattr(self.backbone, "conv_stem", None) is not None
-        # the head's condition: normalized state, plus the conv stem's keypoint tokens (see head_condition)
-        condition_dim = meta.state_dim + (len(meta.cameras) * config.head.width if self.grounded else 0)
+        locates = self.grounded and bool(meta.target_names) and config.backbone.conv_locate_weight > 0
+        self.locate_condition = config.backbone.conv_locate_condition
+        if self.locate_condition and not locates:
+            raise ValueError("backbone.conv_locate_condition needs the conv stem (conv_channels > 0), "
+                             "conv_locate_weight > 0 and a dataset with privileged targets (data/targets); "
+                             f"this dataset's targets: {list(meta.target_names) or 'none'}")
+        # the head's condition: normalized state, plus the conv stem's keypoint tokens and, with
+        # conv_locate_condition, the located targets (see head_condition)
+        condition_dim = (meta.state_dim + (len(meta.cameras) * config.head.width if self.grounded else 0)
+                         + (len(meta.target_names) if self.locate_condition else 0))
         self.head = build_head(config.head, condition_dim, meta.action_dim, config.horizon, self.backbone.feature_dim)
         self.grounding_readout = None
         if self.grounded and config.backbone.conv_aux_weight > 0:
@@ -53,7 +61,7 @@ class Policy(nn.Module):
             self.grounding_readout = nn.Sequential(nn.Linear(condition_dim, hidden), nn.SiLU(),
                                                    nn.Linear(hidden, config.horizon * meta.action_dim))
         self.locate_readout = None
-        if self.grounded and meta.target_names and config.backbone.conv_locate_weight > 0:
+        if locates:
             # the data carries privileged targets (where the named objects are): a linear readout of them from
             # the stem's keypoint tokens teaches the stem to find what the instruction names in a few hundred
             # steps, where the action losses alone took thousands (docs/results.md); used in training only
@@ -76,11 +84,16 @@ class Policy(nn.Module):
             raise SchemaError(f"state has dim {state.shape[-1]}, the policy expects {self.meta.state_dim}")
         return imgs, self.normalizer.normalize("state", state) if self.meta.state_dim else state, list(instructions)
 
-    def head_condition(self, prefix: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        """The head's global condition: normalized state, then (with a conv stem) its keypoint tokens."""
+    def head_condition(self, prefix: torch.Tensor, state: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """The head's global condition: normalized state, then (with a conv stem) its keypoint tokens, then (with
+        ``conv_locate_condition``) the located targets: ``targets`` when given (training), else the readout's."""
         if not self.grounded:
             return state
-        return torch.cat([state, self.backbone.keypoint_tokens(prefix)], -1)
+        keypoints = self.backbone.keypoint_tokens(prefix)
+        if not self.locate_condition:
+            return torch.cat([state, keypoints], -1)
+        located = targets if targets is not None else self.locate_readout(keypoints)
+        return torch.cat([state, keypoints, located], -1)
 
     def load_weights(self, state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
         """``load_state_dict`` with an error that says which checkpoint does not fit this code, and why."""
@@ -104,7 +117,10 @@ class Policy(nn.Module):
         instruction; future_images / future_valid for the dual-stream head)."""
         images, state, instructions = self._inputs(batch["images"], batch["state"], batch["instruction"])
         prefix = self.backbone(images, instructions, state)
-        condition = self.head_condition(prefix[0], state)
+        targets = torch.as_tensor(batch["targets"], dtype=torch.float32).to(self.device) if "targets" in batch else None
+        if self.locate_condition and targets is None:
+            raise KeyError("conv_locate_condition trains the head on the data's true targets, and this batch has none")
+        condition = self.head_condition(prefix[0], state, targets if self.locate_condition else None)
         head_batch = {
             "state": condition,
             "action": self.normalizer.normalize("action", torch.as_tensor(batch["action"], dtype=torch.float32).to(self.device)),
@@ -123,9 +139,8 @@ class Policy(nn.Module):
             chunk = self.grounding_readout(condition).view(head_batch["action"].shape)
             losses["loss_ground"] = masked_mse(chunk, head_batch["action"], head_batch["action_mask"])
             losses["loss"] = losses["loss"] + self.config.backbone.conv_aux_weight * losses["loss_ground"]
-        if self.locate_readout is not None and "targets" in batch:
+        if self.locate_readout is not None and targets is not None:
             located = self.locate_readout(self.backbone.keypoint_tokens(prefix[0]))
-            targets = torch.as_tensor(batch["targets"], dtype=torch.float32).to(self.device)
             losses["loss_locate"] = F.mse_loss(located, targets)
             losses["loss"] = losses["loss"] + self.config.backbone.conv_locate_weight * losses["loss_locate"]
         return losses

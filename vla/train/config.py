@@ -15,6 +15,9 @@ class TrainerConfig:
     batch_size: int = 32  # global batch (split across processes)
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 1e-4  # DUST defaults: AdamW lr 1e-4, betas (0.95, 0.999), weight decay 1e-5
+    # learning-rate multipliers by parameter-name prefix, e.g. {backbone.conv_stem: 3.0}: a small conv stem
+    # trained from scratch wants a higher rate than the transformer head beside it
+    lr_scale: dict[str, float] | None = None
     betas: list[float] = field(default_factory=lambda: [0.95, 0.999])
     weight_decay: float = 1e-5  # not applied to biases and norms (1-D parameters)
     warmup_steps: int = 100

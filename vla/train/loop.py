@@ -163,12 +163,22 @@ class StepBatches:
 
 
 # -- the loop ------------------------------------------------------------------------------------
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
-    for param in model.parameters():
+def param_groups(model: torch.nn.Module, weight_decay: float, lr: float,
+                 lr_scale: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """AdamW groups: biases and norm scales get no decay; ``lr_scale`` multiplies the rate of the parameters
+    whose names start with a key (the first matching key wins)."""
+    lr_scale = dict(lr_scale or {})
+    unmatched = [p for p in lr_scale if not any(n.startswith(p) for n, q in model.named_parameters() if q.requires_grad)]
+    if unmatched:
+        raise TrainError(f"trainer.lr_scale names {unmatched}, which match no trainable parameter; names start with "
+                         f"{sorted({n.split('.')[0] for n, _ in model.named_parameters()})} (e.g. backbone.conv_stem)")
+    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
         if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)  # biases and norm scales: no decay
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            scale = next((v for p, v in lr_scale.items() if name.startswith(p)), 1.0)
+            groups.setdefault((scale, param.ndim >= 2), []).append(param)
+    return [{"params": params, "lr": lr * scale, "weight_decay": weight_decay if decays else 0.0}
+            for (scale, decays), params in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))]
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
@@ -203,7 +213,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if t.cache_features is True or (t.cache_features == "auto" and cfg.policy.backbone.kind == "composite"
                                     and cfg.policy.backbone.finetune == "frozen" and not cfg.data.augment.enabled):
         policy.backbone.cache_features(store.num_frames * len(meta.cameras))
-    optimizer = torch.optim.AdamW(param_groups(policy, t.weight_decay), lr=t.lr, betas=tuple(t.betas))
+    optimizer = torch.optim.AdamW(param_groups(policy, t.weight_decay, t.lr, t.lr_scale), lr=t.lr, betas=tuple(t.betas))
     scheduler = get_cosine_schedule_with_warmup(optimizer, t.warmup_steps, t.steps)
     ema = EMAModel([p for p in policy.parameters() if p.requires_grad], decay=t.ema_decay) if t.ema_decay > 0 else None
 
