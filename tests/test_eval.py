@@ -47,6 +47,8 @@ def test_random_tiny_policy_end_to_end_and_repeatable(random_checkpoint, tmp_pat
 def test_eval_errors(random_checkpoint, tmp_path, capsys):
     with pytest.raises(ValueError, match="checkpoint=<dir> is required"):
         EvalConfig()
+    with pytest.raises(ValueError, match="noise_scale .* must be >= 0, got -0.5"):
+        EvalConfig(expert=True, noise_scale=-0.5)
     assert main(["eval", f"checkpoint={random_checkpoint}", "env=builtin/nope", f"out={tmp_path}"]) == 2
     assert "unknown environment 'builtin/nope'" in capsys.readouterr().err
     with pytest.raises(Exception, match="does not match the checkpoint: action dim 4 vs 2"):

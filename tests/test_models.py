@@ -71,6 +71,12 @@ def test_predict_chunk_shape_dtype_bounds(demo, kind):
     single = {"images": {"top": demo[2]["images"]["top"][0, -1].numpy()}, "state": demo[2]["state"][0, -1].numpy(),
               "instruction": demo[2]["instruction"][0]}
     assert policy.predict_chunk(single).shape == (1, 8, 2)
+    # noise_scale is a sampling temperature: at 0 every draw gives the same chunk, at 1 draws differ
+    obs = obs_from(demo[2], 2)
+    cold = [policy.predict_chunk(obs, generator=torch.Generator().manual_seed(s), noise_scale=0.0) for s in (0, 1)]
+    np.testing.assert_array_equal(cold[0], cold[1])
+    warm = [policy.predict_chunk(obs, generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
+    assert np.abs(warm[0] - warm[1]).max() > 1e-3 and np.abs(warm[0] - cold[0]).max() > 1e-3
 
 
 @pytest.mark.parametrize("n_a, n_o, expected", [(4, 4, (4, 4)), (4, 16, (4, 16)), (2, 8, (2, 8)), (4, 0, (4, 0))])

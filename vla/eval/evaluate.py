@@ -36,6 +36,7 @@ class EvalConfig:
     rtc_delay: int = 2  # rtc: simulated inference delay in control steps (frozen prefix length)
     action_steps: int | None = None  # N_A (null = the checkpoint's)
     vision_steps: int | None = None  # N_o: DUST test-time scaling (null = the checkpoint's)
+    noise_scale: float = 1.0  # sampling temperature: the scale of the head's initial noise (0 = deterministic)
     instruction_swap: bool = False  # give the policy another target's instruction; success is w.r.t. the original
     max_steps: int | None = None
     videos: int = 2  # first episodes per task saved as mp4
@@ -50,6 +51,8 @@ class EvalConfig:
             raise ValueError(f"vectorization must be sync or async, got {self.vectorization!r}")
         if self.episodes < 1 or self.num_envs < 1:
             raise ValueError("episodes and num_envs must be >= 1")
+        if not self.noise_scale >= 0:
+            raise ValueError(f"noise_scale (the sampling temperature) must be >= 0, got {self.noise_scale}")
 
 
 def _task_names(cfg: EvalConfig, default_env: str | None) -> list[str]:
@@ -93,7 +96,7 @@ class _CheckpointPolicy:
     def chunk(self, i: int, obs: dict, generator, guide=None) -> np.ndarray:
         g, w = guide if guide is not None else (None, None)
         return self.policy.predict_chunk(obs, generator=generator, action_steps=self.cfg.action_steps,
-                                         vision_steps=self.cfg.vision_steps,
+                                         vision_steps=self.cfg.vision_steps, noise_scale=self.cfg.noise_scale,
                                          guide=None if g is None else g[None], guide_weights=w)[0]
 
 

@@ -149,11 +149,11 @@ class Policy(nn.Module):
     def predict_chunk(self, obs: dict, generator: torch.Generator | list[torch.Generator] | None = None,
                       action_steps: int | None = None,
                       vision_steps: int | None = None, guide: np.ndarray | None = None,
-                      guide_weights: np.ndarray | None = None) -> np.ndarray:
+                      guide_weights: np.ndarray | None = None, noise_scale: float = 1.0) -> np.ndarray:
         """Observation dict (DESIGN.md contract; batched or single) -> (B, H, D_action) float32 in env units.
         ``generator``: one, or a list with one per sample (batch-independent noise, as the server uses).
         ``guide`` (B or 1, H, D_action) in env units + ``guide_weights`` (H,) or (B, H): real-time
-        chunking's prefix."""
+        chunking's prefix. ``noise_scale``: the sampling temperature (the initial noise's scale; 0 = deterministic)."""
         single = isinstance(obs["instruction"], str)
         if single:
             obs = {"images": {c: np.asarray(v)[None] for c, v in obs["images"].items()},
@@ -164,7 +164,8 @@ class Policy(nn.Module):
             guide = self.normalizer.normalize("action", torch.as_tensor(np.asarray(guide), dtype=torch.float32).to(self.device))
             guide_weights = torch.as_tensor(np.asarray(guide_weights), dtype=torch.float32)
         chunk = self.head.sample(prefix, self.head_condition(prefix[0], state), action_steps=action_steps,
-                                 vision_steps=vision_steps, generator=generator, guide=guide, guide_weights=guide_weights)
+                                 vision_steps=vision_steps, generator=generator, guide=guide, guide_weights=guide_weights,
+                                 noise_scale=noise_scale)
         chunk = self.normalizer.unnormalize("action", chunk)
         chunk = torch.maximum(torch.minimum(chunk, self.action_high), self.action_low)
         return chunk.float().cpu().numpy()

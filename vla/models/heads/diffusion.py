@@ -44,7 +44,8 @@ class DiffusionHead(nn.Module):
     @torch.no_grad()
     def sample(self, prefix, state: torch.Tensor, action_steps: int | None = None, vision_steps: int | None = None,
                cache: list | None = None, generator: Generators = None,
-               guide: torch.Tensor | None = None, guide_weights: torch.Tensor | None = None) -> torch.Tensor:
+               guide: torch.Tensor | None = None, guide_weights: torch.Tensor | None = None,
+               noise_scale: float = 1.0) -> torch.Tensor:
         if guide is not None:
             raise ValueError("real-time chunking (a guided prefix) is implemented for the flow heads, not diffusion")
         # a scheduler per call: diffusers schedulers are stateful (set_timesteps) and must not be shared
@@ -52,7 +53,7 @@ class DiffusionHead(nn.Module):
         scheduler.set_timesteps(action_steps or self.config.diffusion_sample_steps)
         cache = cache if cache is not None else self.prefix_cache(prefix)
         b = state.shape[0]
-        x = randn((b, self.net.horizon, self.net.action_dim), generator, state.device)
+        x = randn((b, self.net.horizon, self.net.action_dim), generator, state.device) * noise_scale
         for t in scheduler.timesteps:
             eps, _ = self.net.velocity(cache, state, x, t.expand(b).to(state.device))
             x = scheduler.step(eps, t, x).prev_sample

@@ -165,8 +165,10 @@ class FlowHead(nn.Module):
     @torch.no_grad()
     def sample(self, prefix: tuple[torch.Tensor, torch.Tensor] | None, state: torch.Tensor, action_steps: int | None = None,
                vision_steps: int | None = None, cache: list | None = None, generator: Generators = None,
-               guide: torch.Tensor | None = None, guide_weights: torch.Tensor | None = None) -> torch.Tensor:
-        """Euler from noise. The vision stream advances every global step, the action stream every
+               guide: torch.Tensor | None = None, guide_weights: torch.Tensor | None = None,
+               noise_scale: float = 1.0) -> torch.Tensor:
+        """Euler from noise (scaled by ``noise_scale``: a sampling temperature; below 1 trades the chunks'
+        diversity for precision). The vision stream advances every global step, the action stream every
         q-th (N_o = q * N_A: asynchronous test-time scaling); vision_steps = 0 samples actions alone.
 
         ``guide`` (B, H, A) with ``guide_weights`` (H,) or (B, H) in [0, 1]: real-time chunking's frozen prefix,
@@ -183,8 +185,8 @@ class FlowHead(nn.Module):
             raise ValueError(f"vision_steps ({n_o}) must be a multiple of action_steps ({n_a})")
         cache = cache if cache is not None else self.prefix_cache(prefix)
         b, device = state.shape[0], state.device
-        x = randn((b, self.horizon, self.action_dim), generator, device)
-        y = randn((b, self.config.vision_tokens, self.vision_out[-1].out_features), generator, device) if n_o else None
+        x = randn((b, self.horizon, self.action_dim), generator, device) * noise_scale
+        y = randn((b, self.config.vision_tokens, self.vision_out[-1].out_features), generator, device) * noise_scale if n_o else None
         q = n_o // n_a if n_o else 1
         tau_a = torch.zeros(b, device=device)
         tau_o = torch.zeros(b, device=device)
