@@ -6,6 +6,10 @@ Runs ``episodes`` episodes (seeds ``seed``, ``seed`` + 1, ...) with the receding
 `vla eval` (``execute_steps`` actions per chunk, horizon // 2 by default) and, from the env's own
 state, counts how often the target block was touched, how often another block was, and how much
 closer the target block ended up to its pad. Prints one JSON object.
+
+For a policy trained with ``loss_locate`` it also reports how far the stem's reading of the targets
+(`Policy.locate`) was from the truth; ``true_targets=true`` (``conv_locate_condition`` policies) conditions
+the head on the simulator's true targets instead, which separates perception errors from control errors.
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ class BenchConfig:
     seed: int = 100000
     execute_steps: int | None = None  # null = horizon // 2, as `vla eval`
     moved: float = 0.01  # a block counts as touched once it moved this far (workspace is 1 x 1)
+    noise_scale: float = 1.0  # sampling temperature, as `vla eval noise_scale=...`
+    true_targets: bool = False  # condition the head on the env's true targets instead of the stem's reading
 
 
-def run_episode(env: TabletopEnv, policy, seed: int, execute: int, moved: float) -> dict:
+def run_episode(env: TabletopEnv, policy, seed: int, execute: int, cfg: BenchConfig) -> dict:
     obs, _ = env.reset(seed=seed)
     start = env.blocks.copy()
     target, pad = env.target_block, env.pads[env.target_pad]
@@ -42,17 +48,26 @@ def run_episode(env: TabletopEnv, policy, seed: int, execute: int, moved: float)
     touched = np.zeros(len(start), dtype=bool)
     generator = torch.Generator().manual_seed(seed)
     success, done = False, False
+    errors = []
     while not done:
-        for action in policy.predict_chunk(obs, generator=generator)[0][:execute]:
+        truth = env.training_targets()[None]
+        if policy.locate_readout is not None:
+            batched = {"images": {c: im[None] for c, im in obs["images"].items()}, "state": obs["state"][None],
+                       "instruction": [obs["instruction"]]}
+            errors.append(np.abs(policy.locate(batched)[0] - truth[0]))
+        chunk = policy.predict_chunk(obs, generator=generator, noise_scale=cfg.noise_scale,
+                                     targets=truth if cfg.true_targets else None)
+        for action in chunk[0][:execute]:
             obs, _, success, truncated, _ = env.step(action)
-            touched |= np.linalg.norm(env.blocks - start, axis=1) > moved
+            touched |= np.linalg.norm(env.blocks - start, axis=1) > cfg.moved
             done = success or truncated
             if done:
                 break
     others = np.delete(touched, target)
     return {"seed": seed, "success": bool(success), "touched_target": bool(touched[target]),
             "touched_other": bool(others.any()), "target_to_pad_start": round(before, 4),
-            "target_to_pad_end": round(float(np.linalg.norm(env.blocks[target] - pad)), 4), "steps": env.steps}
+            "target_to_pad_end": round(float(np.linalg.norm(env.blocks[target] - pad)), 4), "steps": env.steps,
+            "locate_abs_error": np.mean(errors, 0).round(4).tolist() if errors else None}
 
 
 def main(argv: list[str]) -> dict:
@@ -64,7 +79,7 @@ def main(argv: list[str]) -> dict:
         raise SystemExit(f"{cfg.checkpoint} was trained on {policy.meta.env!r}; this benchmark runs builtin/push")
     env = TabletopEnv(kind="push", cameras=policy.meta.cameras, image_size=policy.meta.image_size)
     execute = cfg.execute_steps or max(1, policy.config.horizon // 2)
-    episodes = [run_episode(env, policy, cfg.seed + i, execute, cfg.moved) for i in range(cfg.episodes)]
+    episodes = [run_episode(env, policy, cfg.seed + i, execute, cfg) for i in range(cfg.episodes)]
     closer = [e["target_to_pad_start"] - e["target_to_pad_end"] for e in episodes]
 
     def share(key: str) -> float:
@@ -73,6 +88,9 @@ def main(argv: list[str]) -> dict:
     summary = {"success": share("success"), "touched_target": share("touched_target"),
                "touched_other": share("touched_other"), "mean_closer_to_pad": round(float(np.mean(closer)), 4),
                "moved_halfway": round(float(np.mean([e["target_to_pad_end"] <= e["target_to_pad_start"] / 2 for e in episodes])), 3)}
+    if policy.locate_readout is not None:  # per target name, averaged over every step of every episode
+        errors = np.mean([e["locate_abs_error"] for e in episodes], 0)
+        summary["locate_abs_error"] = dict(zip(policy.meta.target_names, errors.round(4).tolist(), strict=True))
     return {"benchmark": "push_outcomes", "config": asdict(cfg), "summary": summary, "episodes": episodes}
 
 

@@ -80,7 +80,11 @@ def test_results_smoke(experiment, tmp_path):
 
 
 def test_push_outcomes_counts_what_the_episodes_did(random_checkpoint):
-    result = run_benchmark("push_outcomes", f"checkpoint={random_checkpoint}", "episodes=2", "seed=7")
+    with pytest.raises(subprocess.CalledProcessError) as refused:
+        run_benchmark("push_outcomes", f"checkpoint={random_checkpoint}", "episodes=1", "true_targets=true")
+    assert "trained without conv_locate_condition" in refused.value.stderr
+    result = run_benchmark("push_outcomes", f"checkpoint={random_checkpoint}", "episodes=2", "seed=7", "noise_scale=0.5")
+    assert "locate_abs_error" not in result["summary"]  # this policy has no locate readout
     episodes = result["episodes"]
     assert [e["seed"] for e in episodes] == [7, 8]
     assert all(0 < e["steps"] <= 60 and e["target_to_pad_start"] > 0 for e in episodes)

@@ -361,6 +361,11 @@ def test_locate_condition_teaches_the_head_on_true_targets_and_acts_on_located_o
     losses = policy.compute_loss(batch)
     losses["loss"].backward()
     assert losses["loss_locate"] > 0 and policy.head.condition_in.weight.grad[:, -4:].abs().sum() > 0
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    for _ in range(3):  # past the head's zero-initialized output layers, so its chunks depend on the condition
+        optimizer.step()
+        optimizer.zero_grad()
+        policy.compute_loss(batch)["loss"].backward()
     # a batch without targets cannot teach this head; a dataset without them cannot build it
     with pytest.raises(KeyError, match="true targets"):
         policy.compute_loss({k: v for k, v in batch.items() if k != "targets"})
@@ -374,5 +379,17 @@ def test_locate_condition_teaches_the_head_on_true_targets_and_acts_on_located_o
     policy.eval().save(tmp_path / "ckpt")
     obs = {"images": {"top": batch["images"]["top"][:2, -1].numpy()}, "state": batch["state"][:2, -1].numpy(),
            "instruction": list(batch["instruction"][:2])}
+    # acting: `locate` is what the head is given; `targets=` overrides it (the true-targets diagnostic)
+    images, state, instructions = policy._inputs(obs["images"], obs["state"], obs["instruction"])
+    with torch.no_grad():
+        prefix = policy.backbone(images, instructions, state)[0]
+        readout = policy.locate_readout(policy.backbone.keypoint_tokens(prefix)).numpy()
+    np.testing.assert_allclose(policy.locate(obs), readout, atol=1e-6)
+    own = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1), noise_scale=0.0)
+    np.testing.assert_allclose(policy.predict_chunk(obs, generator=torch.Generator().manual_seed(2), noise_scale=0.0,
+                                                    targets=policy.locate(obs)), own, atol=1e-5)
+    elsewhere = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1), noise_scale=0.0,
+                                     targets=np.array([[0.9, 0.1, 0.1, 0.9]]))
+    assert np.abs(elsewhere - own).max() > 1e-4
     np.testing.assert_array_equal(policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1)),
                                   load_policy(tmp_path / "ckpt").predict_chunk(obs, generator=torch.Generator().manual_seed(1)))

@@ -146,14 +146,27 @@ class Policy(nn.Module):
         return losses
 
     @torch.no_grad()
+    def locate(self, obs: dict) -> np.ndarray:
+        """Where the stem reads the data's training targets (``meta.target_names``) in a batched observation:
+        (B, n_targets) float32. Needs a policy trained with ``loss_locate``."""
+        if self.locate_readout is None:
+            raise ValueError("this policy has no locate readout (trained without data/targets or conv_locate_weight = 0)")
+        images, state, instructions = self._inputs(obs["images"], obs["state"], obs["instruction"])
+        prefix = self.backbone(images, instructions, state)
+        return self.locate_readout(self.backbone.keypoint_tokens(prefix[0])).float().cpu().numpy()
+
+    @torch.no_grad()
     def predict_chunk(self, obs: dict, generator: torch.Generator | list[torch.Generator] | None = None,
                       action_steps: int | None = None,
                       vision_steps: int | None = None, guide: np.ndarray | None = None,
-                      guide_weights: np.ndarray | None = None, noise_scale: float = 1.0) -> np.ndarray:
+                      guide_weights: np.ndarray | None = None, noise_scale: float = 1.0,
+                      targets: np.ndarray | None = None) -> np.ndarray:
         """Observation dict (DESIGN.md contract; batched or single) -> (B, H, D_action) float32 in env units.
         ``generator``: one, or a list with one per sample (batch-independent noise, as the server uses).
         ``guide`` (B or 1, H, D_action) in env units + ``guide_weights`` (H,) or (B, H): real-time
-        chunking's prefix. ``noise_scale``: the sampling temperature (the initial noise's scale; 0 = deterministic)."""
+        chunking's prefix. ``noise_scale``: the sampling temperature (the initial noise's scale; 0 = deterministic).
+        ``targets`` (B or 1, n_targets): with ``conv_locate_condition``, positions to condition the head on instead
+        of the stem's reading (a diagnostic: the simulator's true ones separate perception from control)."""
         single = isinstance(obs["instruction"], str)
         if single:
             obs = {"images": {c: np.asarray(v)[None] for c, v in obs["images"].items()},
@@ -163,7 +176,12 @@ class Policy(nn.Module):
         if guide is not None:
             guide = self.normalizer.normalize("action", torch.as_tensor(np.asarray(guide), dtype=torch.float32).to(self.device))
             guide_weights = torch.as_tensor(np.asarray(guide_weights), dtype=torch.float32)
-        chunk = self.head.sample(prefix, self.head_condition(prefix[0], state), action_steps=action_steps,
+        if targets is not None:
+            if not self.locate_condition:
+                raise ValueError("targets= conditions the head on given positions; this policy was trained without "
+                                 "conv_locate_condition, so its head takes none")
+            targets = torch.as_tensor(np.asarray(targets), dtype=torch.float32).to(self.device).expand(state.shape[0], -1)
+        chunk = self.head.sample(prefix, self.head_condition(prefix[0], state, targets), action_steps=action_steps,
                                  vision_steps=vision_steps, generator=generator, guide=guide, guide_weights=guide_weights,
                                  noise_scale=noise_scale)
         chunk = self.normalizer.unnormalize("action", chunk)
