@@ -64,7 +64,8 @@ class Policy(nn.Module):
         if locates:
             # the data carries privileged targets (where the named objects are): a linear readout of them from
             # the stem's keypoint tokens teaches the stem to find what the instruction names in a few hundred
-            # steps, where the action losses alone took thousands (docs/results.md); used in training only
+            # steps, where the action losses alone took thousands (docs/results.md); when acting, it is used only
+            # with conv_locate_condition
             self.locate_readout = nn.Linear(len(meta.cameras) * config.head.width, len(meta.target_names))
         self.register_buffer("action_low", torch.tensor(meta.action_space.low, dtype=torch.float32), persistent=False)
         self.register_buffer("action_high", torch.tensor(meta.action_space.high, dtype=torch.float32), persistent=False)
