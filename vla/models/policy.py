@@ -141,7 +141,7 @@ class Policy(nn.Module):
             losses["loss_ground"] = masked_mse(chunk, head_batch["action"], head_batch["action_mask"])
             losses["loss"] = losses["loss"] + self.config.backbone.conv_aux_weight * losses["loss_ground"]
         if self.locate_readout is not None and targets is not None:
-            located = self.locate_readout(self.backbone.keypoint_tokens(prefix[0]))
+            located = self._located(prefix[0])
             losses["loss_locate"] = F.mse_loss(located, targets)
             losses["loss"] = losses["loss"] + self.config.backbone.conv_locate_weight * losses["loss_locate"]
         return losses
@@ -153,8 +153,11 @@ class Policy(nn.Module):
         if self.locate_readout is None:
             raise ValueError("this policy has no locate readout (trained without data/targets or conv_locate_weight = 0)")
         images, state, instructions = self._inputs(obs["images"], obs["state"], obs["instruction"])
-        prefix = self.backbone(images, instructions, state)
-        return self.locate_readout(self.backbone.keypoint_tokens(prefix[0])).float().cpu().numpy()
+        return self._located(self.backbone(images, instructions, state)[0]).float().cpu().numpy()
+
+    def _located(self, prefix: torch.Tensor) -> torch.Tensor:
+        """The locate readout of the stem's keypoint tokens in ``prefix``: (B, n_targets)."""
+        return self.locate_readout(self.backbone.keypoint_tokens(prefix))
 
     @torch.no_grad()
     def predict_chunk(self, obs: dict, generator: torch.Generator | list[torch.Generator] | None = None,
