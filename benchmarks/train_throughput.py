@@ -34,6 +34,11 @@ class BenchConfig:
     # epochs (cache_steps), so the figure includes the first epoch, which fills the memo
     cache_features: list[bool] = field(default_factory=lambda: [False, True])
     cache_steps: int = 60
+    # the small preset's frozen vision encoder alone (what trainer.cache_features prefills): ms per frame
+    # by batch size and backbone.vision_dtype, over encoder_frames frames
+    encoder_batch_sizes: list[int] = field(default_factory=lambda: [16, 64])
+    encoder_dtypes: list[str] = field(default_factory=lambda: ["float32", "bfloat16"])
+    encoder_frames: int = 256
 
 
 def one_run(dataset: str, preset: str, head: str, cfg: BenchConfig, out: str, cache: bool) -> dict:
@@ -68,6 +73,38 @@ def one_run(dataset: str, preset: str, head: str, cfg: BenchConfig, out: str, ca
             "threads": torch.get_num_threads()}
 
 
+def encoder_rows(dataset: str, cfg: BenchConfig) -> list[dict]:
+    """ms per frame of the small preset's vision encoder (EfficientNet-Lite0, 128 px), on the dataset's frames,
+    median of 3 passes, after one warm-up batch."""
+    import numpy as np
+    import torch
+
+    from vla.config import compose, to_object
+    from vla.data import TrajectoryStore
+    from vla.models.backbone import CompositeBackbone
+    from vla.train import TrainConfig
+
+    store = TrajectoryStore(dataset)
+    frames = torch.as_tensor(np.asarray(store.images(store.meta.cameras[0])[: cfg.encoder_frames]))
+    rows = []
+    for dtype in cfg.encoder_dtypes:
+        policy = to_object(compose("train", ["policy=small", f"policy.backbone.vision_dtype={dtype}"]), TrainConfig).policy
+        backbone = CompositeBackbone(policy.backbone, 32, store.meta.cameras).eval()
+        for batch in cfg.encoder_batch_sizes:
+            times = []
+            with torch.inference_mode():
+                backbone.encode_images(frames[:batch])
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    for start in range(0, len(frames), batch):
+                        backbone.encode_images(frames[start : start + batch])
+                    times.append(time.perf_counter() - t0)
+            rows.append({"encoder": policy.backbone.vision, "vision_dtype": dtype, "batch": batch,
+                         "image_size": policy.backbone.image_size,
+                         "ms_per_frame": round(1000 * sorted(times)[1] / len(frames), 2)})
+    return rows
+
+
 def main(argv: list[str]) -> dict:
     from envs.collect import CollectConfig, collect
     from vla.config import compose, to_object
@@ -77,6 +114,7 @@ def main(argv: list[str]) -> dict:
     with tempfile.TemporaryDirectory(prefix="vla-train-bench-") as tmp:
         dataset = str(Path(tmp) / "push.zarr")
         collect(CollectConfig(episodes=cfg.episodes, out=dataset, image_size=cfg.image_size, videos=0), progress=False)
+        encoder = encoder_rows(dataset, cfg) if cfg.encoder_batch_sizes else []
         for preset in cfg.presets:
             for head in cfg.heads:
                 for cache in cfg.cache_features:
@@ -87,7 +125,7 @@ def main(argv: list[str]) -> dict:
                                             json.dumps(asdict(cfg)), str(cache)], capture_output=True, text=True, check=True)
                     rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
                     print(rows[-1], file=sys.stderr, flush=True)
-    return {"benchmark": "train_throughput", "config": asdict(cfg), "device": "cpu", "rows": rows,
+    return {"benchmark": "train_throughput", "config": asdict(cfg), "device": "cpu", "rows": rows, "encoder": encoder,
             "machine": {"cpus": os.cpu_count(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}}
 
 

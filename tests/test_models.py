@@ -1,5 +1,6 @@
 """Policy: heads overfit a fixed batch, sampling schedules, prefix cache, checkpoints, mismatches."""
 
+import io
 import warnings
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import torch
 import yaml
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from envs.collect import CollectConfig, collect
 from vla.config import config_dir, to_object
@@ -294,6 +296,68 @@ def test_feature_cache_gives_the_same_loss_and_skips_the_encoders(demo):
         Policy(cfg, demo[0].meta, demo[1]).backbone.cache_features(10)
 
 
+@pytest.mark.parametrize("strides, first_layer, maps", [((2, 2), 16, 8), ((1, 2), 32, 16), ((2, 1), 16, 16)])
+def test_conv_stem_strides_set_the_first_layer_and_keypoint_map_resolutions(strides, first_layer, maps):
+    """32 px images: (first, second) strides put the first layer and the keypoint maps at these sizes."""
+    from vla.models.grounding import GroundedConvStem
+
+    stem = GroundedConvStem(8, 4, 16, 16, 0, first_stride=strides[0], second_stride=strides[1])
+    sizes = {}
+    stem.blocks[0].register_forward_hook(lambda module, args, out: sizes.update(first=out.shape[-1]))
+    stem.keypoint_logits.register_forward_hook(lambda module, args, out: sizes.update(maps=out.shape[-1]))
+    out = stem(torch.zeros(2, 32, 32, 3, dtype=torch.uint8), torch.zeros(2, 16))
+    assert out.shape == (2, 4 + 1, 16) and sizes == {"first": first_layer, "maps": maps}
+
+
+def test_prefilled_memo_serves_every_training_frame_without_the_encoder(demo):
+    """prefill_features encodes the store's frames in batches; a training pass then runs no encoder and gives
+    the loss of the uncached policy."""
+    store, normalizer, batch = demo
+    torch.manual_seed(0)
+    cfg = PolicyConfig()
+    cfg.backbone.finetune = "frozen"
+    policy = Policy(cfg, store.meta, normalizer).train()
+    noise = policy.draw_noise(4, torch.Generator().manual_seed(0))
+    plain = policy.compute_loss(batch, noise)["loss"]
+    with pytest.raises(ValueError, match="call cache_features first"):
+        policy.backbone.prefill_features(store.images("top"))
+    policy.backbone.cache_features(store.num_frames)
+    bar = tqdm(total=store.num_frames, file=io.StringIO())
+    policy.backbone.prefill_features(store.images("top"), batch=5, bar=bar)
+    assert bar.n == store.num_frames and policy.backbone.image_memo.misses == store.num_frames
+    calls = []
+    policy.backbone.vision.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    torch.testing.assert_close(policy.compute_loss(batch, noise)["loss"], plain, rtol=1e-5, atol=1e-6)
+    assert calls == []
+
+
+def test_bfloat16_vision_encoder_gives_float32_features_near_float32_and_round_trips(demo, tmp_path):
+    store, normalizer, batch = demo
+    images = batch["images"]["top"][:, -1]
+    features, policies = {}, {}
+    for dtype in ["float32", "bfloat16"]:
+        torch.manual_seed(0)
+        cfg = PolicyConfig()
+        cfg.backbone.finetune, cfg.backbone.vision_dtype = "frozen", dtype
+        policies[dtype] = Policy(cfg, store.meta, normalizer)
+        with torch.no_grad():
+            features[dtype] = policies[dtype].backbone.encode_images(images)
+    assert {p.dtype for p in policies["bfloat16"].backbone.vision.parameters()} == {torch.bfloat16}
+    assert features["bfloat16"].dtype == torch.float32 and features["bfloat16"].shape == features["float32"].shape
+    error = float((features["bfloat16"] - features["float32"]).norm() / features["float32"].norm())
+    assert 0 < error < 0.1, error  # bfloat16 arithmetic: close to, not equal to, float32
+    reloaded = load_policy(policies["bfloat16"].save(tmp_path / "bf16"))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.backbone.encode_images(images), features["bfloat16"])
+    cfg = PolicyConfig()
+    cfg.backbone.finetune, cfg.backbone.vision_dtype = "frozen", "float16"
+    with pytest.raises(ValueError, match="vision_dtype must be one of .*bfloat16.*float16"):
+        Policy(cfg, store.meta, normalizer)
+    cfg.backbone.finetune, cfg.backbone.vision_dtype = "full", "bfloat16"
+    with pytest.raises(ValueError, match="only a frozen encoder.*finetune=frozen"):
+        Policy(cfg, store.meta, normalizer)
+
+
 @pytest.mark.parametrize("conv_text", ["mean", "attention"])
 def test_policy_with_the_grounded_conv_stem_trains_and_round_trips(demo, tmp_path, conv_text):
     store, normalizer, batch = demo
@@ -369,11 +433,22 @@ def test_locate_condition_teaches_the_head_on_true_targets_and_acts_on_located_o
     # a batch without targets cannot teach this head; a dataset without them cannot build it
     with pytest.raises(KeyError, match="true targets"):
         policy.compute_loss({k: v for k, v in batch.items() if k != "targets"})
+    cfg.backbone.conv_keypoint_condition = False  # the head sees the state and the targets alone
+    lean = Policy(cfg, store.meta, normalizer).train()
+    prefix = lean.backbone(images, instructions, state)[0]
+    torch.testing.assert_close(lean.head_condition(prefix, state, targets), torch.cat([state, targets], -1))
+    acting = lean.head_condition(prefix, state)
+    torch.testing.assert_close(acting, torch.cat([state, lean._located(prefix)], -1))
+    assert lean.head.condition_in.in_features == store.meta.state_dim + 4
+    cfg.backbone.conv_locate_condition = False
+    with pytest.raises(ValueError, match="conv_keypoint_condition=false .* needs conv_locate_condition=true"):
+        Policy(cfg, store.meta, normalizer)
+    cfg.backbone.conv_locate_condition, cfg.backbone.conv_keypoint_condition = True, True
     cfg.backbone.conv_locate_weight = 0.0
     with pytest.raises(ValueError, match="conv_locate_condition needs"):
         Policy(cfg, store.meta, normalizer)
     cfg.backbone.conv_locate_weight, cfg.backbone.conv_first_stride = 1.0, 3
-    with pytest.raises(ValueError, match="conv_first_stride must be 1 or 2"):
+    with pytest.raises(ValueError, match="conv_first_stride and conv_second_stride must be 1 or 2, got 3 and 2"):
         Policy(cfg, store.meta, normalizer)
     cfg.backbone.conv_first_stride = 1
     policy.eval().save(tmp_path / "ckpt")

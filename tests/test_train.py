@@ -92,6 +92,26 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(dataset, tmp_path)
     np.testing.assert_allclose([resumed[s] for s in range(1, 31)], [reference[s] for s in range(1, 31)], rtol=1e-5)
 
 
+def test_prefilled_feature_memo_trains_like_the_uncached_run(dataset, tmp_path, monkeypatch):
+    """A run that draws at least a dataset's worth of windows encodes every frame up front; the losses are those
+    of the run without the memo."""
+    import vla.train.loop as loop
+    from vla.data import TrajectoryStore
+
+    prefilled = []
+    real = loop.prefill_features
+    monkeypatch.setattr(loop, "prefill_features", lambda policy, *a: prefilled.append(policy) or real(policy, *a))
+    steps = -(-TrajectoryStore(dataset).num_frames // 8)  # steps * batch_size >= frames
+    run = {}
+    for cache in ["auto", "false"]:
+        run[cache] = tmp_path / cache
+        train(config(*overrides(dataset, run[cache], "policy.backbone.finetune=frozen", f"trainer.steps={steps}",
+                                f"trainer.checkpoint_every={steps}", f"trainer.cache_features={cache}")), progress=False)
+    assert len(prefilled) == 1 and prefilled[0].backbone.image_memo.misses == TrajectoryStore(dataset).num_frames
+    cached, plain = losses(run["auto"]), losses(run["false"])
+    np.testing.assert_allclose([cached[s] for s in range(1, steps + 1)], [plain[s] for s in range(1, steps + 1)], rtol=1e-4)
+
+
 @pytest.mark.slow
 def test_two_process_ddp_matches_single_process(dataset, tmp_path):
     args = overrides(dataset, tmp_path / "single", "trainer.steps=8", "trainer.checkpoint_every=8")

@@ -19,6 +19,7 @@ import math
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -115,7 +116,7 @@ class SiglipEncoder(nn.Module):
         x = images.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # SigLIP's [-1, 1] input range
         if x.shape[-2:] != (self.image_size, self.image_size):
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
-        out = self.model(pixel_values=x, output_hidden_states=self.layer != -1)
+        out = self.model(pixel_values=x.to(self.model.dtype), output_hidden_states=self.layer != -1)
         return out.last_hidden_state if self.layer == -1 else out.hidden_states[self.layer]
 
 
@@ -144,10 +145,12 @@ class EfficientNetLite0Encoder(nn.Module):
         x = (images.permute(0, 3, 1, 2).float() - 127.0) / 128.0  # the weights' input normalization
         if x.shape[-2:] != (self.image_size, self.image_size):
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
+        x = x.to(self.model._conv_stem.weight.dtype)  # backbone.vision_dtype
         return self.model.extract_features(x).flatten(2).transpose(1, 2)  # (B, h*w, 1280)
 
 
 VISION_ENCODERS = {"siglip": SiglipEncoder, "efficientnet_lite0": EfficientNetLite0Encoder}
+VISION_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class TextEncoder(nn.Module):
@@ -191,12 +194,19 @@ class CompositeBackbone(nn.Module):
         self.vision = apply_finetune(vision, config.finetune, config.lora_rank, vision.lora_targets)
         self.text = apply_finetune(text, config.finetune, config.lora_rank, text.lora_targets)
         self.feature_dim = vision.dim
+        if config.vision_dtype not in VISION_DTYPES:
+            raise ValueError(f"backbone.vision_dtype must be one of {sorted(VISION_DTYPES)}, got {config.vision_dtype!r}")
+        if config.vision_dtype != "float32" and config.finetune != "frozen":
+            raise ValueError(f"backbone.vision_dtype={config.vision_dtype} stores the vision encoder's weights in that "
+                             f"dtype, which only a frozen encoder can do (finetune=frozen, got {config.finetune!r})")
+        self.vision.to(VISION_DTYPES[config.vision_dtype])
         self.vision_proj = nn.Linear(vision.dim, width)
         self.text_proj = nn.Linear(text.dim, width)
         self.camera_embed = nn.Parameter(torch.zeros(len(self.cameras), 1, width))
         self.state_proj = nn.Linear(state_dim, width) if config.state_token and state_dim else None
         self.conv_stem = (GroundedConvStem(config.conv_channels, config.conv_tokens, width, width, config.conv_shift,
-                                           text=config.conv_text, first_stride=config.conv_first_stride)
+                                           text=config.conv_text, first_stride=config.conv_first_stride,
+                                           second_stride=config.conv_second_stride)
                           if config.conv_channels else None)
         self.image_memo: FeatureMemo | None = None
         self.text_memo: FeatureMemo | None = None
@@ -214,6 +224,19 @@ class CompositeBackbone(nn.Module):
         self.image_memo = FeatureMemo(max_images) if max_images else None
         self.text_memo = FeatureMemo(10_000) if max_images else None
 
+    def prefill_features(self, frames, count: int | None = None, batch: int = 16, bar=None) -> None:
+        """Encode the first ``count`` (default: all) of ``frames`` ((N, H, W, 3) uint8, a numpy or Zarr array,
+        sliced in order) into the memo before training. Batches of 16 run the CPU encoder faster per image than
+        the 64-128 misses of a training step (benchmarks/train_throughput.py). ``bar``: a tqdm bar to advance."""
+        if self.image_memo is None:
+            raise ValueError("prefill_features needs the feature memo: call cache_features first")
+        count = frames.shape[0] if count is None else count
+        for start in range(0, count, batch):
+            chunk = torch.as_tensor(np.asarray(frames[start : min(start + batch, count)]))
+            self.image_features(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+
     def train(self, mode: bool = True) -> CompositeBackbone:
         super().train(mode)
         if self.config.finetune != "full":  # frozen weights stay in eval mode (BatchNorm statistics, dropout)
@@ -221,10 +244,14 @@ class CompositeBackbone(nn.Module):
             self.text.eval()
         return self
 
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """The vision encoder (in ``vision_dtype``): uint8 (B, H, W, 3) -> float32 patch features (B, P, D_vision)."""
+        return self.vision(images).float()
+
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, H, W, 3) -> patch features (B, P, D_vision)."""
+        """uint8 (B, H, W, 3) -> patch features (B, P, D_vision), from the memo where it has them."""
         if self.image_memo is None:
-            return self.vision(images)
+            return self.encode_images(images)
         memo = self.image_memo
         keys = [memo.key(image) for image in images]
         found = [memo.get(k) for k in keys]
@@ -233,7 +260,7 @@ class CompositeBackbone(nn.Module):
         memo.misses += len(missing)
         if missing:
             with torch.no_grad():
-                computed = self.vision(images[missing])
+                computed = self.encode_images(images[missing])
             for i, feats in zip(missing, computed, strict=True):
                 found[i] = feats
                 memo.put(keys[i], feats)

@@ -29,6 +29,10 @@ class BackboneConfig:
     state_token: bool = False  # append a projected proprioceptive-state token to the prefix
     finetune: str = "full"  # full | frozen | lora (peft LoRA on the encoders' attention projections)
     lora_rank: int = 8
+    # dtype of the composite vision encoder's weights and arithmetic: float32, or bfloat16 (finetune=frozen only;
+    # training and acting alike, so a policy sees the features it learned on). On 2 CPU cores bfloat16 runs
+    # EfficientNet-Lite0 ~2x faster (benchmarks/train_throughput.py); float16 is not offered (slow on CPU)
+    vision_dtype: str = "float32"
     # composite: a trainable conv stem beside the vision encoder, FiLM-conditioned on the instruction, with
     # coordinate channels, spatial-softmax and language-queried keypoints; its keypoint token per camera also
     # joins the head's condition (vla/models/grounding.py, Policy.head_condition)
@@ -38,6 +42,9 @@ class BackboneConfig:
     # stride of the stem's first conv: 2 puts its keypoint maps at 1/4 of the image resolution, 1 at 1/2
     # (finer locating for about 4x the stem's compute)
     conv_first_stride: int = 2
+    # stride of its second conv (1 or 2). Strides (2, 1) also put the maps at 1/2 resolution, like (1, 2), but run
+    # the first layer at 1/2 instead of full resolution: about a third less stem compute
+    conv_second_stride: int = 2
     # how the stem reads the instruction: "mean" of its tokens, or "attention" (learned queries over the
     # tokens, which keep "red block ... blue pad" apart from "blue block ... red pad"; grounding.py)
     conv_text: str = "mean"
@@ -51,6 +58,10 @@ class BackboneConfig:
     # targets while training (teacher forcing), so the head learns the control from exact positions. A head
     # trained on its own imprecise estimates learns a blurred controller (benchmarks/push_oracle.py, train_noise)
     conv_locate_condition: bool = False
+    # with conv_locate_condition: false conditions the head on the state and the located targets alone, without
+    # the keypoint tokens (which still reach it through the prefix). The condition is then the few numbers a
+    # state-based controller needs (benchmarks/push_oracle.py), not 128 more per camera that move as the stem trains
+    conv_keypoint_condition: bool = True
 
 
 @dataclass

@@ -87,12 +87,12 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 class GroundedConvStem(nn.Module):
     def __init__(self, channels: int, tokens: int, width: int, text_dim: int, shift_pad: int = 4, queries: int = 8,
-                 text: str = "mean", first_stride: int = 2):
+                 text: str = "mean", first_stride: int = 2, second_stride: int = 2):
         super().__init__()
         if text not in ("mean", "attention"):
             raise ValueError(f"conv stem text must be 'mean' or 'attention', got {text!r}")
-        if first_stride not in (1, 2):
-            raise ValueError(f"conv_first_stride must be 1 or 2, got {first_stride}")
+        if first_stride not in (1, 2) or second_stride not in (1, 2):
+            raise ValueError(f"conv_first_stride and conv_second_stride must be 1 or 2, got {first_stride} and {second_stride}")
         side = math.isqrt(tokens)
         if side * side != tokens:
             raise ValueError(f"conv_tokens must be a square number, got {tokens}")
@@ -100,7 +100,7 @@ class GroundedConvStem(nn.Module):
         c = channels
         self.blocks = nn.ModuleList([
             FiLMConv(3 + 2, c, first_stride, text_dim),
-            FiLMConv(c, 2 * c, 2, text_dim),
+            FiLMConv(c, 2 * c, second_stride, text_dim),
             FiLMConv(2 * c, 2 * c, 1, text_dim),
         ])
         self.keypoint_logits = nn.Conv2d(2 * c, c, 1)

@@ -46,9 +46,13 @@ class Policy(nn.Module):
             raise ValueError("backbone.conv_locate_condition needs the conv stem (conv_channels > 0), "
                              "conv_locate_weight > 0 and a dataset with privileged targets (data/targets); "
                              f"this dataset's targets: {list(meta.target_names) or 'none'}")
+        self.keypoint_condition = self.grounded and config.backbone.conv_keypoint_condition
+        if self.grounded and not (self.keypoint_condition or self.locate_condition):
+            raise ValueError("backbone.conv_keypoint_condition=false leaves the head only the located targets from the "
+                             "conv stem: it needs conv_locate_condition=true")
         # the head's condition: normalized state, plus the conv stem's keypoint tokens and, with
         # conv_locate_condition, the located targets (see head_condition)
-        condition_dim = (meta.state_dim + (len(meta.cameras) * config.head.width if self.grounded else 0)
+        condition_dim = (meta.state_dim + (len(meta.cameras) * config.head.width if self.keypoint_condition else 0)
                          + (len(meta.target_names) if self.locate_condition else 0))
         self.head = build_head(config.head, condition_dim, meta.action_dim, config.horizon, self.backbone.feature_dim)
         self.grounding_readout = None
@@ -94,7 +98,7 @@ class Policy(nn.Module):
         if not self.locate_condition:
             return torch.cat([state, keypoints], -1)
         located = targets if targets is not None else self.locate_readout(keypoints)
-        return torch.cat([state, keypoints, located], -1)
+        return torch.cat([state, keypoints, located] if self.keypoint_condition else [state, located], -1)
 
     def load_weights(self, state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
         """``load_state_dict`` with an error that says which checkpoint does not fit this code, and why."""

@@ -210,12 +210,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if cfg.data.cameras is not None:
         meta = type(meta)(**{**meta.__dict__, "cameras": list(cfg.data.cameras)})
     policy = Policy(cfg.policy, meta, normalizer)
-    if t.cache_features is True or (t.cache_features == "auto" and cfg.policy.backbone.kind == "composite"
-                                    and cfg.policy.backbone.finetune == "frozen" and not cfg.data.augment.enabled):
+    cached = t.cache_features is True or (t.cache_features == "auto" and cfg.policy.backbone.kind == "composite"
+                                          and cfg.policy.backbone.finetune == "frozen" and not cfg.data.augment.enabled)
+    if cached:
         policy.backbone.cache_features(store.num_frames * len(meta.cameras))
-    optimizer = torch.optim.AdamW(param_groups(policy, t.weight_decay, t.lr, t.lr_scale), lr=t.lr, betas=tuple(t.betas))
+    # fused: one kernel over all parameters (on 2 CPU cores, ~3x faster than the per-parameter loop, which was
+    # ~10% of a small-preset step); the EMA likewise
+    optimizer = torch.optim.AdamW(param_groups(policy, t.weight_decay, t.lr, t.lr_scale), lr=t.lr, betas=tuple(t.betas),
+                                  fused=True)
     scheduler = get_cosine_schedule_with_warmup(optimizer, t.warmup_steps, t.steps)
-    ema = EMAModel([p for p in policy.parameters() if p.requires_grad], decay=t.ema_decay) if t.ema_decay > 0 else None
+    ema = (EMAModel([p for p in policy.parameters() if p.requires_grad], decay=t.ema_decay, foreach=True)
+           if t.ema_decay > 0 else None)
 
     start_step, best_val = 0, math.inf
     resume_from = latest_checkpoint(out)
@@ -232,6 +237,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     elif rank == 0:
         (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         (out / "metrics.jsonl").unlink(missing_ok=True)
+    if cached and (t.steps - start_step) * t.batch_size >= store.num_frames:
+        # the run will draw about every frame anyway: encode them all up front, in the encoder's fast batch size
+        prefill_features(policy, train_set, progress and accelerator.is_main_process)
     # The scheduler stays ours: accelerate would step it once per process (it assumes per-process batches).
     model, optimizer = accelerator.prepare(policy, optimizer)
     if ema is not None:
@@ -291,6 +299,18 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     logger.close()
     accelerator.wait_for_everyone()
     return final or out / "checkpoints" / f"step_{t.steps:06d}"
+
+
+def prefill_features(policy: Policy, dataset: WindowDataset, progress: bool) -> None:
+    """Fill the frozen encoder's memo with every frame of the dataset's store (all episodes: validation reads
+    them too)."""
+    from tqdm import tqdm
+
+    frames, count = dataset.arrays.images, dataset.store.num_frames  # numpy in RAM or Zarr arrays, per camera
+    with tqdm(total=count * len(frames), desc="encode frames (frozen encoder)", unit="frame",
+              disable=not progress) as bar:
+        for cam_frames in frames.values():
+            policy.backbone.prefill_features(cam_frames, count, bar=bar)
 
 
 @torch.no_grad()
