@@ -43,7 +43,7 @@ class BackboneConfig:
     # (finer locating for about 4x the stem's compute)
     conv_first_stride: int = 2
     # stride of its second conv (1 or 2). Strides (2, 1) also put the maps at 1/2 resolution, like (1, 2), but run
-    # the first layer at 1/2 instead of full resolution: about a third less stem compute
+    # the first layer at 1/2 instead of full resolution: less compute
     conv_second_stride: int = 2
     # how the stem reads the instruction: "mean" of its tokens, or "attention" (learned queries over the
     # tokens, which keep "red block ... blue pad" apart from "blue block ... red pad"; grounding.py)
