@@ -52,9 +52,7 @@ def run_episode(env: TabletopEnv, policy, seed: int, execute: int, cfg: BenchCon
     while not done:
         truth = env.training_targets()[None]
         if policy.locate_readout is not None:
-            batched = {"images": {c: im[None] for c, im in obs["images"].items()}, "state": obs["state"][None],
-                       "instruction": [obs["instruction"]]}
-            errors.append(np.abs(policy.locate(batched)[0] - truth[0]))
+            errors.append(np.abs(policy.locate(obs)[0] - truth[0]))
         chunk = policy.predict_chunk(obs, generator=generator, noise_scale=cfg.noise_scale,
                                      targets=truth if cfg.true_targets else None)
         for action in chunk[0][:execute]:

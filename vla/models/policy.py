@@ -34,6 +34,15 @@ def _last_frame(x: torch.Tensor, frame_ndim: int) -> torch.Tensor:
     return x[:, -1] if x.ndim == frame_ndim + 2 else x
 
 
+def _batched(obs: dict) -> dict:
+    """A single observation (``instruction`` a string) as a batch of one; a batched one as it is. Returns the
+    keyword arguments of ``Policy._inputs``."""
+    if isinstance(obs["instruction"], str):
+        return {"images": {c: np.asarray(v)[None] for c, v in obs["images"].items()},
+                "state": np.asarray(obs["state"])[None], "instructions": [obs["instruction"]]}
+    return {"images": obs["images"], "state": obs["state"], "instructions": obs["instruction"]}
+
+
 class Policy(nn.Module):
     def __init__(self, config: PolicyConfig, meta: DatasetMeta, normalizer: Normalizer):
         super().__init__()
@@ -152,11 +161,11 @@ class Policy(nn.Module):
 
     @torch.no_grad()
     def locate(self, obs: dict) -> np.ndarray:
-        """Where the stem reads the data's training targets (``meta.target_names``) in a batched observation:
-        (B, n_targets) float32. Needs a policy trained with ``loss_locate``."""
+        """Where the stem reads the data's training targets (``meta.target_names``) in an observation (batched or
+        single, as ``predict_chunk``): (B, n_targets) float32. Needs a policy trained with ``loss_locate``."""
         if self.locate_readout is None:
             raise ValueError("this policy has no locate readout (trained without data/targets or conv_locate_weight = 0)")
-        images, state, instructions = self._inputs(obs["images"], obs["state"], obs["instruction"])
+        images, state, instructions = self._inputs(**_batched(obs))
         return self._located(self.backbone(images, instructions, state)[0]).float().cpu().numpy()
 
     def _located(self, prefix: torch.Tensor) -> torch.Tensor:
@@ -175,11 +184,7 @@ class Policy(nn.Module):
         chunking's prefix. ``noise_scale``: the sampling temperature (the initial noise's scale; 0 = deterministic).
         ``targets`` (B or 1, n_targets): with ``conv_locate_condition``, positions to condition the head on instead
         of the stem's reading (a diagnostic: the simulator's true ones separate perception from control)."""
-        single = isinstance(obs["instruction"], str)
-        if single:
-            obs = {"images": {c: np.asarray(v)[None] for c, v in obs["images"].items()},
-                   "state": np.asarray(obs["state"])[None], "instruction": [obs["instruction"]]}
-        images, state, instructions = self._inputs(obs["images"], obs["state"], obs["instruction"])
+        images, state, instructions = self._inputs(**_batched(obs))
         prefix = self.backbone(images, instructions, state)
         if guide is not None:
             guide = self.normalizer.normalize("action", torch.as_tensor(np.asarray(guide), dtype=torch.float32).to(self.device))
