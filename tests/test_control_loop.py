@@ -33,7 +33,9 @@ def test_loop_follows_the_served_policy_at_a_fixed_rate(server, random_checkpoin
         loop.close()
     assert episode.steps == 30 and not episode.errors
     assert episode.held_steps <= 2  # only a badly delayed reply on a loaded machine makes the robot wait
-    assert episode.requests >= 30 // 4 and episode.max_tick_ms < 1e3 / RATE
+    # a tick never waits for the server's reply (round trip plus inference); its own work is a small
+    # fraction of a period, bounded at two periods so that a scheduler hiccup on a loaded CI box passes
+    assert episode.requests >= 30 // 4 and episode.max_tick_ms < 2e3 / RATE
     assert 30 / RATE * 0.9 < episode.wall_s < 30 / RATE * 1.6  # a fixed rate, not as fast as possible
     # the first chunk is the policy's answer to the reset observation with the loop's request seed
     robot.reset(3)
@@ -69,9 +71,10 @@ def test_loop_holds_safely_when_the_server_is_killed(server):
     assert all(s == "hold" for s in sources[first_hold:])
     held = np.asarray(episode.actions[first_hold:])
     np.testing.assert_array_equal(held, np.zeros_like(held))  # planar velocity: hold = zero motion
-    # holding never blocks a tick: each tick's own work fits in a period (a late tick can still come
-    # from the OS scheduler on a loaded machine, hence not asserted to be zero)
-    assert episode.max_tick_ms < 1e3 / RATE and episode.late_ticks <= 2
+    # holding never blocks a tick: a tick that waited on the dead server (retry every 0.2 s, timeout
+    # 0.5 s) would take at least 200 ms and put the loop a period behind on every failed request; a
+    # loaded CI box's scheduler alone has stretched a tick past one period (55 ms), not to 150
+    assert episode.max_tick_ms < 150 and episode.late_ticks <= 3
     robot.close()
 
 
