@@ -69,6 +69,10 @@ class ExperimentConfig:
     data_dir: str = "data/results"
     out: str | None = None  # null = runs/results/<name> (runs/results-smoke/<name> when smoke)
     docs: bool = True  # copy summary.json, table.md and the eval reports to docs/results/<name>/
+    # true: the summary also keeps the rows of docs/results/<name>/summary.json for every (variant, seed) this
+    # invocation does not run, so seeds can be added in later sessions whose run directories are gone
+    keep_saved: bool = False
+    evals_only: list[str] | None = None  # run only the evaluations with these names (null = all)
 
 
 def collect_data(cfg: ExperimentConfig) -> str:
@@ -135,6 +139,27 @@ def evaluate_run(cfg: ExperimentConfig, checkpoint: str, ev: Evaluation, seed: i
         if same == {k: v for k, v in asdict(ecfg).items() if k not in ("out", "checkpoint")}:
             return saved  # already evaluated with this config (the run directory may have moved)
     return evaluate(ecfg, progress=not cfg.smoke)
+
+
+def saved_rows(cfg: ExperimentConfig, running: set[tuple[str, int]]) -> list[dict]:
+    """The rows of the docs' saved summary for (variant, seed) pairs not in ``running``, marked ``kept``."""
+    path = ROOT / "docs" / "results" / cfg.name / "summary.json"
+    if not path.exists():
+        raise FileNotFoundError(f"keep_saved=true but {relative(path)} does not exist: run the experiment without it first")
+    rows = json.loads(path.read_text())["runs"]
+    return [{**r, "kept": True} for r in rows if r["variant"] in cfg.variants and (r["variant"], r["seed"]) not in running]
+
+
+def train_curve(metrics: Path, every: int = 100) -> dict[str, Any]:
+    """Means of each training loss over blocks of ``every`` steps, from a run's ``metrics.jsonl``: the docs
+    keep this curve because the run directories are not committed."""
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    names = sorted({k for r in rows for k in r if k.startswith("loss")})
+    blocks = sorted({(r["step"] - 1) // every for r in rows})
+    losses = {name: [float(f"{np.mean([r[name] for r in rows if (r['step'] - 1) // every == b and name in r]):.4g}")
+                     for b in blocks] for name in names}
+    return {"every": every, "block_end_steps": [min((b + 1) * every, rows[-1]["step"]) for b in blocks],
+            "losses": losses}
 
 
 def relative(path: str | Path) -> str:
@@ -221,8 +246,10 @@ def main(argv: list[str]) -> dict[str, Any]:
         for seed in cfg.smoke_seeds if cfg.smoke else cfg.seeds:
             base = out / variant / f"seed{seed}"
             checkpoint, wall = train_run(cfg, data, extra, seed, base / "run")
+            (base / "train_losses.json").write_text(json.dumps(train_curve(base / "run" / "metrics.jsonl")))
             for ev in cfg.evals:
-                if ev.variants is not None and variant not in ev.variants:
+                if (ev.variants is not None and variant not in ev.variants) or (cfg.evals_only is not None
+                                                                                 and ev.name not in cfg.evals_only):
                     continue
                 report = evaluate_run(cfg, checkpoint, ev, seed, base / f"eval-{ev.name}")
                 tasks = {k: {key: v[key] for key in ("successes", "episodes", "success_rate", "ci95", "latency_ms")}
@@ -230,6 +257,9 @@ def main(argv: list[str]) -> dict[str, Any]:
                 rows.append({"variant": variant, "seed": seed, "eval": ev.name, "checkpoint": relative(checkpoint),
                              "train_wall_s": wall, "tasks": tasks, "eval_dir": relative(base / f"eval-{ev.name}")})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    if cfg.keep_saved and not cfg.smoke:
+        rows += saved_rows(cfg, {(r["variant"], r["seed"]) for r in rows})
+        rows.sort(key=lambda r: (list(cfg.variants).index(r["variant"]), r["seed"]))  # per-seed columns in seed order
     summary = summarize(cfg, rows)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "table.md").write_text(markdown(summary))
@@ -240,11 +270,12 @@ def main(argv: list[str]) -> dict[str, Any]:
         shutil.copy(out / "summary.json", docs / "summary.json")
         shutil.copy(out / "table.md", docs / "table.md")
         shutil.copy(out / "results.png", docs / "results.png")
-        for r in rows:  # the saved eval reports every number comes from (no checkpoints, no videos)
+        for r in (r for r in rows if not r.get("kept")):  # the eval reports behind every number (no checkpoints, videos)
             target = docs / r["variant"] / f"seed{r['seed']}" / f"eval-{r['eval']}"
             target.mkdir(parents=True, exist_ok=True)
             for name in ("eval.json", "eval.md", "success.png"):
                 shutil.copy(ROOT / r["eval_dir"] / name, target / name)  # ROOT / an absolute path = that path
+            shutil.copy((ROOT / r["eval_dir"]).parent / "train_losses.json", target.parent / "train_losses.json")
     return summary
 
 

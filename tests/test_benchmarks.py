@@ -77,6 +77,42 @@ def test_results_smoke(experiment, tmp_path):
     for row in result["rows"]:
         assert row["episodes"] > 0 and 0.0 <= row["success_rate"] <= 1.0 and row["latency_ms_median"] > 0
     assert (tmp_path / "out" / "table.md").exists() and (tmp_path / "out" / "results.png").stat().st_size > 0
+    runs = sorted(p.parent for p in (tmp_path / "out").glob("*/seed*/run"))
+    assert runs
+    for run in runs:  # every run's training curve, which the docs keep
+        curve = json.loads((run / "train_losses.json").read_text())
+        steps = json.loads((run / "run" / "train_wall_s.json").read_text())["steps"]
+        assert curve["block_end_steps"][-1] == steps and curve["losses"]["loss"][0] > 0
+
+
+def test_results_keep_saved_rows_of_seeds_not_run(tmp_path, monkeypatch):
+    """keep_saved: seeds added in a later session join the saved summary's rows of the earlier seeds."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import results
+
+    monkeypatch.setattr(results, "ROOT", tmp_path)
+    cfg = results.ExperimentConfig(name="heads", variants={"flow": [], "diffusion": []})
+    with pytest.raises(FileNotFoundError, match="keep_saved=true but docs/results/heads/summary.json does not exist"):
+        results.saved_rows(cfg, set())
+    saved = [{"variant": v, "seed": k, "eval": "main"} for v in ("flow", "diffusion", "gone") for k in (0, 1)]
+    (tmp_path / "docs" / "results" / "heads").mkdir(parents=True)
+    (tmp_path / "docs" / "results" / "heads" / "summary.json").write_text(json.dumps({"runs": saved}))
+    kept = results.saved_rows(cfg, {("flow", 1)})
+    assert [(r["variant"], r["seed"]) for r in kept] == [("flow", 0), ("diffusion", 0), ("diffusion", 1)]
+    assert all(r["kept"] for r in kept)
+
+
+def test_results_train_curve_averages_blocks_of_steps(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import results
+
+    rows = [{"step": k, "loss": float(k), "loss_locate": 2.0 * k, "lr": 1e-3} for k in range(1, 251)]
+    rows[10].pop("loss_locate")  # a row without one of the losses: averaged over the rows that have it
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    curve = results.train_curve(tmp_path / "metrics.jsonl", every=100)
+    assert curve["block_end_steps"] == [100, 200, 250] and sorted(curve["losses"]) == ["loss", "loss_locate"]
+    assert curve["losses"]["loss"] == [50.5, 150.5, 225.5]
+    assert curve["losses"]["loss_locate"][0] == pytest.approx(2 * (5050 - 11) / 99, rel=1e-3)
 
 
 def test_push_outcomes_counts_what_the_episodes_did(random_checkpoint):

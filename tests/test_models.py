@@ -404,6 +404,34 @@ def test_policy_with_the_grounded_conv_stem_trains_and_round_trips(demo, tmp_pat
         Policy(cfg, store.meta, normalizer)
 
 
+def test_stem_without_head_gradient_learns_from_loss_locate_alone(demo):
+    """conv_head_gradient=false: the head's (and the grounding readout's) losses stop at the stem's tokens."""
+    store, normalizer, batch = demo
+    cfg = PolicyConfig()
+    cfg.backbone.conv_channels, cfg.backbone.conv_tokens, cfg.backbone.conv_locate_condition = 8, 4, True
+
+    def stem_gradients(head_gradient: bool, loss_name: str) -> tuple[float, float]:
+        torch.manual_seed(0)
+        cfg.backbone.conv_head_gradient = head_gradient
+        policy = Policy(cfg, store.meta, normalizer).train()
+        optimizer = torch.optim.Adam(policy.parameters(), lr=1e-2)
+        for _ in range(3):  # past the head's zero-initialized output layers, so its loss depends on the prefix
+            optimizer.zero_grad()
+            losses = policy.compute_loss(batch)
+            losses[loss_name].backward()
+            optimizer.step()
+        stem = policy.backbone.conv_stem
+        return float(stem.blocks[0].conv.weight.grad.abs().sum()), float(policy.backbone.vision_proj.weight.grad.abs().sum())
+
+    assert stem_gradients(True, "loss_action")[0] > 0  # shared: the head's loss reaches the stem
+    stem, vision = stem_gradients(False, "loss_action")
+    assert stem == 0 and vision > 0  # cut at the stem's tokens only: the other prefix tokens still learn
+    assert stem_gradients(False, "loss_locate")[0] > 0
+    cfg.backbone.conv_locate_weight, cfg.backbone.conv_locate_condition = 0.0, False  # nothing would teach the stem
+    with pytest.raises(ValueError, match="conv_head_gradient=false leaves the conv stem loss_locate alone"):
+        Policy(cfg, store.meta, normalizer)
+
+
 def test_locate_condition_teaches_the_head_on_true_targets_and_acts_on_located_ones(demo, tmp_path):
     """conv_locate_condition: training feeds the head the data's targets; acting feeds it the readout's estimate."""
     store, normalizer, batch = demo

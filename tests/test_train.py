@@ -141,6 +141,11 @@ def test_bad_configs_fail_before_any_compute(dataset, tmp_path):
         train(config(*overrides(dataset, tmp_path / "g"), "trainer.cache_features=true"), progress=False)  # tiny: full
     with pytest.raises(TrainError, match="cache_features must be true, false or auto"):
         train(config(*overrides(dataset, tmp_path / "h"), "trainer.cache_features=sometimes"), progress=False)
+    with pytest.raises(TrainError, match="task_weights .* needs trainer.balance_tasks=true"):
+        train(config(*overrides(dataset, tmp_path / "i"), "trainer.task_weights={builtin/push:2}"), progress=False)
+    with pytest.raises(TrainError, match=r"names \['builtin/pick'\], which are not tasks of this dataset"):
+        train(config(*overrides(dataset, tmp_path / "i"), "trainer.balance_tasks=true",
+                     "trainer.task_weights={builtin/pick:2}"), progress=False)
     train(config(*overrides(dataset, tmp_path / "f"), "trainer.steps=2", "trainer.checkpoint_every=2"), progress=False)
     with pytest.raises(TrainError, match="already holds checkpoints"):
         train(config(*overrides(dataset, tmp_path / "f"), "trainer.steps=2"), progress=False)
@@ -167,6 +172,15 @@ def test_task_balanced_batches_give_each_task_an_equal_share():
     assert again == batches[100:]  # a pure function of (seed, step): resumable
     plain = np.concatenate(list(StepBatches(len(tasks), 64, 0, 0, 200, 0, 1)))
     assert abs((tasks[plain] == "reach").mean() - 0.1) < 0.03
+    # task_weights: push 3 to reach's (unnamed) 1 gives push three quarters of the draws
+    weighted = task_balanced_weights(tasks, {"push": 3.0})
+    assert weighted.sum() == pytest.approx(1.0)
+    drawn = tasks[np.concatenate(list(StepBatches(len(tasks), 64, 0, 0, 200, 0, 1, weighted)))]
+    assert abs((drawn == "push").mean() - 0.75) < 0.03
+    with pytest.raises(TrainError, match=r"names \['pick'\], which are not tasks of this dataset; its tasks: \['push', 'reach'\]"):
+        task_balanced_weights(tasks, {"pick": 2.0})
+    with pytest.raises(TrainError, match="must be positive"):
+        task_balanced_weights(tasks, {"push": 0.0})
 
 
 def test_lr_scale_gives_named_parameters_their_own_rate_and_rejects_unknown_names():

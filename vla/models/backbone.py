@@ -216,6 +216,14 @@ class CompositeBackbone(nn.Module):
         per_camera = self.config.tokens_per_image + self.config.conv_tokens + 1
         return prefix[:, [i * per_camera + per_camera - 1 for i in range(len(self.cameras))]].flatten(1)
 
+    def detach_conv_stem(self, prefix: torch.Tensor) -> torch.Tensor:
+        """``forward``'s prefix with the conv stem's tokens (grid and keypoint, every camera) cut from the graph."""
+        per_camera = self.config.tokens_per_image + self.config.conv_tokens + 1
+        stem = torch.zeros(prefix.shape[1], dtype=torch.bool, device=prefix.device)
+        for i in range(len(self.cameras)):
+            stem[i * per_camera + self.config.tokens_per_image : (i + 1) * per_camera] = True
+        return torch.where(stem[:, None], prefix.detach(), prefix)
+
     def cache_features(self, max_images: int) -> None:
         """Memoize the frozen encoders' outputs (images by content, instructions by text); 0 turns it off.
         Only for ``finetune: frozen``: trainable encoders change their outputs every step."""

@@ -59,6 +59,10 @@ class Policy(nn.Module):
         if self.grounded and not (self.keypoint_condition or self.locate_condition):
             raise ValueError("backbone.conv_keypoint_condition=false leaves the head only the located targets from the "
                              "conv stem: it needs conv_locate_condition=true")
+        if self.grounded and not config.backbone.conv_head_gradient and not locates:
+            raise ValueError("backbone.conv_head_gradient=false leaves the conv stem loss_locate alone to learn from: it "
+                             "needs conv_locate_weight > 0 and a dataset with privileged targets (data/targets); "
+                             f"this dataset's targets: {list(meta.target_names) or 'none'}")
         # the head's condition: normalized state, plus the conv stem's keypoint tokens and, with
         # conv_locate_condition, the located targets (see head_condition)
         condition_dim = (meta.state_dim + (len(meta.cameras) * config.head.width if self.keypoint_condition else 0)
@@ -134,7 +138,10 @@ class Policy(nn.Module):
         targets = torch.as_tensor(batch["targets"], dtype=torch.float32).to(self.device) if "targets" in batch else None
         if self.locate_condition and targets is None:
             raise KeyError("conv_locate_condition trains the head on the data's true targets, and this batch has none")
-        condition = self.head_condition(prefix[0], state, targets if self.locate_condition else None)
+        head_prefix = prefix
+        if self.grounded and not self.config.backbone.conv_head_gradient:
+            head_prefix = (self.backbone.detach_conv_stem(prefix[0]), prefix[1])
+        condition = self.head_condition(head_prefix[0], state, targets if self.locate_condition else None)
         head_batch = {
             "state": condition,
             "action": self.normalizer.normalize("action", torch.as_tensor(batch["action"], dtype=torch.float32).to(self.device)),
@@ -148,7 +155,7 @@ class Policy(nn.Module):
             target = self.backbone.target_features(future, self.config.head.vision_tokens)
             head_batch["future_features"] = F.layer_norm(target, target.shape[-1:])  # per-token normalized target
             head_batch["future_valid"] = torch.as_tensor(batch["future_valid"]).to(self.device)
-        losses = self.head.loss(prefix, head_batch, noise)
+        losses = self.head.loss(head_prefix, head_batch, noise)
         if self.grounding_readout is not None:
             chunk = self.grounding_readout(condition).view(head_batch["action"].shape)
             losses["loss_ground"] = masked_mse(chunk, head_batch["action"], head_batch["action_mask"])

@@ -33,6 +33,9 @@ class TrainerConfig:
     # multi-task data: draw windows so that every task gets the same share of each batch (short-episode
     # tasks are otherwise under-sampled: builtin/reach has 27% of the built-in suite's frames)
     balance_tasks: bool = False
+    # with balance_tasks: each task's share of a batch in proportion to its weight (tasks not named: 1), e.g.
+    # {builtin/push: 3} puts push in 3/4 of the built-in suite's draws, where reach is learned long before push
+    task_weights: dict[str, float] | None = None
     seed: int = 0
     cpu: bool = False  # force CPU even when a GPU is visible
     logger: str = "tensorboard"  # tensorboard | wandb | none

@@ -68,6 +68,10 @@ def check_setup(cfg: TrainConfig, out: Path) -> TrajectoryStore:
         raise TrainError(f"trainer.steps, batch_size and grad_accum must be >= 1 (got {t.steps}, {t.batch_size}, {t.grad_accum})")
     if t.mixed_precision not in ("no", "bf16", "fp16"):
         raise TrainError(f"trainer.mixed_precision must be no, bf16 or fp16, got {t.mixed_precision!r}")
+    if t.task_weights:
+        if not t.balance_tasks:
+            raise TrainError("trainer.task_weights sets each task's share of a batch: it needs trainer.balance_tasks=true")
+        task_balanced_weights(store.tasks, t.task_weights)  # names and values, before any compute
     if t.logger not in ("tensorboard", "wandb", "none"):
         raise TrainError(f"trainer.logger must be tensorboard, wandb or none, got {t.logger!r}")
     try:
@@ -127,10 +131,19 @@ def global_batch_indices(n: int, batch: int, seed: int, epoch: int, index: int,
     return perm[index * batch : (index + 1) * batch]
 
 
-def task_balanced_weights(tasks: np.ndarray) -> np.ndarray:
-    """Per-window sampling probabilities that give every task the same share: 1 / (tasks x its windows)."""
+def task_balanced_weights(tasks: np.ndarray, shares: dict[str, float] | None = None) -> np.ndarray:
+    """Per-window sampling probabilities that give every task the same share of the draws, or with ``shares``
+    (task name -> relative weight, 1 for tasks it does not name) a share proportional to its weight."""
     names, inverse, counts = np.unique(tasks, return_inverse=True, return_counts=True)
-    return 1.0 / (len(names) * counts[inverse])
+    shares = dict(shares or {})
+    unknown = sorted(set(shares) - set(names))
+    if unknown:
+        raise TrainError(f"trainer.task_weights names {unknown}, which are not tasks of this dataset; its tasks: "
+                         f"{names.tolist()}")
+    if any(w <= 0 for w in shares.values()):
+        raise TrainError(f"trainer.task_weights must be positive, got {shares}")
+    weight = np.array([shares.get(name, 1.0) for name in names])
+    return (weight / weight.sum())[inverse] / counts[inverse]
 
 
 def batches_per_epoch(n: int, batch: int) -> int:
@@ -249,7 +262,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                disable=not (progress and accelerator.is_main_process))
     started, samples = time.perf_counter(), 0
     final = None
-    weights = task_balanced_weights(train_set.window_tasks()) if t.balance_tasks else None
+    weights = task_balanced_weights(train_set.window_tasks(), t.task_weights) if t.balance_tasks else None
     sampler = StepBatches(len(train_set), t.batch_size, t.seed, start_step * t.grad_accum, t.steps * t.grad_accum, rank, world,
                           weights)
     loader = iter(DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.data.num_workers))
