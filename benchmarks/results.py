@@ -154,12 +154,13 @@ def train_curve(metrics: Path, every: int = 100) -> dict[str, Any]:
     """Means of each training loss over blocks of ``every`` steps, from a run's ``metrics.jsonl``: the docs
     keep this curve because the run directories are not committed."""
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    blocks: dict[int, list[dict]] = {}
+    for r in rows:
+        blocks.setdefault((r["step"] - 1) // every, []).append(r)
     names = sorted({k for r in rows for k in r if k.startswith("loss")})
-    blocks = sorted({(r["step"] - 1) // every for r in rows})
-    losses = {name: [float(f"{np.mean([r[name] for r in rows if (r['step'] - 1) // every == b and name in r]):.4g}")
-                     for b in blocks] for name in names}
-    return {"every": every, "block_end_steps": [min((b + 1) * every, rows[-1]["step"]) for b in blocks],
-            "losses": losses}
+    losses = {name: [float(f"{np.mean([r[name] for r in block if name in r]):.4g}") for block in blocks.values()]
+              for name in names}
+    return {"every": every, "block_end_steps": [min((b + 1) * every, rows[-1]["step"]) for b in blocks], "losses": losses}
 
 
 def relative(path: str | Path) -> str:

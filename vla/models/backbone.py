@@ -211,14 +211,19 @@ class CompositeBackbone(nn.Module):
         self.image_memo: FeatureMemo | None = None
         self.text_memo: FeatureMemo | None = None
 
+    @property
+    def tokens_per_camera(self) -> int:
+        """Prefix tokens per camera: the encoder's, then (with the conv stem) its grid tokens and keypoint token."""
+        return self.config.tokens_per_image + self.config.conv_tokens + 1
+
     def keypoint_tokens(self, prefix: torch.Tensor) -> torch.Tensor:
         """The conv stem's keypoint token of every camera, taken from ``forward``'s prefix: (B, cameras * width)."""
-        per_camera = self.config.tokens_per_image + self.config.conv_tokens + 1
+        per_camera = self.tokens_per_camera
         return prefix[:, [i * per_camera + per_camera - 1 for i in range(len(self.cameras))]].flatten(1)
 
     def detach_conv_stem(self, prefix: torch.Tensor) -> torch.Tensor:
         """``forward``'s prefix with the conv stem's tokens (grid and keypoint, every camera) cut from the graph."""
-        per_camera = self.config.tokens_per_image + self.config.conv_tokens + 1
+        per_camera = self.tokens_per_camera
         stem = torch.zeros(prefix.shape[1], dtype=torch.bool, device=prefix.device)
         for i in range(len(self.cameras)):
             stem[i * per_camera + self.config.tokens_per_image : (i + 1) * per_camera] = True
