@@ -496,3 +496,34 @@ def test_locate_condition_teaches_the_head_on_true_targets_and_acts_on_located_o
     assert np.abs(elsewhere - own).max() > 1e-4
     np.testing.assert_array_equal(policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1)),
                                   load_policy(tmp_path / "ckpt").predict_chunk(obs, generator=torch.Generator().manual_seed(1)))
+
+
+def test_targets_normalization_feeds_the_head_normalized_targets_and_survives_a_checkpoint(demo, tmp_path):
+    """policy.normalization with ``targets``: the head's condition carries (targets - mean) / std, the locate
+    readout still predicts raw targets, and the stats travel with the checkpoint."""
+    store, _, batch = demo
+    stats = ensure_stats(store.url)  # the demo's stats include its targets
+    raw = store.load("targets").astype(np.float64)
+    np.testing.assert_allclose(stats["targets"]["std"], raw.std(0), rtol=1e-5)
+    cfg = PolicyConfig()
+    cfg.backbone.conv_channels, cfg.backbone.conv_tokens, cfg.backbone.conv_first_stride = 8, 4, 1
+    cfg.backbone.conv_locate_condition = True
+    cfg.normalization = {**cfg.normalization, "targets": "mean_std"}
+    torch.manual_seed(0)
+    policy = Policy(cfg, store.meta, Normalizer.from_stats(stats, cfg.normalization)).eval()
+    images, state, instructions = policy._inputs(batch["images"], batch["state"], batch["instruction"])
+    targets = torch.as_tensor(batch["targets"])
+    with torch.no_grad():
+        prefix = policy.backbone(images, instructions, state)[0]
+        taught = policy.head_condition(prefix, state, targets)
+        acting = policy.head_condition(prefix, state)
+    mean, std = (torch.as_tensor(stats["targets"][k]) for k in ("mean", "std"))
+    torch.testing.assert_close(taught[:, -4:], (targets - mean) / std)
+    torch.testing.assert_close(acting[:, -4:], (policy._located(prefix) - mean) / std)
+    policy.save(tmp_path / "ckpt")
+    obs = obs_from(batch)
+    np.testing.assert_array_equal(policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1)),
+                                  load_policy(tmp_path / "ckpt").predict_chunk(obs, generator=torch.Generator().manual_seed(1)))
+    # a dataset without targets has no stats for them: the normalizer says which key is missing
+    with pytest.raises(KeyError, match=r"no stats for keys \['targets'\]"):
+        Normalizer.from_stats({k: v for k, v in stats.items() if k != "targets"}, cfg.normalization)

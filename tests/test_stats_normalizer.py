@@ -7,6 +7,8 @@ from conftest import make_episode, make_meta
 
 from vla.data import Normalizer, TrajectoryStore, TrajectoryWriter, compute_stats, ensure_stats
 from vla.data.normalizer import MODES
+from vla.data.stats import write_stats
+from vla.data.store import open_group
 
 
 def test_stats_match_numpy_and_are_stored_once(dataset):
@@ -27,6 +29,21 @@ def test_stats_match_numpy_and_are_stored_once(dataset):
     with pytest.warns(UserWarning, match="stats cover 20 frames"):
         assert TrajectoryStore(dataset).stats() is None
     assert ensure_stats(dataset, recompute=True)["action"]["max"][0] == 21
+
+
+def test_stats_cover_targets_and_older_stats_without_them_are_recomputed(tmp_path):
+    meta = make_meta(extra={"targets": ["block_x", "block_y"]})
+    with TrajectoryWriter(tmp_path / "t.zarr", meta) as w:
+        ep = make_episode(0, 10, 0, meta)
+        ep["targets"] = np.stack([np.linspace(0, 1, 10), np.full(10, 0.5)], 1).astype(np.float32)
+        w.add_episode(**ep)
+    store = TrajectoryStore(tmp_path / "t.zarr")
+    # stats written before targets had stats (state and action only) are completed, not trusted
+    write_stats(open_group(store.url, mode="r+"), compute_stats(store, keys=("state", "action")), store.num_frames)
+    assert "targets" not in TrajectoryStore(tmp_path / "t.zarr").stats()
+    stats = ensure_stats(tmp_path / "t.zarr")
+    np.testing.assert_allclose(stats["targets"]["mean"], [0.5, 0.5], rtol=1e-6)
+    assert stats["targets"]["min"].tolist() == [0, 0.5] and "targets" in TrajectoryStore(tmp_path / "t.zarr").stats()
 
 
 def constant_dim_stats(tmp_path):

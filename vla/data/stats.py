@@ -14,12 +14,17 @@ from .store import TrajectoryStore, open_group
 Stats = dict[str, dict[str, np.ndarray]]
 
 
-def compute_stats(store: TrajectoryStore, keys: tuple[str, ...] = schema.LOW_DIM_KEYS) -> Stats:
-    """mean, std, min, max, q01, q99 per dimension over every committed frame."""
+def stat_keys(store: TrajectoryStore) -> tuple[str, ...]:
+    """The keys a dataset has stats for: state and action, and its privileged targets when it has them."""
+    return schema.LOW_DIM_KEYS + (("targets",) if store.meta.target_names else ())
+
+
+def compute_stats(store: TrajectoryStore, keys: tuple[str, ...] | None = None) -> Stats:
+    """mean, std, min, max, q01, q99 per dimension over every committed frame (of ``stat_keys`` by default)."""
     if store.num_frames == 0:
         raise ValueError(f"{store.url} has no frames; cannot compute stats")
     out: Stats = {}
-    for key in keys:
+    for key in keys or stat_keys(store):
         x = store.load(key).astype(np.float64)
         out[key] = {
             "mean": x.mean(axis=0),
@@ -66,10 +71,11 @@ def read_stats(group: zarr.Group, num_frames: int, allow_stale: bool = False) ->
 
 
 def ensure_stats(url: str | os.PathLike, recompute: bool = False) -> Stats:
-    """Stored stats if up to date, else compute them and store them in the dataset."""
+    """Stored stats if up to date and complete, else compute them and store them in the dataset."""
     store = TrajectoryStore(url)
     stats = None if recompute else store.stats()
-    if stats is None:
+    # stats stored before targets had stats lack them: recomputed, not an error
+    if stats is None or set(stat_keys(store)) - set(stats):
         stats = compute_stats(store)
         write_stats(open_group(store.url, mode="r+"), stats, store.num_frames)
     return stats

@@ -90,4 +90,6 @@ class PolicyConfig:
     horizon: int = 8  # H, the action chunk length (also the future-frame offset k)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+    # per-key mode (vla/data/normalizer.py); adding targets: mean_std feeds a conv_locate_condition head the located
+    # targets on the state's scale instead of raw (raw table positions spread ~5x less than normalized state)
     normalization: dict[str, str] = field(default_factory=lambda: {"state": "mean_std", "action": "min_max"})

@@ -104,13 +104,16 @@ class Policy(nn.Module):
 
     def head_condition(self, prefix: torch.Tensor, state: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """The head's global condition: normalized state, then (with a conv stem) its keypoint tokens, then (with
-        ``conv_locate_condition``) the located targets: ``targets`` when given (training), else the readout's."""
+        ``conv_locate_condition``) the located targets: ``targets`` when given (training), else the readout's;
+        normalized when ``policy.normalization`` has ``targets`` (the readout itself predicts them raw)."""
         if not self.grounded:
             return state
         keypoints = self.backbone.keypoint_tokens(prefix)
         if not self.locate_condition:
             return torch.cat([state, keypoints], -1)
         located = targets if targets is not None else self.locate_readout(keypoints)
+        if "targets" in self.normalizer.keys:  # policy.normalization names them: the head sees them normalized
+            located = self.normalizer.normalize("targets", located)
         return torch.cat([state, keypoints, located] if self.keypoint_condition else [state, located], -1)
 
     def load_weights(self, state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
