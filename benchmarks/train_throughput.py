@@ -36,7 +36,7 @@ class BenchConfig:
     cache_steps: int = 60
     # the small preset's frozen vision encoder alone (what trainer.cache_features prefills): ms per frame
     # by batch size and backbone.vision_dtype, over encoder_frames frames
-    encoder_batch_sizes: list[int] = field(default_factory=lambda: [16, 64])
+    encoder_batch_sizes: list[int] = field(default_factory=lambda: [16, 32, 64])
     encoder_dtypes: list[str] = field(default_factory=lambda: ["float32", "bfloat16"])
     encoder_frames: int = 256
 

@@ -331,6 +331,28 @@ def test_prefilled_memo_serves_every_training_frame_without_the_encoder(demo):
     assert calls == []
 
 
+def test_frozen_encoders_are_in_eval_mode_from_construction(demo):
+    """`vla train` prefills the memo from a policy fresh from its constructor: EfficientNet's BatchNorm must use
+    its ImageNet statistics there (features independent of batch mates) and leave them unchanged."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    store, normalizer, _ = demo
+    cfg = PolicyConfig()
+    cfg.backbone.vision, cfg.backbone.image_size, cfg.backbone.finetune = "efficientnet_lite0", 64, "frozen"
+    backbone = Policy(cfg, store.meta, normalizer).backbone
+    assert not backbone.vision.training and not backbone.text.training
+    statistics = {name: b.clone() for name, b in backbone.vision.named_buffers()}
+    backbone.cache_features(store.num_frames)
+    backbone.prefill_features(store.images("top"), batch=5)
+    for name, b in backbone.vision.named_buffers():
+        torch.testing.assert_close(b, statistics[name], rtol=0, atol=0)
+    frames = torch.as_tensor(np.asarray(store.images("top")[:3]))
+    backbone.cache_features(0)
+    with torch.no_grad():
+        alone = torch.cat([backbone.image_features(frames[i : i + 1]) for i in range(3)])
+        together = backbone.image_features(frames)
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-4)
+
+
 def test_bfloat16_vision_encoder_gives_float32_features_near_float32_and_round_trips(demo, tmp_path):
     store, normalizer, batch = demo
     images = batch["images"]["top"][:, -1]

@@ -210,6 +210,10 @@ class CompositeBackbone(nn.Module):
                           if config.conv_channels else None)
         self.image_memo: FeatureMemo | None = None
         self.text_memo: FeatureMemo | None = None
+        # frozen encoders are in eval mode from the start, not only after the first .train(): `vla train` fills the
+        # feature memo before its loop calls .train(), and EfficientNet's BatchNorm in training mode would use each
+        # prefill batch's statistics (features depending on their batch mates) and move its ImageNet running ones
+        self.train()
 
     @property
     def tokens_per_camera(self) -> int:
@@ -237,10 +241,11 @@ class CompositeBackbone(nn.Module):
         self.image_memo = FeatureMemo(max_images) if max_images else None
         self.text_memo = FeatureMemo(10_000) if max_images else None
 
-    def prefill_features(self, frames, count: int | None = None, batch: int = 16, bar=None) -> None:
+    def prefill_features(self, frames, count: int | None = None, batch: int = 32, bar=None) -> None:
         """Encode the first ``count`` (default: all) of ``frames`` ((N, H, W, 3) uint8, a numpy or Zarr array,
-        sliced in order) into the memo before training. Batches of 16 run the CPU encoder faster per image than
-        the 64-128 misses of a training step (benchmarks/train_throughput.py). ``bar``: a tqdm bar to advance."""
+        sliced in order) into the memo before training. On 2 CPU cores the bfloat16 encoder costs about the same per
+        frame in batches of 16 to 64 (benchmarks/train_throughput.py, ``encoder`` rows).
+        ``bar``: a tqdm bar to advance."""
         if self.image_memo is None:
             raise ValueError("prefill_features needs the feature memo: call cache_features first")
         count = frames.shape[0] if count is None else count
