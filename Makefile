@@ -13,7 +13,7 @@ export PYTHONWARNINGS ?= ignore::DeprecationWarning
 setup: $(STAMP)
 
 # torch first: the CPU wheel on local disk; a range-only requirement would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0

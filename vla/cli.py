@@ -156,7 +156,8 @@ def _benchmarks_dir() -> Path:
     for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
         if (base / "benchmarks").is_dir():
             return base / "benchmarks"
-    raise FileNotFoundError("no benchmarks/ directory found (run from the repository root)")
+    raise FileNotFoundError("`vla bench` runs the scripts in a checkout's benchmarks/, which the wheel does not ship: "
+                            "run it from the root of a git clone of vla")
 
 
 def _bench(args: argparse.Namespace) -> int:

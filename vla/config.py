@@ -10,11 +10,14 @@ from omegaconf import DictConfig, OmegaConf
 
 
 def config_dir() -> Path:
-    """``$VLA_CONFIG_DIR``, else the repository's ``configs/`` (vla is installed editable from its checkout)."""
+    """``$VLA_CONFIG_DIR``; else the configs an installed wheel carries (``vla/_configs``, see setup.py); else the
+    checkout's ``configs/`` (an editable install)."""
     env = os.environ.get("VLA_CONFIG_DIR")
     if env:
         return Path(env).resolve()
-    return Path(__file__).resolve().parent.parent / "configs"
+    package = Path(__file__).resolve().parent
+    shipped = package / "_configs"
+    return shipped if shipped.is_dir() else package.parent / "configs"
 
 
 class ConfigError(ValueError):

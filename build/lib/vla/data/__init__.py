@@ -1,0 +1,28 @@
+"""The Zarr trajectory store: schema, writer, reader, validation, stats, normalizer, training windows."""
+
+from .normalizer import Normalizer
+from .schema import ActionSpace, DatasetMeta, SchemaError
+from .stats import compute_stats, ensure_stats
+from .store import PartialTailWarning, TrajectoryStore
+from .validate import ValidationReport, validate
+from .window import WindowConfig, WindowDataset, make_train_val, split_episodes
+from .writer import EpisodeRecorder, TrajectoryWriter
+
+__all__ = [
+    "ActionSpace",
+    "DatasetMeta",
+    "EpisodeRecorder",
+    "Normalizer",
+    "PartialTailWarning",
+    "SchemaError",
+    "TrajectoryStore",
+    "TrajectoryWriter",
+    "ValidationReport",
+    "WindowConfig",
+    "WindowDataset",
+    "compute_stats",
+    "ensure_stats",
+    "make_train_val",
+    "split_episodes",
+    "validate",
+]

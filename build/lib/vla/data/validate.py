@@ -1,0 +1,187 @@
+"""`vla data validate`: check a dataset against the schema; every finding names the array and index."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import schema
+from .schema import DatasetMeta, SchemaError
+from .store import dataset_exists, normalize_url, open_group
+
+
+@dataclass
+class Finding:
+    severity: str  # "error" | "warning"
+    where: str  # array path or attribute
+    message: str
+    index: int | None = None
+
+
+@dataclass
+class ValidationReport:
+    url: str
+    findings: list[Finding] = field(default_factory=list)
+    episodes: int = 0
+    frames: int = 0
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def error(self, where: str, message: str, index: int | None = None) -> None:
+        self.findings.append(Finding("error", where, message, index))
+
+    def warn(self, where: str, message: str, index: int | None = None) -> None:
+        self.findings.append(Finding("warning", where, message, index))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"url": self.url, "ok": self.ok, "episodes": self.episodes, "frames": self.frames,
+                "findings": [asdict(f) for f in self.findings]}
+
+
+EXPECTED_DTYPES = {schema.STATE: "float32", schema.ACTION: "float32", schema.EPISODE_ENDS: "int64", schema.SUCCESS: "bool"}
+
+
+def _locate(frame: int, ends: np.ndarray) -> str:
+    ep = int(np.searchsorted(ends, frame, side="right"))
+    start = int(ends[ep - 1]) if ep > 0 else 0
+    return f"episode {ep}, frame {frame - start}"
+
+
+def validate(url: str | os.PathLike, check_images: bool = True, chunk_frames: int = 2048) -> ValidationReport:
+    """Schema, episode_ends monotonicity, array lengths, dtypes, NaN/inf, action bounds, blank images, stats."""
+    url = normalize_url(url)
+    report = ValidationReport(url)
+    if not dataset_exists(url):
+        report.error("/", "no Zarr dataset here (expected zarr.json)")
+        return report
+    group = open_group(url, mode="r")
+    try:
+        meta = DatasetMeta.from_attrs(group.attrs.asdict())
+    except (SchemaError, TypeError) as e:
+        report.error("attrs", str(e))
+        return report
+
+    frame_paths = {f"{schema.IMAGES}/{c}": (*meta.image_size, 3) for c in meta.cameras}
+    frame_paths |= {schema.STATE: (meta.state_dim,), schema.ACTION: (meta.action_dim,)}
+    required = [*frame_paths, schema.EPISODE_ENDS, *schema.EPISODE_ARRAYS]
+    missing = [p for p in required if p not in group]
+    for p in missing:
+        report.error(p, "required array is missing")
+    if missing:
+        return report
+
+    # dtypes and trailing shapes
+    for path in required:
+        arr = group[path]
+        want = "uint8" if path.startswith(schema.IMAGES) else EXPECTED_DTYPES.get(path)
+        got = str(arr.dtype)
+        if want is not None and got != want:
+            report.error(path, f"dtype is {got}, expected {want}")
+        elif path in (schema.INSTRUCTION, schema.TASK) and arr.dtype.kind not in "OUT" and "str" not in got.lower():
+            report.error(path, f"dtype is {got}, expected a string dtype")
+        if path in frame_paths and tuple(arr.shape[1:]) != frame_paths[path]:
+            report.error(path, f"shape is {tuple(arr.shape)}, expected (N, {', '.join(map(str, frame_paths[path]))})")
+    if report.errors:
+        return report
+
+    # episode_ends: commit point, monotone
+    raw_ends = np.asarray(group[schema.EPISODE_ENDS][:], dtype=np.int64)
+    ends = raw_ends
+    while len(ends) and ends[-1] == schema.UNCOMMITTED:
+        ends = ends[:-1]
+    if len(ends) < len(raw_ends):
+        report.warn(schema.EPISODE_ENDS, f"{len(raw_ends) - len(ends)} trailing uncommitted entr(ies) from an interrupted write (ignored)", len(ends))
+    if len(ends) and ends[0] <= 0:
+        report.error(schema.EPISODE_ENDS, f"first episode end is {ends[0]}, expected > 0 (empty episode)", 0)
+    steps = np.diff(ends)
+    if (steps <= 0).any():
+        i = int(np.argmax(steps <= 0)) + 1
+        report.error(schema.EPISODE_ENDS, f"not strictly increasing: episode_ends[{i - 1}]={ends[i - 1]} >= episode_ends[{i}]={ends[i]}", i)
+        return report
+    n_frames = int(ends[-1]) if len(ends) else 0
+    report.episodes, report.frames = len(ends), n_frames
+
+    for path in frame_paths:
+        rows = group[path].shape[0]
+        if rows < n_frames:
+            report.error(path, f"has {rows} rows but episode_ends[-1] = {n_frames}: frames of committed episodes are missing", rows)
+        elif rows > n_frames:
+            report.warn(path, f"{rows - n_frames} rows past the last committed episode (partial tail, ignored)", n_frames)
+    for path in (*schema.EPISODE_ARRAYS, *(p for p in schema.OPTIONAL_EPISODE_ARRAYS if p in group)):
+        rows = group[path].shape[0]
+        if rows < len(ends):
+            report.error(path, f"has {rows} rows but there are {len(ends)} episodes", rows)
+        elif rows > len(ends):
+            report.warn(path, f"{rows - len(ends)} rows past the last committed episode (partial tail, ignored)", len(ends))
+    if report.errors:
+        return report
+
+    # values
+    low = np.asarray(meta.action_space.low, dtype=np.float32)
+    high = np.asarray(meta.action_space.high, dtype=np.float32)
+    out_of_bounds, first_oob = 0, None
+    for path in (schema.STATE, schema.ACTION):
+        arr = group[path]
+        for lo in range(0, n_frames, chunk_frames):
+            x = np.asarray(arr[lo : min(lo + chunk_frames, n_frames)])
+            bad = ~np.isfinite(x)
+            if bad.any():
+                t, d = np.argwhere(bad)[0]
+                frame = lo + int(t)
+                report.error(path, f"non-finite value {x[t, d]} at row {frame} ({_locate(frame, ends)}), dim {d}", frame)
+                break
+            if path == schema.ACTION:
+                oob = ((x < low - 1e-6) | (x > high + 1e-6)).any(axis=1)
+                if oob.any() and first_oob is None:
+                    first_oob = lo + int(np.argmax(oob))
+                out_of_bounds += int(oob.sum())
+    if out_of_bounds:
+        report.warn(schema.ACTION, f"{out_of_bounds} action rows outside action_space bounds; first at row {first_oob} ({_locate(first_oob, ends)})", first_oob)
+
+    if check_images:
+        for cam in meta.cameras:
+            path = f"{schema.IMAGES}/{cam}"
+            arr, blank, first_blank = group[path], 0, None
+            for lo in range(0, n_frames, chunk_frames):
+                x = np.asarray(arr[lo : min(lo + chunk_frames, n_frames)])
+                flat = x.reshape(len(x), -1)
+                is_blank = flat.min(axis=1) == flat.max(axis=1)
+                if is_blank.any() and first_blank is None:
+                    first_blank = lo + int(np.argmax(is_blank))
+                blank += int(is_blank.sum())
+            if blank:
+                report.warn(path, f"{blank} blank (single-colour) frames, e.g. a failed render; first at row {first_blank} ({_locate(first_blank, ends)})", first_blank)
+
+    instructions = np.asarray(group[schema.INSTRUCTION][: len(ends)], dtype=object)
+    empty = [i for i, s in enumerate(instructions) if not str(s).strip()]
+    if empty:
+        report.warn(schema.INSTRUCTION, f"{len(empty)} episodes have an empty instruction, first episode {empty[0]}", empty[0])
+
+    if schema.STATS in group:
+        sgroup = group[schema.STATS]
+        covered = sgroup.attrs.get("num_frames")
+        if covered is None:
+            report.warn(schema.STATS, "stats group without num_frames (interrupted stats write); recompute with `vla data stats --recompute`")
+        elif covered != n_frames:
+            report.warn(schema.STATS, f"stats cover {covered} frames, dataset has {n_frames}; recompute with `vla data stats --recompute`")
+        for key in sgroup.attrs.get("keys", []):
+            for name in schema.STAT_NAMES:
+                path = f"{schema.STATS}/{key}/{name}"
+                if f"{key}/{name}" not in sgroup:
+                    report.error(path, "missing stats array")
+                elif not np.isfinite(np.asarray(sgroup[f"{key}/{name}"][:])).all():
+                    report.error(path, "non-finite stats value")
+    return report

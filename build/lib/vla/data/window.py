@@ -1,0 +1,197 @@
+"""Training windows over a trajectory dataset (a torch `Dataset`), and the split by episode.
+
+For frame t of an episode [s, e) a window holds:
+
+- ``images[cam]``  uint8 (n_obs_steps, H, W, 3): frames t-n_obs_steps+1 .. t, repeat-padded at s
+- ``state``        float32 (n_obs_steps, D_state), same frames
+- ``action``       float32 (horizon, D_action): actions t .. t+horizon-1, repeat-padded at e-1
+- ``action_mask``  bool (horizon,): False on padded actions
+- ``future_images[cam]`` uint8 (H, W, 3) and ``future_valid``: the frame t+k (clamped to e-1),
+  when ``future_offset`` k is set (the target of the world-model stream)
+- ``targets`` float32 (D_targets,): frame t's privileged training targets, when the dataset has them
+- ``instruction``, ``task``, ``episode_index``, ``frame_index``
+
+Zarr random access costs milliseconds per call, so by default (``in_memory="auto"``) the
+arrays are decoded into RAM once when they fit; otherwise each window reads Zarr directly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from .augment import AugmentConfig, ImageAugment
+from .store import TrajectoryStore
+
+
+@dataclass
+class WindowConfig:
+    """How windows are cut; mirrored by ``configs/data/default.yaml``."""
+
+    n_obs_steps: int = 2
+    horizon: int = 16
+    future_offset: int | None = None  # k for the future-frame target; None = no future frame
+    cameras: list[str] | None = None  # None = every dataset camera
+    in_memory: Any = "auto"  # True, False or "auto" (load when under max_memory_gb)
+    max_memory_gb: float = 8.0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if self.n_obs_steps < 1:
+            raise ValueError(f"n_obs_steps must be >= 1, got {self.n_obs_steps}")
+        if self.horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {self.horizon}")
+        if self.future_offset is not None and self.future_offset < 0:
+            raise ValueError(f"future_offset must be >= 0 or None, got {self.future_offset}")
+        if self.in_memory not in (True, False, "auto"):
+            raise ValueError(f"in_memory must be true, false or 'auto', got {self.in_memory!r}")
+        if isinstance(self.augment, dict):
+            self.augment = AugmentConfig(**self.augment)
+
+
+def split_episodes(num_episodes: int, val_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint sorted (train, val) episode indices; at least one val episode when val_fraction > 0."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if num_episodes < 1:
+        raise ValueError("cannot split a dataset with no episodes")
+    n_val = 0 if val_fraction == 0 else min(num_episodes - 1, max(1, round(num_episodes * val_fraction)))
+    perm = np.random.default_rng(seed).permutation(num_episodes)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+class _Arrays:
+    """Frame arrays for windows: decoded numpy in RAM, or Zarr arrays reopened lazily per process."""
+
+    def __init__(self, store: TrajectoryStore, cameras: list[str], in_memory: bool):
+        self.url, self.cameras, self.in_memory = store.url, cameras, in_memory
+        self._pid = os.getpid()
+        self._load(store)
+
+    def _load(self, store: TrajectoryStore) -> None:
+        self.state = store.load("state")  # low-dim arrays always live in RAM
+        self.action = store.load("action")
+        self.targets = store.load("targets") if store.meta.target_names else None
+        if self.in_memory:
+            self.images = {cam: store.load(f"images/{cam}") for cam in self.cameras}
+        else:
+            self.images = {cam: store.images(cam) for cam in self.cameras}
+
+    def image_frames(self, cam: str, idx: np.ndarray) -> np.ndarray:
+        if self.in_memory:
+            return self.images[cam][idx]
+        if os.getpid() != self._pid:  # a DataLoader worker: Zarr's event loop does not survive fork
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                store = TrajectoryStore(self.url)
+            self.images = {c: store.images(c) for c in self.cameras}
+            self._pid = os.getpid()
+        lo, hi = int(idx.min()), int(idx.max()) + 1
+        return np.asarray(self.images[cam][lo:hi])[idx - lo]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if not self.in_memory:  # zarr arrays are reopened in the worker
+            state["images"], state["_pid"] = None, -1
+        return state
+
+
+class WindowDataset(Dataset):
+    """One window per frame of the chosen episodes (see module docstring for the fields)."""
+
+    def __init__(
+        self,
+        store: TrajectoryStore | str | os.PathLike,
+        config: WindowConfig | None = None,
+        episodes: np.ndarray | list[int] | None = None,
+        arrays: _Arrays | None = None,
+    ):
+        self.store = store if isinstance(store, TrajectoryStore) else TrajectoryStore(store)
+        self.config = config = config or WindowConfig()
+        meta = self.store.meta
+        self.cameras = list(config.cameras) if config.cameras is not None else list(meta.cameras)
+        unknown = set(self.cameras) - set(meta.cameras)
+        if unknown:
+            raise KeyError(f"cameras {sorted(unknown)} are not in dataset {self.store.url} (has {meta.cameras})")
+        n_ep = self.store.num_episodes
+        self.episodes = np.arange(n_ep) if episodes is None else np.asarray(episodes, dtype=np.int64)
+        if len(self.episodes) and (self.episodes.min() < 0 or self.episodes.max() >= n_ep):
+            raise IndexError(f"episode indices must be in [0, {n_ep}), got {self.episodes.tolist()}")
+        if arrays is None:
+            arrays = _Arrays(self.store, self.cameras, self._decide_in_memory())
+        self.arrays = arrays
+        self.instructions = self.store.instructions
+        self.tasks = self.store.tasks
+
+        starts, ends = self.store.episode_starts, self.store.episode_ends
+        lengths = ends[self.episodes] - starts[self.episodes]
+        # Per window: global frame index, its episode's start and end.
+        self._episode_of = np.repeat(self.episodes, lengths)
+        self._start = starts[self._episode_of]
+        self._end = ends[self._episode_of]
+        self._frame = self._start + np.concatenate([np.arange(n) for n in lengths]) if len(lengths) else np.zeros(0, np.int64)
+        self._obs_offsets = np.arange(-config.n_obs_steps + 1, 1)
+        self._act_offsets = np.arange(config.horizon)
+        self.augment = ImageAugment(config.augment) if config.augment.enabled else None
+
+    def _decide_in_memory(self) -> bool:
+        cfg = self.config
+        if cfg.in_memory != "auto":
+            return bool(cfg.in_memory)
+        h, w = self.store.meta.image_size
+        nbytes = self.store.num_frames * h * w * 3 * len(self.cameras)
+        return nbytes <= cfg.max_memory_gb * 2**30
+
+    def __len__(self) -> int:
+        return len(self._frame)
+
+    def window_tasks(self) -> np.ndarray:
+        """The task name of every window (for task-balanced sampling)."""
+        return np.asarray(self.tasks)[self._episode_of]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        t, s, e = int(self._frame[i]), int(self._start[i]), int(self._end[i])
+        obs_idx = np.maximum(t + self._obs_offsets, s)
+        act_idx = t + self._act_offsets
+        mask = act_idx < e
+        act_idx = np.minimum(act_idx, e - 1)
+        ep = int(self._episode_of[i])
+        sample: dict[str, Any] = {
+            "images": {cam: self.arrays.image_frames(cam, obs_idx) for cam in self.cameras},
+            "state": self.arrays.state[obs_idx],
+            "action": self.arrays.action[act_idx],
+            "action_mask": mask,
+            "instruction": str(self.instructions[ep]),
+            "task": str(self.tasks[ep]),
+            "episode_index": ep,
+            "frame_index": t - s,
+        }
+        if self.arrays.targets is not None:
+            sample["targets"] = self.arrays.targets[t]
+        if self.config.future_offset is not None:
+            f = t + self.config.future_offset
+            sample["future_valid"] = f < e
+            f = min(f, e - 1)
+            sample["future_images"] = {cam: self.arrays.image_frames(cam, np.array([f]))[0] for cam in self.cameras}
+        if self.augment is not None:
+            self.augment(sample)
+        return sample
+
+
+def make_train_val(
+    store: TrajectoryStore | str | os.PathLike, config: WindowConfig, val_fraction: float = 0.1, seed: int = 0
+) -> tuple[WindowDataset, WindowDataset]:
+    """Train and val datasets split by episode; the arrays are loaded once and shared."""
+    store = store if isinstance(store, TrajectoryStore) else TrajectoryStore(store)
+    train_eps, val_eps = split_episodes(store.num_episodes, val_fraction, seed)
+    train = WindowDataset(store, config, train_eps)
+    val_config = WindowConfig(**{**config.__dict__, "augment": AugmentConfig()})  # no augmentation on val
+    val = WindowDataset(store, val_config, val_eps, arrays=train.arrays)
+    return train, val
+

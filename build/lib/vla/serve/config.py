@@ -1,0 +1,66 @@
+"""Typed configs for the server (`configs/serve.yaml`) and the robot side (`configs/robot.yaml`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ServeConfig:
+    """Mirrors ``configs/serve.yaml``."""
+
+    checkpoint: str | None = None
+    host: str = "127.0.0.1"  # loopback by default: exposing a robot policy is a deliberate choice
+    port: int = 8000  # 0 = any free port (printed on start)
+    api_key: str | None = None  # when set, every request but /healthz needs `Authorization: Api-Key <key>`
+    max_batch: int = 8  # requests that arrive together share one forward pass
+    max_wait_ms: float = 5.0  # how long a batch waits for more connected clients' requests
+    action_steps: int | None = None  # N_A (null = the checkpoint's)
+    vision_steps: int | None = None  # N_o (null = the checkpoint's; 0 = actions only, fastest)
+    obs_keys: dict[str, str] = field(default_factory=dict)  # client key -> images.<cam> | state | instruction
+    max_message_mb: float = 16.0  # larger websocket messages close the connection (1009)
+    max_instruction_chars: int = 2000
+    seed: int = 0  # requests without a seed draw noise from (seed, connection, request count)
+    device: str = "cpu"
+    warmup: bool = True  # run the batch sizes once before accepting clients
+    ping_interval_s: float | None = 20.0  # drops clients that vanish without closing
+
+    def __post_init__(self) -> None:
+        self.api_key = self.api_key or None  # an empty VLA_API_KEY means no key
+        if not self.checkpoint:
+            raise ValueError("checkpoint=<dir> is required (a directory written by `vla train`)")
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if self.max_batch < 1 or self.max_wait_ms < 0:
+            raise ValueError(f"need max_batch >= 1 and max_wait_ms >= 0, got {self.max_batch}, {self.max_wait_ms}")
+        if self.max_message_mb <= 0:
+            raise ValueError(f"max_message_mb must be > 0, got {self.max_message_mb}")
+
+
+@dataclass
+class RobotConfig:
+    """Mirrors ``configs/robot.yaml``: a robot (here the simulated one) driven through `ControlLoop`."""
+
+    url: str = "ws://127.0.0.1:8000"
+    api_key: str | None = None
+    env: str = "builtin/push"  # the simulated robot's envs task
+    episodes: int = 1
+    seed: int = 0
+    rate_hz: float = 10.0
+    max_steps: int | None = None  # per episode; null = the env's limit
+    strategy: str = "receding"  # receding | ensemble | rtc
+    execute_steps: int | None = None  # receding / rtc: actions per chunk (null = horizon // 2)
+    ensemble_decay: float = 0.01
+    lead_steps: int | None = None  # request this many steps before a chunk runs out (null = from measured latency)
+    hold: str = "auto"  # zero | last | auto (zero motion, keep the gripper) when no chunk covers a step
+    request_timeout_s: float = 2.0
+    out: str | None = None  # writes control.json (per-step timing) here when set
+
+    def __post_init__(self) -> None:
+        self.api_key = self.api_key or None
+        if self.rate_hz <= 0:
+            raise ValueError(f"rate_hz must be > 0, got {self.rate_hz}")
+        if self.hold not in ("zero", "last", "auto"):
+            raise ValueError(f"hold must be zero, last or auto, got {self.hold!r}")
+        if self.strategy not in ("receding", "ensemble", "rtc"):
+            raise ValueError(f"strategy must be receding, ensemble or rtc, got {self.strategy!r}")

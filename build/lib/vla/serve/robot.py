@@ -1,0 +1,81 @@
+"""The `Robot` interface the control loop drives, and `SimRobot`: any `envs` task behind it, so the
+whole robot side (client, loop, safety holds) runs without hardware."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from vla.data.schema import DatasetMeta
+
+
+class Robot(ABC):
+    """Read an observation, send an action. A real robot implements these four plus ``meta``."""
+
+    meta: DatasetMeta  # cameras, image size, state dim, action space, control rate
+
+    @abstractmethod
+    def reset(self, seed: int | None = None) -> None: ...
+
+    @abstractmethod
+    def observe(self) -> dict:
+        """The latest observation dict (DESIGN.md contract)."""
+
+    @abstractmethod
+    def act(self, action: np.ndarray) -> None:
+        """Send one action (already clamped to ``meta.action_space``)."""
+
+    def close(self) -> None:  # noqa: B027 - optional: most robots have nothing to release
+        """Release the robot's resources (optional)."""
+
+    @property
+    def done(self) -> bool:
+        """True when the episode is over (a real robot: an operator or a safety stop says so)."""
+        return False
+
+    @property
+    def success(self) -> bool | None:
+        return None
+
+
+class SimRobot(Robot):
+    def __init__(self, env: str, max_steps: int | None = None, **options):
+        import envs
+
+        if max_steps is not None:
+            options["max_steps"] = max_steps
+        self.name = env
+        self.env = envs.make(env, **options)
+        self.meta = self.env.unwrapped.meta
+        self._obs: dict | None = None
+        self._done, self._success = False, False
+        self.steps = 0
+
+    def reset(self, seed: int | None = None) -> None:
+        self._obs, info = self.env.reset(seed=seed)
+        self._done, self._success, self.steps = False, bool(info.get("success", False)), 0
+
+    def observe(self) -> dict:
+        if self._obs is None:
+            raise RuntimeError("call reset() before observe()")
+        return self._obs
+
+    def act(self, action: np.ndarray) -> None:
+        if self._done:
+            return
+        self._obs, _, terminated, truncated, info = self.env.step(np.asarray(action, dtype=np.float32))
+        self.steps += 1
+        self._success = self._success or bool(info.get("success", False))
+        self._done = bool(terminated or truncated)
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    @property
+    def success(self) -> bool:
+        return self._success
+
+    def close(self) -> None:
+        self.env.close()
