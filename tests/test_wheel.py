@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -19,9 +20,15 @@ def installed(tmp_path_factory) -> dict:
     """A fresh venv holding only the built wheel; its dependencies come from this venv's site-packages through a
     ``.pth`` line (no download), and the checkout is on no path."""
     root = tmp_path_factory.mktemp("wheel")
-    dist = root / "dist"
+    source, dist = root / "source", root / "dist"
+    # a copy of what the wheel is built from: pip builds in the source tree, and a stale build/ there would leak
+    source.mkdir()
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, source / name)
+    for name in ("vla", "envs", "configs"):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
-                    str(REPO)], check=True, capture_output=True, text=True)
+                    str(source)], check=True, capture_output=True, text=True)
     wheel = next(dist.glob("vla-*.whl"))
     env_dir = root / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
