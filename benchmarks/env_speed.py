@@ -22,6 +22,7 @@ import numpy as np
 
 import envs
 from vla.config import compose, to_object
+from vla.hardware import cpu_info
 
 
 @dataclass
@@ -61,13 +62,16 @@ def main(argv: list[str]) -> dict:
         row: dict = {"cameras": list(probe.unwrapped.meta.cameras)}
         probe.close()
         row["no_cameras"] = round(steps_per_second(name, cfg.steps, cameras=[]), 1)
-        for quality in cfg.render_quality:
+        # the built-in suite renders with numpy, at one quality: it takes no render_quality
+        qualities = cfg.render_quality if envs.spec(name).suite != "builtin" else ["fast"]
+        for quality in qualities:
+            options = {"render_quality": quality} if envs.spec(name).suite != "builtin" else {}
             row[f"with_cameras_{quality}"] = round(
-                steps_per_second(name, cfg.steps, image_size=cfg.image_size, render_quality=quality), 1)
+                steps_per_second(name, cfg.steps, image_size=cfg.image_size, **options), 1)
         rows[name] = row
         print(f"{name}: {row}", file=sys.stderr, flush=True)
     return {"benchmark": "env_speed", "unit": "steps/s", "config": asdict(cfg), "envs": rows,
-            "machine": {"cpus": os.cpu_count(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}}
+            "machine": {"cpus": os.cpu_count(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), **cpu_info()}}
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ Runs ``episodes`` episodes (seeds ``seed``, ``seed`` + 1, ...) with the receding
 state, counts how often the target block was touched, how often another block was, and how much
 closer the target block ended up to its pad. Prints one JSON object.
 
-For a policy trained with ``loss_locate`` it also reports how far the stem's reading of the targets
-(`Policy.locate`) was from the truth; ``true_targets=true`` (``conv_locate_condition`` policies) conditions
-the head on the simulator's true targets instead, which separates perception errors from control errors.
+For a policy trained with ``loss_locate`` (the grounding module with data/targets) it also reports how far the
+stem's reading of the targets was from the truth; ``true_targets=true`` (``grounding.locate_condition`` policies)
+conditions the head on the simulator's true targets instead, which separates perception errors from control
+errors. Both diagnostics live here, not in the policy's inference API (``act``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,22 @@ class BenchConfig:
     true_targets: bool = False  # condition the head on the env's true targets instead of the stem's reading
 
 
+def locates(policy) -> bool:
+    return policy.grounding is not None and policy.grounding.locate_readout is not None
+
+
+def act(policy, obs: dict, generator: torch.Generator, cfg: BenchConfig, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """One chunk, and where the stem located the targets (None without a locate readout). With ``true_targets``
+    the head is conditioned on ``truth`` in place of that reading; otherwise this is ``Policy.predict_chunk``."""
+    with torch.no_grad():
+        prefix, state = policy.encode(obs)
+        located = policy.grounding.locate(prefix[0]) if locates(policy) else None
+        given = torch.as_tensor(truth, dtype=torch.float32) if cfg.true_targets else None
+        chunk = policy.sample_chunk(prefix, policy.condition(prefix, state, given), generator,
+                                    noise_scale=cfg.noise_scale)
+    return chunk, None if located is None else located.numpy()
+
+
 def run_episode(env: TabletopEnv, policy, seed: int, execute: int, cfg: BenchConfig) -> dict:
     obs, _ = env.reset(seed=seed)
     start = env.blocks.copy()
@@ -51,10 +68,9 @@ def run_episode(env: TabletopEnv, policy, seed: int, execute: int, cfg: BenchCon
     errors = []
     while not done:
         truth = env.training_targets()[None]
-        if policy.locate_readout is not None:
-            errors.append(np.abs(policy.locate(obs)[0] - truth[0]))
-        chunk = policy.predict_chunk(obs, generator=generator, noise_scale=cfg.noise_scale,
-                                     targets=truth if cfg.true_targets else None)
+        chunk, located = act(policy, obs, generator, cfg, truth)
+        if located is not None:
+            errors.append(np.abs(located[0] - truth[0]))
         for action in chunk[0][:execute]:
             obs, _, success, truncated, _ = env.step(action)
             touched |= np.linalg.norm(env.blocks - start, axis=1) > cfg.moved
@@ -73,6 +89,9 @@ def main(argv: list[str]) -> dict:
     if not cfg.checkpoint:
         raise SystemExit("checkpoint=<dir> is required")
     policy = load_policy(cfg.checkpoint)
+    if cfg.true_targets and not (policy.grounding is not None and policy.grounding.config.locate_condition):
+        raise SystemExit(f"true_targets=true conditions the head on given positions; {cfg.checkpoint} was trained "
+                         "without grounding.locate_condition, so its head takes none")
     if policy.meta.env not in ("builtin/push", "builtin"):
         raise SystemExit(f"{cfg.checkpoint} was trained on {policy.meta.env!r}; this benchmark runs builtin/push")
     env = TabletopEnv(kind="push", cameras=policy.meta.cameras, image_size=policy.meta.image_size)
@@ -86,7 +105,7 @@ def main(argv: list[str]) -> dict:
     summary = {"success": share("success"), "touched_target": share("touched_target"),
                "touched_other": share("touched_other"), "mean_closer_to_pad": round(float(np.mean(closer)), 4),
                "moved_halfway": round(float(np.mean([e["target_to_pad_end"] <= e["target_to_pad_start"] / 2 for e in episodes])), 3)}
-    if policy.locate_readout is not None:  # per target name, averaged over every step of every episode
+    if locates(policy):  # per target name, averaged over every step of every episode
         errors = np.mean([e["locate_abs_error"] for e in episodes], 0)
         summary["locate_abs_error"] = dict(zip(policy.meta.target_names, errors.round(4).tolist(), strict=True))
     return {"benchmark": "push_outcomes", "config": asdict(cfg), "summary": summary, "episodes": episodes}

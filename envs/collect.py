@@ -33,7 +33,7 @@ class CollectConfig:
     image_size: int | None = None
     max_steps: int | None = None
     control_freq: float | None = None
-    render_quality: str = "fast"
+    render_quality: str | None = None  # fast | high for the MuJoCo simulators; null = the env's default (fast)
     videos: int = 2  # mp4s of the first kept episodes, next to the dataset
     max_attempts: int | None = None  # stop after this many tries; null = 3 x episodes + 20
     env_options: dict[str, Any] = field(default_factory=dict)  # extra env-specific options

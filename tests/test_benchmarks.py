@@ -118,7 +118,7 @@ def test_results_train_curve_averages_blocks_of_steps(tmp_path, monkeypatch):
 def test_push_outcomes_counts_what_the_episodes_did(random_checkpoint):
     with pytest.raises(subprocess.CalledProcessError) as refused:
         run_benchmark("push_outcomes", f"checkpoint={random_checkpoint}", "episodes=1", "true_targets=true")
-    assert "trained without conv_locate_condition" in refused.value.stderr
+    assert "trained without grounding.locate_condition" in refused.value.stderr
     result = run_benchmark("push_outcomes", f"checkpoint={random_checkpoint}", "episodes=2", "seed=7", "noise_scale=0.5")
     assert "locate_abs_error" not in result["summary"]  # this policy has no locate readout
     episodes = result["episodes"]

@@ -127,7 +127,7 @@ def test_attention_reading_stem_needs_the_tokens():
 
 
 def test_mean_pooled_minilm_blurs_which_colour_goes_with_which_noun():
-    """Why `conv_text=attention` exists: the real MiniLM's mean-pooled instruction barely changes when the
+    """Why `grounding.text=attention` exists: the real MiniLM's mean-pooled instruction barely changes when the
     block and pad colours trade places (cosine 0.997), less than when only the pad changes (0.93)."""
     from vla.models.backbone import TextEncoder
     from vla.models.config import BackboneConfig

@@ -83,9 +83,18 @@ def test_predict_chunk_shape_dtype_bounds(demo, kind):
 
 @pytest.mark.parametrize("n_a, n_o, expected", [(4, 4, (4, 4)), (4, 16, (4, 16)), (2, 8, (2, 8)), (4, 0, (4, 0))])
 def test_async_schedule_counts(demo, n_a, n_o, expected):
+    """Each network call sees the action stream's current time and, while it is sampled, the vision stream: the
+    distinct action times count the action updates, the calls with vision the vision updates."""
     policy = make_policy(demo).eval()
+    calls, velocity = [], policy.head.velocity
+
+    def counting(cache, state, actions, tau_a, vision=None, tau_o=None):
+        calls.append((float(tau_a[0]), vision is not None))
+        return velocity(cache, state, actions, tau_a, vision, tau_o)
+
+    policy.head.velocity = counting
     policy.predict_chunk(obs_from(demo[2]), action_steps=n_a, vision_steps=n_o)
-    assert (policy.head.sample_counts["action"], policy.head.sample_counts["vision"]) == expected
+    assert (len({tau for tau, _ in calls}), sum(v for _, v in calls)) == expected
     with pytest.raises(ValueError, match="multiple of action_steps"):
         policy.predict_chunk(obs_from(demo[2]), action_steps=4, vision_steps=6)
 
@@ -264,7 +273,7 @@ def test_rtc_guided_sampling_freezes_the_prefix(demo):
     np.testing.assert_allclose(policy.predict_chunk(obs, generator=torch.Generator().manual_seed(0), guide=guide,
                                                     guide_weights=np.ones(8, np.float32)), guide, atol=1e-5)
     diffusion = make_policy(demo, "diffusion").eval()
-    with pytest.raises(ValueError, match="flow heads, not diffusion"):
+    with pytest.raises(ValueError, match="diffusion head does not take a guided prefix"):
         diffusion.predict_chunk(obs, guide=guide, guide_weights=weights)
 
 
@@ -296,12 +305,12 @@ def test_feature_cache_gives_the_same_loss_and_skips_the_encoders(demo):
         Policy(cfg, demo[0].meta, demo[1]).backbone.cache_features(10)
 
 
-@pytest.mark.parametrize("strides, first_layer, maps", [((2, 2), 16, 8), ((1, 2), 32, 16), ((2, 1), 16, 16)])
-def test_conv_stem_strides_set_the_first_layer_and_keypoint_map_resolutions(strides, first_layer, maps):
-    """32 px images: (first, second) strides put the first layer and the keypoint maps at these sizes."""
+@pytest.mark.parametrize("second_stride, first_layer, maps", [(2, 16, 8), (1, 16, 16)])
+def test_conv_stem_strides_set_the_first_layer_and_keypoint_map_resolutions(second_stride, first_layer, maps):
+    """32 px images: the first layer runs at 1/2 resolution, the keypoint maps at 1/4 or (second stride 1) 1/2."""
     from vla.models.grounding import GroundedConvStem
 
-    stem = GroundedConvStem(8, 4, 16, 16, 0, first_stride=strides[0], second_stride=strides[1])
+    stem = GroundedConvStem(8, 4, 16, 16, 0, second_stride=second_stride)
     sizes = {}
     stem.blocks[0].register_forward_hook(lambda module, args, out: sizes.update(first=out.shape[-1]))
     stem.keypoint_logits.register_forward_hook(lambda module, args, out: sizes.update(maps=out.shape[-1]))
@@ -373,22 +382,29 @@ def test_bfloat16_vision_encoder_gives_float32_features_near_float32_and_round_t
         torch.testing.assert_close(reloaded.backbone.encode_images(images), features["bfloat16"])
     cfg = PolicyConfig()
     cfg.backbone.finetune, cfg.backbone.vision_dtype = "frozen", "float16"
-    with pytest.raises(ValueError, match="vision_dtype must be one of .*bfloat16.*float16"):
+    with pytest.raises(ValueError, match="vision_dtype must be auto or one of .*bfloat16.*float16"):
         Policy(cfg, store.meta, normalizer)
     cfg.backbone.finetune, cfg.backbone.vision_dtype = "full", "bfloat16"
     with pytest.raises(ValueError, match="only a frozen encoder.*finetune=frozen"):
         Policy(cfg, store.meta, normalizer)
 
 
-@pytest.mark.parametrize("conv_text", ["mean", "attention"])
-def test_policy_with_the_grounded_conv_stem_trains_and_round_trips(demo, tmp_path, conv_text):
+def grounded_config(**grounding) -> PolicyConfig:
+    cfg = PolicyConfig()
+    cfg.grounding.enabled, cfg.grounding.channels, cfg.grounding.tokens = True, 8, 4
+    for key, value in grounding.items():
+        setattr(cfg.grounding, key, value)
+    return cfg
+
+
+@pytest.mark.parametrize("text", ["mean", "attention"])
+def test_policy_with_the_grounding_module_trains_and_round_trips(demo, tmp_path, text):
     store, normalizer, batch = demo
     torch.manual_seed(0)
-    cfg = PolicyConfig()
-    cfg.backbone.conv_channels, cfg.backbone.conv_tokens, cfg.backbone.conv_text = 8, 4, conv_text
+    cfg = grounded_config(text=text)
     policy = Policy(cfg, store.meta, normalizer).train()
     images, state, instructions = policy._inputs(batch["images"], batch["state"], batch["instruction"])
-    prefix, mask = policy.backbone(images, instructions, state)
+    prefix, mask = policy._prefix(images, state, instructions)
     text_len = policy.backbone.text.tokenizer(instructions, padding=True, return_tensors="pt")["input_ids"].shape[1]
     assert prefix.shape[1] == cfg.backbone.tokens_per_image + 4 + 1 + text_len and mask.all(-1).any()
     optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
@@ -400,15 +416,15 @@ def test_policy_with_the_grounded_conv_stem_trains_and_round_trips(demo, tmp_pat
     assert losses["loss"] > losses["loss_ground"] > 0
     # the built-in demos carry where the named block and pad are: the stem's keypoints learn to read them out
     assert store.meta.target_names == ["block_x", "block_y", "goal_x", "goal_y"] and batch["targets"].shape == (4, 4)
-    assert losses["loss"] > losses["loss_locate"] > 0 and policy.locate_readout.weight.grad.abs().sum() > 0
-    stem = policy.backbone.conv_stem
-    assert stem.blocks[0].conv.weight.grad.abs().sum() > 0 and stem.blocks[0].film.weight.grad.abs().sum() > 0
-    if conv_text == "attention":
-        assert stem.reader.queries.grad.abs().sum() > 0
+    grounding = policy.grounding
+    assert losses["loss"] > losses["loss_locate"] > 0 and grounding.locate_readout.weight.grad.abs().sum() > 0
+    assert grounding.stem.blocks[0].conv.weight.grad.abs().sum() > 0
+    assert grounding.stem.blocks[0].film.weight.grad.abs().sum() > 0
+    if text == "attention":
+        assert grounding.stem.reader.queries.grad.abs().sum() > 0
     policy.save(tmp_path / "ckpt")
     loaded = load_policy(tmp_path / "ckpt")
-    obs = {"images": {"top": batch["images"]["top"][:2, -1].numpy()}, "state": batch["state"][:2, -1].numpy(),
-           "instruction": list(batch["instruction"][:2])}
+    obs = obs_from(batch)
     policy.eval()
     np.testing.assert_array_equal(policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1)),
                                   loaded.predict_chunk(obs, generator=torch.Generator().manual_seed(1)))
@@ -419,22 +435,54 @@ def test_policy_with_the_grounded_conv_stem_trains_and_round_trips(demo, tmp_pat
     safetensors.torch.save_file(weights, str(tmp_path / "ckpt" / "model.safetensors"))
     with pytest.raises(SchemaError, match=r"missing weights: \['head\.condition_in\.weight'\].*older vla"):
         load_policy(tmp_path / "ckpt")
-    cfg.backbone.conv_locate_weight = 0.0
-    assert Policy(cfg, store.meta, normalizer).locate_readout is None
+    cfg.grounding.locate_weight = 0.0
+    assert Policy(cfg, store.meta, normalizer).grounding.locate_readout is None
     cfg.backbone.kind = "vlm"
-    with pytest.raises(ValueError, match="conv_channels"):
+    with pytest.raises(ValueError, match="grounding works with the composite backbone"):
         Policy(cfg, store.meta, normalizer)
 
 
-def test_stem_without_head_gradient_learns_from_loss_locate_alone(demo):
-    """conv_head_gradient=false: the head's (and the grounding readout's) losses stop at the stem's tokens."""
+def test_checkpoint_from_before_the_grounding_module_loads_the_same_policy(demo, tmp_path):
+    """A checkpoint written with the old layout (``backbone.conv_*`` keys; weights under backbone.conv_stem,
+    grounding_readout, locate_readout) rebuilds the same policy; old settings this vla lacks are refused."""
+    import safetensors.torch
+
     store, normalizer, batch = demo
-    cfg = PolicyConfig()
-    cfg.backbone.conv_channels, cfg.backbone.conv_tokens, cfg.backbone.conv_locate_condition = 8, 4, True
+    torch.manual_seed(0)
+    policy = Policy(grounded_config(locate_condition=True, second_stride=1), store.meta, normalizer).eval()
+    path = policy.save(tmp_path / "old")
+    config = yaml.safe_load((path / "config.yaml").read_text())
+    grounding = config.pop("grounding")
+    config["backbone"] |= {"conv_channels": grounding["channels"], "conv_tokens": grounding["tokens"],
+                           "conv_second_stride": 1, "conv_first_stride": 2, "conv_locate_condition": True,
+                           "conv_keypoint_condition": True}
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    renames = {"grounding.stem.": "backbone.conv_stem.", "grounding.action_readout.": "grounding_readout.",
+               "grounding.locate_readout.": "locate_readout."}
+    weights = safetensors.torch.load_file(str(path / "model.safetensors"))
+    for new, old in renames.items():
+        weights = {old + k[len(new):] if k.startswith(new) else k: v for k, v in weights.items()}
+    assert not any(k.startswith("grounding.") for k in weights)
+    safetensors.torch.save_file(weights, str(path / "model.safetensors"))
+    loaded = load_policy(path)
+    assert loaded.config.grounding == policy.config.grounding
+    obs = obs_from(batch)
+    np.testing.assert_array_equal(policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1)),
+                                  loaded.predict_chunk(obs, generator=torch.Generator().manual_seed(1)))
+    config["backbone"]["conv_first_stride"] = 1
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(SchemaError, match="conv_first_stride=1.*retrain"):
+        load_policy(path)
+
+
+def test_stem_without_head_gradient_learns_from_loss_locate_alone(demo):
+    """grounding.head_gradient=false: the head's (and loss_ground's) losses stop at the stem's tokens."""
+    store, normalizer, batch = demo
+    cfg = grounded_config(locate_condition=True)
 
     def stem_gradients(head_gradient: bool, loss_name: str) -> tuple[float, float]:
         torch.manual_seed(0)
-        cfg.backbone.conv_head_gradient = head_gradient
+        cfg.grounding.head_gradient = head_gradient
         policy = Policy(cfg, store.meta, normalizer).train()
         optimizer = torch.optim.Adam(policy.parameters(), lr=1e-2)
         for _ in range(3):  # past the head's zero-initialized output layers, so its loss depends on the prefix
@@ -442,35 +490,33 @@ def test_stem_without_head_gradient_learns_from_loss_locate_alone(demo):
             losses = policy.compute_loss(batch)
             losses[loss_name].backward()
             optimizer.step()
-        stem = policy.backbone.conv_stem
+        stem = policy.grounding.stem
         return float(stem.blocks[0].conv.weight.grad.abs().sum()), float(policy.backbone.vision_proj.weight.grad.abs().sum())
 
     assert stem_gradients(True, "loss_action")[0] > 0  # shared: the head's loss reaches the stem
     stem, vision = stem_gradients(False, "loss_action")
     assert stem == 0 and vision > 0  # cut at the stem's tokens only: the other prefix tokens still learn
     assert stem_gradients(False, "loss_locate")[0] > 0
-    cfg.backbone.conv_locate_weight, cfg.backbone.conv_locate_condition = 0.0, False  # nothing would teach the stem
-    with pytest.raises(ValueError, match="conv_head_gradient=false leaves the conv stem loss_locate alone"):
+    cfg.grounding.locate_weight, cfg.grounding.locate_condition = 0.0, False  # nothing would teach the stem
+    with pytest.raises(ValueError, match="grounding.head_gradient=false leaves the stem loss_locate alone"):
         Policy(cfg, store.meta, normalizer)
 
 
 def test_locate_condition_teaches_the_head_on_true_targets_and_acts_on_located_ones(demo, tmp_path):
-    """conv_locate_condition: training feeds the head the data's targets; acting feeds it the readout's estimate."""
+    """grounding.locate_condition: training feeds the head the data's targets; acting feeds it the readout's."""
     store, normalizer, batch = demo
     torch.manual_seed(0)
-    cfg = PolicyConfig()
-    cfg.backbone.conv_channels, cfg.backbone.conv_tokens, cfg.backbone.conv_first_stride = 8, 4, 1
-    cfg.backbone.conv_locate_condition = True
+    cfg = grounded_config(locate_condition=True, second_stride=1)
     policy = Policy(cfg, store.meta, normalizer).train()
     images, state, instructions = policy._inputs(batch["images"], batch["state"], batch["instruction"])
-    prefix = policy.backbone(images, instructions, state)[0]
+    prefix = policy._prefix(images, state, instructions)
     targets = torch.as_tensor(batch["targets"])
-    keypoints = policy.backbone.keypoint_tokens(prefix)
-    taught = policy.head_condition(prefix, state, targets)
-    acting = policy.head_condition(prefix, state)
+    keypoints = policy.grounding.keypoint_tokens(prefix[0])
+    taught = policy.condition(prefix, state, targets)
+    acting = policy.condition(prefix, state)
     assert taught.shape == acting.shape == (len(targets), store.meta.state_dim + cfg.head.width + 4)
     torch.testing.assert_close(taught[:, -4:], targets)  # training: the true positions
-    torch.testing.assert_close(acting[:, -4:], policy.locate_readout(keypoints))  # acting: the stem's reading
+    torch.testing.assert_close(acting[:, -4:], policy.grounding.locate_readout(keypoints))  # acting: the reading
     torch.testing.assert_close(taught[:, :-4], acting[:, :-4])
     losses = policy.compute_loss(batch)
     losses["loss"].backward()
@@ -483,38 +529,26 @@ def test_locate_condition_teaches_the_head_on_true_targets_and_acts_on_located_o
     # a batch without targets cannot teach this head; a dataset without them cannot build it
     with pytest.raises(KeyError, match="true targets"):
         policy.compute_loss({k: v for k, v in batch.items() if k != "targets"})
-    cfg.backbone.conv_keypoint_condition = False  # the head sees the state and the targets alone
-    lean = Policy(cfg, store.meta, normalizer).train()
-    prefix = lean.backbone(images, instructions, state)[0]
-    torch.testing.assert_close(lean.head_condition(prefix, state, targets), torch.cat([state, targets], -1))
-    acting = lean.head_condition(prefix, state)
-    torch.testing.assert_close(acting, torch.cat([state, lean._located(prefix)], -1))
-    assert lean.head.condition_in.in_features == store.meta.state_dim + 4
-    cfg.backbone.conv_locate_condition = False
-    with pytest.raises(ValueError, match="conv_keypoint_condition=false .* needs conv_locate_condition=true"):
+    cfg.grounding.locate_weight = 0.0
+    with pytest.raises(ValueError, match="grounding.locate_condition needs"):
         Policy(cfg, store.meta, normalizer)
-    cfg.backbone.conv_locate_condition, cfg.backbone.conv_keypoint_condition = True, True
-    cfg.backbone.conv_locate_weight = 0.0
-    with pytest.raises(ValueError, match="conv_locate_condition needs"):
+    cfg.grounding.locate_weight, cfg.grounding.second_stride = 1.0, 3
+    with pytest.raises(ValueError, match="grounding.second_stride must be 1 or 2, got 3"):
         Policy(cfg, store.meta, normalizer)
-    cfg.backbone.conv_locate_weight, cfg.backbone.conv_first_stride = 1.0, 3
-    with pytest.raises(ValueError, match="conv_first_stride and conv_second_stride must be 1 or 2, got 3 and 2"):
-        Policy(cfg, store.meta, normalizer)
-    cfg.backbone.conv_first_stride = 1
+    cfg.grounding.second_stride = 1  # the policy above holds this config object
     policy.eval().save(tmp_path / "ckpt")
-    obs = {"images": {"top": batch["images"]["top"][:2, -1].numpy()}, "state": batch["state"][:2, -1].numpy(),
-           "instruction": list(batch["instruction"][:2])}
-    # acting: `locate` is what the head is given; `targets=` overrides it (the true-targets diagnostic)
-    images, state, instructions = policy._inputs(obs["images"], obs["state"], obs["instruction"])
+    obs = obs_from(batch)
+    # acting: the stem's reading is what the head is given; other positions give other chunks
+    prefix, state = policy.encode(obs)
     with torch.no_grad():
-        prefix = policy.backbone(images, instructions, state)[0]
-        readout = policy.locate_readout(policy.backbone.keypoint_tokens(prefix)).numpy()
-    np.testing.assert_allclose(policy.locate(obs), readout, atol=1e-6)
+        located = policy.grounding.locate(prefix[0])
+        via_readout = policy.sample_chunk(prefix, policy.condition(prefix, state, located),
+                                          torch.Generator().manual_seed(2), noise_scale=0.0)
+        moved = torch.tensor([[0.9, 0.1, 0.1, 0.9]] * len(located))
+        elsewhere = policy.sample_chunk(prefix, policy.condition(prefix, state, moved),
+                                        torch.Generator().manual_seed(1), noise_scale=0.0)
     own = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1), noise_scale=0.0)
-    np.testing.assert_allclose(policy.predict_chunk(obs, generator=torch.Generator().manual_seed(2), noise_scale=0.0,
-                                                    targets=policy.locate(obs)), own, atol=1e-5)
-    elsewhere = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1), noise_scale=0.0,
-                                     targets=np.array([[0.9, 0.1, 0.1, 0.9]]))
+    np.testing.assert_allclose(via_readout, own, atol=1e-5)
     assert np.abs(elsewhere - own).max() > 1e-4
     np.testing.assert_array_equal(policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1)),
                                   load_policy(tmp_path / "ckpt").predict_chunk(obs, generator=torch.Generator().manual_seed(1)))
@@ -527,21 +561,19 @@ def test_targets_normalization_feeds_the_head_normalized_targets_and_survives_a_
     stats = ensure_stats(store.url)  # the demo's stats include its targets
     raw = store.load("targets").astype(np.float64)
     np.testing.assert_allclose(stats["targets"]["std"], raw.std(0), rtol=1e-5)
-    cfg = PolicyConfig()
-    cfg.backbone.conv_channels, cfg.backbone.conv_tokens, cfg.backbone.conv_first_stride = 8, 4, 1
-    cfg.backbone.conv_locate_condition = True
+    cfg = grounded_config(locate_condition=True, second_stride=1)
     cfg.normalization = {**cfg.normalization, "targets": "mean_std"}
     torch.manual_seed(0)
     policy = Policy(cfg, store.meta, Normalizer.from_stats(stats, cfg.normalization)).eval()
     images, state, instructions = policy._inputs(batch["images"], batch["state"], batch["instruction"])
     targets = torch.as_tensor(batch["targets"])
     with torch.no_grad():
-        prefix = policy.backbone(images, instructions, state)[0]
-        taught = policy.head_condition(prefix, state, targets)
-        acting = policy.head_condition(prefix, state)
+        prefix = policy._prefix(images, state, instructions)
+        taught = policy.condition(prefix, state, targets)
+        acting = policy.condition(prefix, state)
     mean, std = (torch.as_tensor(stats["targets"][k]) for k in ("mean", "std"))
     torch.testing.assert_close(taught[:, -4:], (targets - mean) / std)
-    torch.testing.assert_close(acting[:, -4:], (policy._located(prefix) - mean) / std)
+    torch.testing.assert_close(acting[:, -4:], (policy.grounding.locate(prefix[0]) - mean) / std)
     policy.save(tmp_path / "ckpt")
     obs = obs_from(batch)
     np.testing.assert_array_equal(policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1)),

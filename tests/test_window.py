@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from vla.data import TrajectoryStore, WindowConfig, WindowDataset, make_train_val, split_episodes
+from vla.data import TrajectoryStore, WindowConfig, WindowDataset, split_episodes
 from vla.data.augment import AugmentConfig
 
 # dataset fixture: lengths 5, 3, 7, 1, 4 -> episode starts 0, 5, 8, 15, 16; state[:, 0] = global frame
@@ -68,7 +68,10 @@ def test_split_by_episode_never_leaks(dataset):
         assert len(val_eps) == 2 and len(train_eps) == 3 and not set(train_eps) & set(val_eps)
         assert sorted([*train_eps, *val_eps]) == list(range(5))
     assert split_episodes(5, 0.4, 0)[1].tolist() == split_episodes(5, 0.4, 0)[1].tolist()  # seeded
-    train, val = make_train_val(dataset, WindowConfig(horizon=4), val_fraction=0.4, seed=1)
+    store = TrajectoryStore(dataset)
+    train_eps, val_eps = split_episodes(store.num_episodes, 0.4, 1)
+    train = WindowDataset(store, WindowConfig(horizon=4), train_eps)
+    val = WindowDataset(store, WindowConfig(horizon=4), val_eps, arrays=train.arrays)
     train_frames = {int(train[i]["state"][-1, 0]) for i in range(len(train))}
     val_frames = {int(val[i]["state"][-1, 0]) for i in range(len(val))}
     assert not train_frames & val_frames and len(train_frames | val_frames) == 20

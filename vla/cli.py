@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -245,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     from vla.data.schema import SchemaError
 
     args = build_parser().parse_args(argv)
+    # the library's own INFO lines (e.g. which dtype the vision encoder runs in, and why); others' stay quiet
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("vla").setLevel(logging.INFO)
     if getattr(args, "list_envs", False):
         return _list_envs(args)
     try:

@@ -62,7 +62,6 @@ class TabletopEnv(gym.Env):
         max_steps: int | None = None,
         control_freq: float = 10.0,
         seed: int | None = None,
-        render_quality: str = "fast",  # accepted for a uniform interface; numpy rendering has one quality
         render_mode: str | None = "rgb_array",
     ):
         self.task = TabletopTask(kind=kind)

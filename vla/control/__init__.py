@@ -7,7 +7,9 @@ from .chunking import (
     RecedingHorizon,
     TemporalEnsemble,
     make_executor,
+    request_seed,
     rtc_guide,
 )
 
-__all__ = ["ChunkExecutor", "RealTimeChunking", "RecedingHorizon", "TemporalEnsemble", "make_executor", "rtc_guide"]
+__all__ = ["ChunkExecutor", "RealTimeChunking", "RecedingHorizon", "TemporalEnsemble", "make_executor", "request_seed",
+           "rtc_guide"]

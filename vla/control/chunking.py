@@ -162,3 +162,9 @@ def make_executor(strategy: str, horizon: int, execute: int | None = None, decay
     if strategy == "rtc":
         return RealTimeChunking(execute or max(1, horizon // 2), delay)
     raise ValueError(f"unknown chunk execution strategy {strategy!r}; available: receding, ensemble, rtc")
+
+
+def request_seed(episode_seed: int, request: int) -> int:
+    """The noise seed of a chunk requested at step ``request`` of a seeded episode: evaluation and the robot loop
+    both use it, so a run against a server repeats a local evaluation's chunks."""
+    return episode_seed * 100_003 + request

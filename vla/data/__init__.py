@@ -5,7 +5,7 @@ from .schema import ActionSpace, DatasetMeta, SchemaError
 from .stats import compute_stats, ensure_stats
 from .store import PartialTailWarning, TrajectoryStore
 from .validate import ValidationReport, validate
-from .window import WindowConfig, WindowDataset, make_train_val, split_episodes
+from .window import WindowConfig, WindowDataset, split_episodes
 from .writer import EpisodeRecorder, TrajectoryWriter
 
 __all__ = [
@@ -22,7 +22,6 @@ __all__ = [
     "WindowDataset",
     "compute_stats",
     "ensure_stats",
-    "make_train_val",
     "split_episodes",
     "validate",
 ]

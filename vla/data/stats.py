@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
-import warnings
 
 import numpy as np
 import zarr
 
 from . import schema
-from .store import TrajectoryStore, open_group
-
-Stats = dict[str, dict[str, np.ndarray]]
+from .store import Stats, TrajectoryStore, open_group
 
 
 def stat_keys(store: TrajectoryStore) -> tuple[str, ...]:
@@ -48,26 +45,6 @@ def write_stats(group: zarr.Group, stats: Stats, num_frames: int) -> None:
             sgroup.create_array(f"{key}/{name}", data=np.asarray(arr, dtype=np.float32))
     # Written last: a stats group without num_frames is treated as absent.
     sgroup.attrs.update({"num_frames": int(num_frames), "keys": sorted(stats)})
-
-
-def read_stats(group: zarr.Group, num_frames: int, allow_stale: bool = False) -> Stats | None:
-    if schema.STATS not in group:
-        return None
-    sgroup = group[schema.STATS]
-    computed_over = sgroup.attrs.get("num_frames")
-    if computed_over is None:
-        return None
-    if computed_over != num_frames and not allow_stale:
-        warnings.warn(
-            f"stored stats cover {computed_over} frames but the dataset has {num_frames}; "
-            "recompute with `vla data stats PATH --recompute`",
-            stacklevel=3,
-        )
-        return None
-    return {
-        key: {name: np.asarray(sgroup[f"{key}/{name}"][:]) for name in schema.STAT_NAMES}
-        for key in sgroup.attrs.get("keys", [])
-    }
 
 
 def ensure_stats(url: str | os.PathLike, recompute: bool = False) -> Stats:

@@ -15,6 +15,8 @@ import zarr
 from . import schema
 from .schema import DatasetMeta, SchemaError
 
+Stats = dict[str, dict[str, np.ndarray]]  # key -> statistic name -> per-dimension values
+
 
 class PartialTailWarning(UserWarning):
     """A writer died mid-episode; the frames after the last committed episode are ignored (reader) or removed (writer)."""
@@ -213,11 +215,21 @@ class TrajectoryStore:
         }
 
     # -- stats -------------------------------------------------------------------------------
-    def stats(self, allow_stale: bool = False) -> dict[str, dict[str, np.ndarray]] | None:
-        """Stored normalization stats, or None when absent (or stale, unless ``allow_stale``)."""
-        from .stats import read_stats
-
-        return read_stats(self.group, self.num_frames, allow_stale=allow_stale)
+    def stats(self, allow_stale: bool = False) -> Stats | None:
+        """Stored normalization stats (``vla.data.stats`` computes and writes them), or None when absent (or stale,
+        unless ``allow_stale``)."""
+        if schema.STATS not in self.group:
+            return None
+        sgroup = self.group[schema.STATS]
+        computed_over = sgroup.attrs.get("num_frames")
+        if computed_over is None:  # written last: a stats group without it is treated as absent
+            return None
+        if computed_over != self.num_frames and not allow_stale:
+            warnings.warn(f"stored stats cover {computed_over} frames but the dataset has {self.num_frames}; "
+                          "recompute with `vla data stats PATH --recompute`", stacklevel=2)
+            return None
+        return {key: {name: np.asarray(sgroup[f"{key}/{name}"][:]) for name in schema.STAT_NAMES}
+                for key in sgroup.attrs.get("keys", [])}
 
     # -- summary -----------------------------------------------------------------------------
     def nbytes_stored(self) -> int:

@@ -182,16 +182,3 @@ class WindowDataset(Dataset):
         if self.augment is not None:
             self.augment(sample)
         return sample
-
-
-def make_train_val(
-    store: TrajectoryStore | str | os.PathLike, config: WindowConfig, val_fraction: float = 0.1, seed: int = 0
-) -> tuple[WindowDataset, WindowDataset]:
-    """Train and val datasets split by episode; the arrays are loaded once and shared."""
-    store = store if isinstance(store, TrajectoryStore) else TrajectoryStore(store)
-    train_eps, val_eps = split_episodes(store.num_episodes, val_fraction, seed)
-    train = WindowDataset(store, config, train_eps)
-    val_config = WindowConfig(**{**config.__dict__, "augment": AugmentConfig()})  # no augmentation on val
-    val = WindowDataset(store, val_config, val_eps, arrays=train.arrays)
-    return train, val
-

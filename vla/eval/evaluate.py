@@ -226,7 +226,9 @@ def _rollout_shard(name: str, cfg_dict: dict, seeds: list[int], video_dir: str |
 def _generator(seed: int, step: int):
     import torch
 
-    return torch.Generator().manual_seed(seed * 100_003 + step)
+    from vla.control import request_seed
+
+    return torch.Generator().manual_seed(request_seed(seed, step))
 
 
 def _swaps(vec, seeds: list[int], cfg: EvalConfig) -> list[str]:

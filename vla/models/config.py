@@ -29,43 +29,34 @@ class BackboneConfig:
     state_token: bool = False  # append a projected proprioceptive-state token to the prefix
     finetune: str = "full"  # full | frozen | lora (peft LoRA on the encoders' attention projections)
     lora_rank: int = 8
-    # dtype of the composite vision encoder's weights and arithmetic: float32, or bfloat16 (finetune=frozen only;
-    # training and acting alike, so a policy sees the features it learned on). On 2 CPU cores bfloat16 runs
-    # EfficientNet-Lite0 ~2x faster (benchmarks/train_throughput.py); float16 is not offered (slow on CPU)
-    vision_dtype: str = "float32"
-    # composite: a trainable conv stem beside the vision encoder, FiLM-conditioned on the instruction, with
-    # coordinate channels, spatial-softmax and language-queried keypoints; its keypoint token per camera also
-    # joins the head's condition (vla/models/grounding.py, Policy.head_condition)
-    conv_channels: int = 0  # 0 = off
-    conv_tokens: int = 16  # grid tokens per camera (a square number), plus one keypoint token
-    conv_shift: int = 4  # random-shift augmentation (pixels) applied inside the stem while training
-    # stride of the stem's first conv: 2 puts its keypoint maps at 1/4 of the image resolution, 1 at 1/2
-    # (finer locating for about 4x the stem's compute)
-    conv_first_stride: int = 2
-    # stride of its second conv (1 or 2). Strides (2, 1) also put the maps at 1/2 resolution, like (1, 2), but run
-    # the first layer at 1/2 instead of full resolution: less compute
-    conv_second_stride: int = 2
-    # how the stem reads the instruction: "mean" of its tokens, or "attention" (learned queries over the
-    # tokens, which keep "red block ... blue pad" apart from "blue block ... red pad"; grounding.py)
-    conv_text: str = "mean"
-    # weight of the auxiliary loss that regresses the action chunk from the stem's keypoint tokens + state:
-    # a direct gradient that makes the stem find what the instruction names (see Policy.compute_loss)
-    conv_aux_weight: float = 1.0
-    # weight of `loss_locate`: when the dataset carries privileged training targets (data/targets, e.g. the
-    # named block's and pad's positions), a linear readout of them from the stem's keypoint tokens
-    conv_locate_weight: float = 1.0
-    # the head is also conditioned on the located targets: the readout's estimate when acting, the data's true
-    # targets while training (teacher forcing), so the head learns the control from exact positions. A head
-    # trained on its own imprecise estimates learns a blurred controller (benchmarks/push_oracle.py, train_noise)
-    conv_locate_condition: bool = False
-    # with conv_locate_condition: false conditions the head on the state and the located targets alone, without
-    # the keypoint tokens (which still reach it through the prefix). The condition is then the few numbers a
-    # state-based controller needs (benchmarks/push_oracle.py), not 128 more per camera that move as the stem trains
-    conv_keypoint_condition: bool = True
-    # false: the head's and the grounding readout's losses stop at the stem's tokens, so the stem learns from
-    # loss_locate alone. Built-in suite, dual stream, seed 1: the stem then ended as precise as seed 0's
-    # (loss_locate 0.00005 over the last 200 steps, 0.00022 when shared) and push rose from 13 to 39/100 (docs/results.md)
-    conv_head_gradient: bool = True
+    # dtype of the composite vision encoder's weights and arithmetic (finetune=frozen only; training and acting
+    # alike): auto = bfloat16 where the GPU or CPU computes it natively, else float32 (vla/hardware.py says which and
+    # why; on an AVX2-only CPU bfloat16 is emulated and ran 15x slower); float32 | bfloat16 force one. float16 is
+    # not offered (slow on CPU)
+    vision_dtype: str = "auto"
+
+
+@dataclass
+class GroundingConfig:
+    """Auxiliary pointing supervision (``vla/models/grounding.py``), off by default: a trainable conv stem beside
+    the vision encoder, FiLM-conditioned on the instruction, whose tokens join the prefix and whose keypoint token
+    joins the head's condition. For datasets that carry ``data/targets`` (where the named objects are), it also
+    learns to read those positions out (``loss_locate``) and can hand them to the head."""
+
+    enabled: bool = False
+    channels: int = 16
+    tokens: int = 16  # grid tokens per camera (a square number), plus one keypoint token
+    shift: int = 4  # random-shift augmentation (pixels) inside the stem while training; 0 = off
+    # stride of the stem's second conv: 2 puts its keypoint maps at 1/4 of the image resolution, 1 at 1/2
+    second_stride: int = 2
+    text: str = "mean"  # how the stem reads the instruction: mean of its tokens | attention (learned queries)
+    action_weight: float = 1.0  # weight of loss_ground: the action chunk regressed from the stem's keypoints + state
+    locate_weight: float = 1.0  # weight of loss_locate: the data's targets read out from the keypoint tokens
+    # the head is also conditioned on the located targets: the data's true ones while training, the readout's
+    # estimate when acting (needs data/targets and locate_weight > 0)
+    locate_condition: bool = False
+    # false: the head's and loss_ground's gradients stop at the stem's tokens; it learns from loss_locate alone
+    head_gradient: bool = True
 
 
 @dataclass
@@ -89,7 +80,8 @@ class PolicyConfig:
     name: str = "tiny"
     horizon: int = 8  # H, the action chunk length (also the future-frame offset k)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    grounding: GroundingConfig = field(default_factory=GroundingConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
-    # per-key mode (vla/data/normalizer.py); adding targets: mean_std feeds a conv_locate_condition head the located
-    # targets on the state's scale instead of raw (raw table positions spread ~5x less than normalized state)
+    # per-key mode (vla/data/normalizer.py); with grounding.locate_condition, `targets: mean_std` feeds the head the
+    # located targets on the state's scale instead of raw
     normalization: dict[str, str] = field(default_factory=lambda: {"state": "mean_std", "action": "min_max"})

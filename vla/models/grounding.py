@@ -1,4 +1,11 @@
-"""A trainable, language-conditioned conv encoder that sits beside the (frozen) vision encoder.
+"""Grounding: auxiliary pointing supervision, one optional component of the policy (``policy.grounding``).
+
+A trainable, language-conditioned conv stem sits beside the (frozen) vision encoder; its tokens join each
+camera's prefix tokens and its keypoint token joins the head's condition. Datasets that carry privileged
+training targets (``data/targets``: where the named objects are) also teach it to point: a linear readout of
+those positions from its keypoint tokens (``loss_locate``), which the head can be conditioned on
+(``locate_condition``). ``Grounding`` is what the policy talks to: tokens for the prefix, the head's condition,
+and the auxiliary losses.
 
 Frozen ImageNet features pooled to a few tokens leave two things to the action head: where exactly
 things are, and which of them the instruction names. This stem does both before the head:
@@ -27,10 +34,14 @@ encoder's features stay memoizable (``trainer.cache_features``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .config import GroundingConfig
+from .losses import masked_mse
 
 
 class FiLMConv(nn.Module):
@@ -87,19 +98,19 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 class GroundedConvStem(nn.Module):
     def __init__(self, channels: int, tokens: int, width: int, text_dim: int, shift_pad: int = 4, queries: int = 8,
-                 text: str = "mean", first_stride: int = 2, second_stride: int = 2):
+                 text: str = "mean", second_stride: int = 2):
         super().__init__()
         if text not in ("mean", "attention"):
-            raise ValueError(f"conv stem text must be 'mean' or 'attention', got {text!r}")
-        if first_stride not in (1, 2) or second_stride not in (1, 2):
-            raise ValueError(f"conv_first_stride and conv_second_stride must be 1 or 2, got {first_stride} and {second_stride}")
+            raise ValueError(f"grounding.text must be 'mean' or 'attention', got {text!r}")
+        if second_stride not in (1, 2):
+            raise ValueError(f"grounding.second_stride must be 1 or 2, got {second_stride}")
         side = math.isqrt(tokens)
         if side * side != tokens:
-            raise ValueError(f"conv_tokens must be a square number, got {tokens}")
+            raise ValueError(f"grounding.tokens must be a square number, got {tokens}")
         self.side, self.shift_pad = side, shift_pad
         c = channels
         self.blocks = nn.ModuleList([
-            FiLMConv(3 + 2, c, first_stride, text_dim),
+            FiLMConv(3 + 2, c, 2, text_dim),
             FiLMConv(c, 2 * c, second_stride, text_dim),
             FiLMConv(2 * c, 2 * c, 1, text_dim),
         ])
@@ -149,3 +160,100 @@ class GroundedConvStem(nn.Module):
         grid = F.adaptive_avg_pool2d(self.down(x, text), self.side).flatten(2).transpose(1, 2)
         grid = self.grid_proj(grid) + self.grid_pos
         return torch.cat([grid, self.keypoint_proj(keypoints)[:, None]], 1)
+
+
+class Grounding(nn.Module):
+    """The stem, its readouts and how the policy uses them (``GroundingConfig``).
+
+    The backbone calls ``camera_tokens`` for every camera and appends them after that camera's encoder tokens, so
+    a camera's block in the prefix is ``tokens_per_image`` encoder tokens, ``tokens`` grid tokens, one keypoint
+    token. The policy asks ``condition`` for the head's condition and ``losses`` for the auxiliary losses."""
+
+    def __init__(self, config: GroundingConfig, width: int, cameras: list[str], tokens_per_image: int, state_dim: int,
+                 target_names: list[str], horizon: int, action_dim: int):
+        super().__init__()
+        self.config, self.cameras, self.tokens_per_image = config, list(cameras), tokens_per_image
+        self.horizon, self.action_dim = horizon, action_dim
+        locates = bool(target_names) and config.locate_weight > 0
+        if config.locate_condition and not locates:
+            raise ValueError("grounding.locate_condition needs grounding.locate_weight > 0 and a dataset with "
+                             f"privileged targets (data/targets); this dataset's targets: {list(target_names) or 'none'}")
+        if not config.head_gradient and not locates:
+            raise ValueError("grounding.head_gradient=false leaves the stem loss_locate alone to learn from: it needs "
+                             "grounding.locate_weight > 0 and a dataset with privileged targets (data/targets); "
+                             f"this dataset's targets: {list(target_names) or 'none'}")
+        self.stem = GroundedConvStem(config.channels, config.tokens, width, width, config.shift, text=config.text,
+                                     second_stride=config.second_stride)
+        keypoints = len(self.cameras) * width
+        # the head's condition: the normalized state, every camera's keypoint token, then (locate_condition) the
+        # located targets
+        self.condition_dim = state_dim + keypoints + (len(target_names) if config.locate_condition else 0)
+        # the readouts are drawn after the head's weights (reset_readouts), the order a seed has always drawn them in
+        with torch.random.fork_rng(devices=[]):
+            hidden = 4 * width
+            # loss_ground: a mean-squared error cannot be lowered by heading for *a* block, only for the named one,
+            # so it pulls the stem's FiLM and queries to the instruction (a flow head alone can model "any of the
+            # blocks" as a multimodal chunk distribution and never needs the words)
+            self.action_readout = (nn.Sequential(nn.Linear(self.condition_dim, hidden), nn.SiLU(),
+                                                 nn.Linear(hidden, horizon * action_dim))
+                                   if config.action_weight > 0 else None)
+            self.locate_readout = nn.Linear(keypoints, len(target_names)) if locates else None
+
+    def reset_readouts(self) -> None:
+        for readout in (self.action_readout, self.locate_readout):
+            for layer in readout.modules() if readout is not None else []:
+                if isinstance(layer, nn.Linear):
+                    layer.reset_parameters()
+
+    @property
+    def camera_tokens(self) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        """uint8 (B, H, W, 3) images + the projected instruction tokens and mask -> (B, tokens + 1, width)."""
+        return self.stem
+
+    def _block(self) -> int:
+        return self.tokens_per_image + self.config.tokens + 1
+
+    def keypoint_tokens(self, prefix: torch.Tensor) -> torch.Tensor:
+        """Every camera's keypoint token in the prefix: (B, cameras * width)."""
+        block = self._block()
+        return prefix[:, [i * block + block - 1 for i in range(len(self.cameras))]].flatten(1)
+
+    def locate(self, prefix: torch.Tensor) -> torch.Tensor:
+        """Where the stem reads the data's targets: (B, n_targets), in the data's units."""
+        if self.locate_readout is None:
+            raise ValueError("this policy has no locate readout (trained without data/targets or locate_weight = 0)")
+        return self.locate_readout(self.keypoint_tokens(prefix))
+
+    def head_prefix(self, prefix: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prefix the head trains on: with ``head_gradient=false`` the stem's tokens are cut from the graph."""
+        if self.config.head_gradient:
+            return prefix
+        block, tokens = self._block(), prefix[0]
+        stem = torch.zeros(tokens.shape[1], dtype=torch.bool, device=tokens.device)
+        for i in range(len(self.cameras)):
+            stem[i * block + self.tokens_per_image : (i + 1) * block] = True
+        return torch.where(stem[:, None], tokens.detach(), tokens), prefix[1]
+
+    def condition(self, prefix: torch.Tensor, state: torch.Tensor, targets: torch.Tensor | None = None,
+                  normalize: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """The head's condition: normalized state, keypoint tokens, then (``locate_condition``) the located targets:
+        ``targets`` when given (training: the data's), else the readout's; ``normalize`` maps them to the head's
+        scale (the readout itself predicts them raw)."""
+        keypoints = self.keypoint_tokens(prefix)
+        if not self.config.locate_condition:
+            return torch.cat([state, keypoints], -1)
+        located = targets if targets is not None else self.locate_readout(keypoints)
+        return torch.cat([state, keypoints, normalize(located) if normalize else located], -1)
+
+    def add_losses(self, losses: dict[str, torch.Tensor], prefix: torch.Tensor, condition: torch.Tensor,
+                   action: torch.Tensor, action_mask: torch.Tensor, targets: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The head's ``losses`` with the auxiliary ones added, each weighted into ``loss``. ``action``: the
+        normalized chunk (B, H, A); ``prefix``: the backbone's tokens (the stem's not cut from the graph)."""
+        if self.action_readout is not None:
+            chunk = self.action_readout(condition).view(action.shape)
+            losses["loss_ground"] = masked_mse(chunk, action, action_mask)
+            losses["loss"] = losses["loss"] + self.config.action_weight * losses["loss_ground"]
+        if self.locate_readout is not None and targets is not None:
+            losses["loss_locate"] = F.mse_loss(self.locate(prefix), targets)
+            losses["loss"] = losses["loss"] + self.config.locate_weight * losses["loss_locate"]
+        return losses

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import apply_finetune
 from .config import BackboneConfig
+from .finetune import apply_finetune
 
 
 def _pool_sequence(tokens: torch.Tensor, out: int) -> torch.Tensor:

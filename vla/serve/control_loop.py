@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from vla.control import RealTimeChunking, make_executor
+from vla.control import RealTimeChunking, make_executor, request_seed
 
 from .client import RobotClient
 from .robot import Robot
@@ -56,7 +56,7 @@ class EpisodeLog:
 
 def _request_seed(episode_seed: int | None, request: int) -> int | None:
     """Seeded episodes send seeded requests, so a run against the same server repeats its chunks."""
-    return None if episode_seed is None else episode_seed * 100_003 + request
+    return None if episode_seed is None else request_seed(episode_seed, request)
 
 
 def hold_action(mode: str, kind: str, low: np.ndarray, high: np.ndarray, last: np.ndarray | None) -> np.ndarray:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from vla.control import rtc_guide
+from vla.data.observation import stack_observations
 
 from .batcher import MicroBatcher, ServerClosing
 from .config import ServeConfig
@@ -47,15 +48,12 @@ class InferenceEngine:
     def __init__(self, policy, action_steps: int | None = None, vision_steps: int | None = None):
         self.policy, self.action_steps, self.vision_steps = policy, action_steps, vision_steps
         self.horizon = policy.config.horizon
-        self.supports_guide = policy.config.head.kind in ("dual_stream", "flow")
+        self.supports_guide = policy.head.supports_guidance
 
     def __call__(self, jobs: list[Job]) -> list[np.ndarray]:
         import torch
 
-        cams = self.policy.meta.cameras
-        obs = {"images": {c: np.stack([j.obs["images"][c] for j in jobs]) for c in cams},
-               "state": np.stack([j.obs["state"] for j in jobs]),
-               "instruction": [j.obs["instruction"] for j in jobs]}
+        obs = stack_observations([j.obs for j in jobs], self.policy.meta.cameras)
         generators = [torch.Generator().manual_seed(j.seed) for j in jobs]
         guide = weights = None
         if any(j.guide is not None for j in jobs):

@@ -15,7 +15,7 @@ class TrainerConfig:
     batch_size: int = 32  # global batch (split across processes)
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 1e-4  # DUST defaults: AdamW lr 1e-4, betas (0.95, 0.999), weight decay 1e-5
-    # learning-rate multipliers by parameter-name prefix, e.g. {backbone.conv_stem: 3.0}: a small conv stem
+    # learning-rate multipliers by parameter-name prefix, e.g. {grounding.stem: 3.0}: a small conv stem
     # trained from scratch wants a higher rate than the transformer head beside it
     lr_scale: dict[str, float] | None = None
     betas: list[float] = field(default_factory=lambda: [0.95, 0.999])
@@ -52,4 +52,3 @@ class TrainConfig:
     name: str | None = None  # run name; null = <policy>-<head>
     out: str | None = None  # run directory; null = runs/<date>-<name>
     resume: Any = False  # true: continue from the newest checkpoint in `out`; auto: resume if there is one
-    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,4 +1,5 @@
-"""Action heads, one interface: ``loss(prefix, batch) -> dict`` and ``sample(prefix, state, ...) -> chunk``."""
+"""Action heads, one interface: ``loss(prefix, batch) -> dict`` and ``sample(prefix, state, ...) -> chunk``, and
+the capabilities each declares (``needs_future_frames``, ``supports_guidance``)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,20 @@ from torch import nn
 
 from ..config import HeadConfig
 from .diffusion import DiffusionHead
-from .flow import FlowHead
+from .flow import DualStreamHead, FlowHead
+
+HEADS: dict[str, type[nn.Module]] = {"dual_stream": DualStreamHead, "flow": FlowHead, "diffusion": DiffusionHead}
+
+
+def head_class(kind: str) -> type[nn.Module]:
+    """The head class for ``policy.head.kind`` (its capabilities are class attributes)."""
+    if kind not in HEADS:
+        raise ValueError(f"unknown head {kind!r}; available: {', '.join(HEADS)}")
+    return HEADS[kind]
 
 
 def build_head(config: HeadConfig, state_dim: int, action_dim: int, horizon: int, feature_dim: int) -> nn.Module:
-    if config.kind == "dual_stream":
-        return FlowHead(config, state_dim, action_dim, horizon, feature_dim, vision=True)
-    if config.kind == "flow":
-        return FlowHead(config, state_dim, action_dim, horizon, feature_dim, vision=False)
-    if config.kind == "diffusion":
-        return DiffusionHead(config, state_dim, action_dim, horizon, feature_dim)
-    raise ValueError(f"unknown head {config.kind!r}; available: dual_stream, flow, diffusion")
+    return head_class(config.kind)(config, state_dim, action_dim, horizon, feature_dim)
 
 
-__all__ = ["DiffusionHead", "FlowHead", "build_head"]
+__all__ = ["HEADS", "DiffusionHead", "DualStreamHead", "FlowHead", "build_head", "head_class"]

@@ -8,22 +8,24 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from torch import nn
 
 from ..config import HeadConfig
-from .flow import FlowHead, Generators, masked_mse, randn
+from ..losses import masked_mse
+from .flow import FlowHead, Generators, randn
 
 
 class DiffusionHead(nn.Module):
+    needs_future_frames = False
+    supports_guidance = False  # DDIM from a scheduler: no inpainting of a frozen prefix
+
     def __init__(self, config: HeadConfig, state_dim: int, action_dim: int, horizon: int, feature_dim: int):
         super().__init__()
         self.config = config
         # One stream; its time embedding takes the discrete step (scale 1 instead of tau * 1000).
-        self.net = FlowHead(config, state_dim, action_dim, horizon, feature_dim, vision=False)
-        self.net.action_time.scale = 1.0
+        self.net = FlowHead(config, state_dim, action_dim, horizon, feature_dim, time_scale=1.0)
         # clip_sample off: normalized actions may leave [-1, 1] (mean_std / quantile modes)
         kwargs = dict(num_train_timesteps=config.diffusion_train_steps, beta_schedule="squaredcos_cap_v2",
                       clip_sample=False, prediction_type="epsilon")
         self.train_scheduler = DDPMScheduler(**kwargs)
         self.sample_scheduler = DDIMScheduler(**kwargs)
-        self.sample_counts = {"action": 0, "vision": 0}
 
     def prefix_cache(self, prefix):
         return self.net.prefix_cache(prefix)
@@ -57,5 +59,4 @@ class DiffusionHead(nn.Module):
         for t in scheduler.timesteps:
             eps, _ = self.net.velocity(cache, state, x, t.expand(b).to(state.device))
             x = scheduler.step(eps, t, x).prev_sample
-        self.sample_counts = {"action": len(scheduler.timesteps), "vision": 0}
         return x

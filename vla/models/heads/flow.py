@@ -15,6 +15,7 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
 
 from ..config import HeadConfig
+from ..losses import masked_mse
 from .transformer import MultiStreamTransformer
 
 
@@ -46,14 +47,6 @@ def randn(shape: tuple[int, ...], generator: Generators = None, device=None) -> 
     return torch.randn(shape, device=device, generator=generator)
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over samples of each sample's MSE over its valid (unpadded) chunk steps. Normalizing per
-    sample makes the mean over a data-parallel split equal the mean over the whole batch."""
-    m = mask.float()[..., None]
-    per_sample = ((pred - target) ** 2 * m).sum(dim=(1, 2)) / (m.sum(dim=(1, 2)) * pred.shape[-1]).clamp(min=1)
-    return per_sample.mean()
-
-
 class TimeEmbedding(nn.Module):
     """tau in [0, 1] (or a discrete diffusion step) -> (B, width), via diffusers' embeddings."""
 
@@ -68,9 +61,16 @@ class TimeEmbedding(nn.Module):
 
 
 class FlowHead(nn.Module):
-    """``loss(prefix, batch)`` and ``sample(prefix, state)``; ``vision=False`` gives the ``flow`` baseline."""
+    """``loss(prefix, batch)`` and ``sample(prefix, state)``: the ``flow`` baseline (actions only), and with
+    ``vision=True`` the dual stream. ``time_scale`` multiplies the time before its sinusoidal embedding (tau in
+    [0, 1] -> [0, 1000]; a diffusion step is already an integer)."""
 
-    def __init__(self, config: HeadConfig, state_dim: int, action_dim: int, horizon: int, feature_dim: int, vision: bool):
+    # what a head declares to the policy, the trainer and the server
+    needs_future_frames = False  # its training batch carries the frame `horizon` steps ahead (future_images)
+    supports_guidance = True  # sample() takes guide / guide_weights (real-time chunking's frozen prefix)
+
+    def __init__(self, config: HeadConfig, state_dim: int, action_dim: int, horizon: int, feature_dim: int,
+                 vision: bool = False, time_scale: float = 1000.0):
         super().__init__()
         w = config.width
         self.config, self.horizon, self.action_dim, self.vision = config, horizon, action_dim, vision
@@ -83,7 +83,7 @@ class FlowHead(nn.Module):
         self.action_in = nn.Linear(action_dim, w)
         self.action_out = nn.Linear(w, action_dim)
         self.register_buffer("action_pos", sincos_1d(horizon + 1, w), persistent=False)
-        self.action_time = TimeEmbedding(w)
+        self.action_time = TimeEmbedding(w, time_scale)
         streams = 1
         if vision:
             streams = 2
@@ -92,7 +92,6 @@ class FlowHead(nn.Module):
             self.register_buffer("vision_pos", sincos_2d(config.vision_tokens, w), persistent=False)
             self.vision_time = TimeEmbedding(w)
         self.transformer = MultiStreamTransformer(w, config.heads, streams, config.mmdit_blocks, config.stream_blocks)
-        self.sample_counts = {"action": 0, "vision": 0}  # updates made by the last sample() call
 
     # -- network ---------------------------------------------------------------------------------
     def prefix_cache(self, prefix: tuple[torch.Tensor, torch.Tensor]) -> list:
@@ -190,7 +189,6 @@ class FlowHead(nn.Module):
         q = n_o // n_a if n_o else 1
         tau_a = torch.zeros(b, device=device)
         tau_o = torch.zeros(b, device=device)
-        counts = {"action": 0, "vision": 0}
         if guide is not None:
             w = guide_weights.to(device)
             eps0, w = x.clone(), (w[None, :, None] if w.ndim == 1 else w[:, :, None])
@@ -199,13 +197,20 @@ class FlowHead(nn.Module):
             if n_o:
                 y = y + v_vision / n_o
                 tau_o = tau_o + 1.0 / n_o
-                counts["vision"] += 1
             if (step + 1) % q == 0:
                 x = x + v_action / n_a
                 tau_a = tau_a + 1.0 / n_a
-                counts["action"] += 1
                 if guide is not None:
                     target = tau_a[:, None, None] * guide + (1 - tau_a[:, None, None]) * eps0
                     x = w * target + (1 - w) * x
-        self.sample_counts = counts
         return x
+
+
+class DualStreamHead(FlowHead):
+    """DUST's dual stream: action tokens and future-vision tokens in one joint-attention transformer, independent
+    noise and time per stream, trained on the future frame's pooled encoder features as well."""
+
+    needs_future_frames = True
+
+    def __init__(self, config: HeadConfig, state_dim: int, action_dim: int, horizon: int, feature_dim: int):
+        super().__init__(config, state_dim, action_dim, horizon, feature_dim, vision=True)

@@ -1,0 +1,75 @@
+"""What the machine can do: the CPU's name and instruction sets, and the dtype choices that follow from them.
+
+bfloat16 is fast on a CPU only where it has native bf16 instructions (x86 AVX512-BF16 or AMX-BF16, Arm's BF16
+extension); elsewhere torch emulates it, and EfficientNet-Lite0 ran 15x slower than in float32 on an AVX2-only
+AMD EPYC (issue 28). Every timing the project publishes names the CPU it was measured on (``cpu_info``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import platform
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("vla")
+
+# /proc/cpuinfo flags (x86 `flags`, Arm `Features`) that mean native bfloat16 arithmetic
+BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
+
+
+@functools.cache
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none, e.g. macOS)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_model() -> str:
+    info = _cpuinfo()
+    return info.get("model name") or info.get("Model") or platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_flags() -> set[str]:
+    info = _cpuinfo()
+    return set((info.get("flags") or info.get("Features") or "").split())
+
+
+def native_bf16_flags() -> list[str]:
+    """The CPU's native bfloat16 instruction sets (empty where it has none, or where they cannot be read)."""
+    flags = cpu_flags()
+    return [f for f in BF16_FLAGS if f in flags]
+
+
+def cpu_info() -> dict[str, object]:
+    """The CPU as every benchmark and results summary records it."""
+    return {"cpu": cpu_model(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": native_bf16_flags(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def pick_vision_dtype(requested: str, trainable: bool) -> tuple[str, str]:
+    """``backbone.vision_dtype`` -> (dtype, why). ``auto`` picks bfloat16 for a frozen encoder where the GPU or the
+    CPU computes it natively, float32 elsewhere; ``float32`` and ``bfloat16`` are taken as given."""
+    if requested != "auto":
+        return requested, "set in the config"
+    if trainable:
+        return "float32", "the vision encoder is trained (finetune is not frozen), which needs float32 weights"
+    if torch.cuda.is_available():
+        if torch.cuda.is_bf16_supported():
+            return "bfloat16", f"the GPU ({torch.cuda.get_device_name()}) computes bfloat16 natively"
+        return "float32", f"the GPU ({torch.cuda.get_device_name()}) has no native bfloat16"
+    native = native_bf16_flags()
+    capability = torch.backends.cpu.get_cpu_capability()
+    if native:
+        return "bfloat16", f"the CPU ({cpu_model()}) has native bf16 instructions ({', '.join(native)})"
+    return "float32", (f"the CPU ({cpu_model()}, torch capability {capability}) has no native bf16 instructions: "
+                       "bfloat16 would be emulated, many times slower than float32")
