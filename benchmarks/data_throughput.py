@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from vla.config import compose, to_object
 from vla.data import ActionSpace, DatasetMeta, TrajectoryStore, TrajectoryWriter, WindowConfig, WindowDataset
+from vla.hardware import cpu_info
 
 
 @dataclass
@@ -147,7 +148,7 @@ def main(argv: list[str]) -> dict:
                 "zarr_direct_getitem": round(median_rate(one_zarr_window, min(cfg.seconds, 3.0)), 1),
             },
             "target_single_process": 2000,
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "machine": {**cpu_info(), "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
         }
         result["meets_target"] = result["windows_per_s"]["single_process_getitem"] >= 2000

@@ -25,6 +25,7 @@ import yaml
 
 from vla.config import compose, config_dir, to_object
 from vla.data import ActionSpace, DatasetMeta, Normalizer
+from vla.hardware import cpu_info
 from vla.models import Policy, PolicyConfig
 
 
@@ -85,7 +86,7 @@ def main(argv: list[str]) -> dict:
                 print(row, file=sys.stderr, flush=True)
     return {"benchmark": "policy_latency", "config": asdict(cfg), "batch": 1, "rows": rows,
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "machine": {"cpus": os.cpu_count(), "threads": cfg.threads, "torch": torch.__version__,
+            "machine": {**cpu_info(), "cpus": os.cpu_count(), "threads": cfg.threads, "torch": torch.__version__,
                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}}
 
 

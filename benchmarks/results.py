@@ -31,6 +31,7 @@ warnings.filterwarnings("ignore")
 import numpy as np  # noqa: E402
 
 from vla.config import compose, to_object  # noqa: E402
+from vla.hardware import cpu_info
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -196,7 +197,7 @@ def summarize(cfg: ExperimentConfig, rows: list[dict]) -> dict[str, Any]:
                               "train_wall_s": [r["train_wall_s"] for r in cell]})
     return {"experiment": cfg.name, "description": cfg.description, "smoke": cfg.smoke, "config": asdict(cfg),
             "rows": table, "runs": rows,
-            "machine": {"cpus": os.cpu_count(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}}
+            "machine": {**cpu_info(), "cpus": os.cpu_count(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}}
 
 
 def markdown(summary: dict) -> str:

@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from policy_latency import builtin_push_meta, identity_normalizer, time_chunks  # noqa: E402
 
 from vla.config import compose, config_dir, to_object  # noqa: E402
+from vla.hardware import cpu_info
 from vla.models import Policy, PolicyConfig  # noqa: E402
 from vla.serve import RobotClient, ServerProcess  # noqa: E402
 
@@ -128,7 +129,7 @@ def main(argv: list[str]) -> dict:
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
     return {"benchmark": "serve_latency", "config": asdict(cfg), "rows": rows,
-            "machine": {"cpus": os.cpu_count(), "threads": cfg.threads, "torch": torch.__version__,
+            "machine": {**cpu_info(), "cpus": os.cpu_count(), "threads": cfg.threads, "torch": torch.__version__,
                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                         "note": "server and clients share this machine's cores"}}
 

@@ -37,7 +37,7 @@ class BenchConfig:
     # the small preset's frozen vision encoder alone (what trainer.cache_features prefills): ms per frame
     # by batch size and backbone.vision_dtype, over encoder_frames frames
     encoder_batch_sizes: list[int] = field(default_factory=lambda: [16, 32, 64])
-    encoder_dtypes: list[str] = field(default_factory=lambda: ["float32", "bfloat16"])
+    encoder_dtypes: list[str] = field(default_factory=lambda: ["float32", "bfloat16", "auto"])
     encoder_frames: int = 256
 
 
@@ -99,7 +99,8 @@ def encoder_rows(dataset: str, cfg: BenchConfig) -> list[dict]:
                     for start in range(0, len(frames), batch):
                         backbone.encode_images(frames[start : start + batch])
                     times.append(time.perf_counter() - t0)
-            rows.append({"encoder": policy.backbone.vision, "vision_dtype": dtype, "batch": batch,
+            rows.append({"encoder": policy.backbone.vision, "vision_dtype": dtype, "runs_in": backbone.vision_dtype,
+                         "batch": batch,
                          "image_size": policy.backbone.image_size,
                          "ms_per_frame": round(1000 * sorted(times)[1] / len(frames), 2)})
     return rows
@@ -125,8 +126,10 @@ def main(argv: list[str]) -> dict:
                                             json.dumps(asdict(cfg)), str(cache)], capture_output=True, text=True, check=True)
                     rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
                     print(rows[-1], file=sys.stderr, flush=True)
+    from vla.hardware import cpu_info
+
     return {"benchmark": "train_throughput", "config": asdict(cfg), "device": "cpu", "rows": rows, "encoder": encoder,
-            "machine": {"cpus": os.cpu_count(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}}
+            "machine": {**cpu_info(), "cpus": os.cpu_count(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}}
 
 
 if __name__ == "__main__":

@@ -146,6 +146,9 @@ def test_bad_configs_fail_before_any_compute(dataset, tmp_path):
     with pytest.raises(TrainError, match=r"names \['builtin/pick'\], which are not tasks of this dataset"):
         train(config(*overrides(dataset, tmp_path / "i"), "trainer.balance_tasks=true",
                      "trainer.task_weights={builtin/pick:2}"), progress=False)
+    for value in ("3", "{grounding.stem:fast}"):  # typed Any in the schema, so checked here
+        with pytest.raises(TrainError, match="trainer.lr_scale must be a mapping of names to numbers"):
+            train(config(*overrides(dataset, tmp_path / "j"), f"trainer.lr_scale={value}"), progress=False)
     train(config(*overrides(dataset, tmp_path / "f"), "trainer.steps=2", "trainer.checkpoint_every=2"), progress=False)
     with pytest.raises(TrainError, match="already holds checkpoints"):
         train(config(*overrides(dataset, tmp_path / "f"), "trainer.steps=2"), progress=False)

@@ -20,6 +20,22 @@ def config_dir() -> Path:
     return shipped if shipped.is_dir() else package.parent / "configs"
 
 
+# Typed schemas a config's defaults list names (e.g. `train.yaml`: `- train_schema`), so that every key exists
+# before presets and overrides merge: a preset need only state what differs from the dataclass defaults, and
+# `policy.backbone.finetune=frozen` still overrides a key the preset leaves out.
+SCHEMAS = {"train_schema": ("vla.train.config", "TrainConfig")}
+
+
+def _register_schemas() -> None:
+    import importlib
+
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for name, (module, cls) in SCHEMAS.items():
+        store.store(name=name, node=getattr(importlib.import_module(module), cls))
+
+
 class ConfigError(ValueError):
     """A config or override that cannot be composed or does not match its schema."""
 
@@ -34,13 +50,18 @@ def compose(config_name: str, overrides: list[str] | None = None, schema: type |
     directory = config_dir()
     if not (directory / f"{config_name}.yaml").is_file():
         raise ConfigError(f"no config {config_name!r} in {directory}")
+    _register_schemas()
     try:
         with initialize_config_dir(config_dir=str(directory), version_base="1.3"):
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
         if schema is not None:
             cfg = OmegaConf.merge(OmegaConf.structured(schema), cfg)
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(f"bad config for `{config_name}` (overrides {list(overrides or [])}): {e}") from e
+        causes = [e]
+        while causes[-1].__cause__ is not None:  # hydra wraps the typed check that says what was wrong
+            causes.append(causes[-1].__cause__)
+        detail = "; ".join(dict.fromkeys(str(c).strip() for c in causes))
+        raise ConfigError(f"bad config for `{config_name}` (overrides {list(overrides or [])}): {detail}") from e
     return cfg
 
 

@@ -44,6 +44,12 @@ def check_setup(cfg: TrainConfig, out: Path) -> TrajectoryStore:
         raise TrainError(f"trainer.steps, batch_size and grad_accum must be >= 1 (got {t.steps}, {t.batch_size}, {t.grad_accum})")
     if t.mixed_precision not in ("no", "bf16", "fp16"):
         raise TrainError(f"trainer.mixed_precision must be no, bf16 or fp16, got {t.mixed_precision!r}")
+    for key in ("lr_scale", "task_weights"):
+        value = getattr(t, key)
+        if value is not None and not (isinstance(value, dict)
+                                      and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value.values())):
+            raise TrainError(f"trainer.{key} must be a mapping of names to numbers, e.g. {{grounding.stem: 3}}, "
+                             f"got {value!r}")
     if t.task_weights:
         if not t.balance_tasks:
             raise TrainError("trainer.task_weights sets each task's share of a batch: it needs trainer.balance_tasks=true")
