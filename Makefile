@@ -66,8 +66,10 @@ bench: setup
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/serve_latency.py
 
+# ruff check (line length 110 included) and ruff format --check, as CI runs them
 lint: setup
-	$(VENV)/bin/ruff check vla envs tests benchmarks
+	$(VENV)/bin/ruff check vla envs tests benchmarks setup.py
+	$(VENV)/bin/ruff format --check vla envs tests benchmarks setup.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache data/demo runs/demo

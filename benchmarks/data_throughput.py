@@ -75,17 +75,29 @@ def main(argv: list[str]) -> dict:
     tmp = None if cfg.out else tempfile.mkdtemp(prefix="vla-bench-")
     url = cfg.out or str(Path(tmp) / "bench.zarr")
     cams = [f"cam{i}" for i in range(cfg.cameras)]
-    meta = DatasetMeta(fps=10, cameras=cams, image_size=(cfg.image_size, cfg.image_size), state_dim=cfg.state_dim,
-                       action_space=ActionSpace(dim=cfg.action_dim, low=-1.0, high=1.0), robot="bench")
+    meta = DatasetMeta(
+        fps=10,
+        cameras=cams,
+        image_size=(cfg.image_size, cfg.image_size),
+        state_dim=cfg.state_dim,
+        action_space=ActionSpace(dim=cfg.action_dim, low=-1.0, high=1.0),
+        robot="bench",
+    )
     rng = np.random.default_rng(0)
     episodes = []  # rendered up front so the write timing is the store's alone
     for _ in range(cfg.episodes):
-        episodes.append(dict(
-            images={c: render_episode(rng, cfg.episode_length, cfg.image_size, i) for i, c in enumerate(cams)},
-            state=rng.normal(size=(cfg.episode_length, cfg.state_dim)).astype(np.float32),
-            action=rng.uniform(-1, 1, (cfg.episode_length, cfg.action_dim)).astype(np.float32),
-            instruction="push the red block onto the blue pad", task="bench", success=True,
-        ))
+        episodes.append(
+            dict(
+                images={
+                    c: render_episode(rng, cfg.episode_length, cfg.image_size, i) for i, c in enumerate(cams)
+                },
+                state=rng.normal(size=(cfg.episode_length, cfg.state_dim)).astype(np.float32),
+                action=rng.uniform(-1, 1, (cfg.episode_length, cfg.action_dim)).astype(np.float32),
+                instruction="push the red block onto the blue pad",
+                task="bench",
+                success=True,
+            )
+        )
     try:
         t0 = time.perf_counter()
         with TrajectoryWriter(url, meta, overwrite=True) as w:
@@ -108,8 +120,13 @@ def main(argv: list[str]) -> dict:
             return 1
 
         def loader_rate(dataset: WindowDataset, workers: int) -> float:
-            loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=workers,
-                                persistent_workers=workers > 0)
+            loader = DataLoader(
+                dataset,
+                batch_size=cfg.batch_size,
+                shuffle=True,
+                num_workers=workers,
+                persistent_workers=workers > 0,
+            )
             it = iter(loader)
             next(it)  # worker start-up is not throughput
 
@@ -123,7 +140,9 @@ def main(argv: list[str]) -> dict:
 
             return median_rate(one_batch, cfg.seconds)
 
-        zarr_ds = WindowDataset(store, WindowConfig(n_obs_steps=cfg.n_obs_steps, horizon=cfg.horizon, in_memory=False))
+        zarr_ds = WindowDataset(
+            store, WindowConfig(n_obs_steps=cfg.n_obs_steps, horizon=cfg.horizon, in_memory=False)
+        )
         zpos = [0]
 
         def one_zarr_window() -> int:
@@ -148,8 +167,13 @@ def main(argv: list[str]) -> dict:
                 "zarr_direct_getitem": round(median_rate(one_zarr_window, min(cfg.seconds, 3.0)), 1),
             },
             "target_single_process": 2000,
-            "machine": {**cpu_info(), "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-                        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
+            "machine": {
+                **cpu_info(),
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            },
         }
         result["meets_target"] = result["windows_per_s"]["single_process_getitem"] >= 2000
         return result

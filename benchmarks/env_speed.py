@@ -67,11 +67,21 @@ def main(argv: list[str]) -> dict:
         for quality in qualities:
             options = {"render_quality": quality} if envs.spec(name).suite != "builtin" else {}
             row[f"with_cameras_{quality}"] = round(
-                steps_per_second(name, cfg.steps, image_size=cfg.image_size, **options), 1)
+                steps_per_second(name, cfg.steps, image_size=cfg.image_size, **options), 1
+            )
         rows[name] = row
         print(f"{name}: {row}", file=sys.stderr, flush=True)
-    return {"benchmark": "env_speed", "unit": "steps/s", "config": asdict(cfg), "envs": rows,
-            "machine": {"cpus": os.cpu_count(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), **cpu_info()}}
+    return {
+        "benchmark": "env_speed",
+        "unit": "steps/s",
+        "config": asdict(cfg),
+        "envs": rows,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            **cpu_info(),
+        },
+    }
 
 
 if __name__ == "__main__":

@@ -51,9 +51,14 @@ def evaluate(name: str, episodes: int) -> dict:
     finally:
         env.close()
     lo, hi = wilson(wins, episodes)
-    return {"successes": wins, "episodes": episodes, "success_rate": round(wins / episodes, 3),
-            "ci95": [round(lo, 3), round(hi, 3)], "mean_length": round(float(np.mean(lengths)), 1),
-            "seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "successes": wins,
+        "episodes": episodes,
+        "success_rate": round(wins / episodes, 3),
+        "ci95": [round(lo, 3), round(hi, 3)],
+        "mean_length": round(float(np.mean(lengths)), 1),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def main(argv: list[str]) -> dict:

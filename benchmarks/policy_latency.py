@@ -40,8 +40,15 @@ class BenchConfig:
 
 
 def builtin_push_meta(size: int) -> DatasetMeta:
-    return DatasetMeta(fps=10, cameras=["top"], image_size=(size, size), state_dim=4,
-                       action_space=ActionSpace(dim=2, low=[-1, -1], high=[1, 1]), robot="point_pusher", env="builtin/push")
+    return DatasetMeta(
+        fps=10,
+        cameras=["top"],
+        image_size=(size, size),
+        state_dim=4,
+        action_space=ActionSpace(dim=2, low=[-1, -1], high=[1, 1]),
+        robot="point_pusher",
+        env="builtin/push",
+    )
 
 
 def identity_normalizer() -> Normalizer:
@@ -64,11 +71,16 @@ def main(argv: list[str]) -> dict:
     torch.set_num_threads(cfg.threads)
     meta = builtin_push_meta(cfg.image_size)
     rng = np.random.default_rng(0)
-    obs = {"images": {"top": rng.integers(0, 256, (1, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)},
-           "state": rng.normal(size=(1, 4)).astype(np.float32), "instruction": ["push the red block onto the blue pad"]}
+    obs = {
+        "images": {"top": rng.integers(0, 256, (1, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)},
+        "state": rng.normal(size=(1, 4)).astype(np.float32),
+        "instruction": ["push the red block onto the blue pad"],
+    }
     rows = []
     for preset in cfg.presets:
-        base = to_object(yaml.safe_load((config_dir() / "policy" / f"{preset}.yaml").read_text()), PolicyConfig)
+        base = to_object(
+            yaml.safe_load((config_dir() / "policy" / f"{preset}.yaml").read_text()), PolicyConfig
+        )
         for head in cfg.heads:
             base.head.kind = head
             torch.manual_seed(0)
@@ -78,16 +90,36 @@ def main(argv: list[str]) -> dict:
             settings = [{"vision_steps": n} for n in cfg.vision_steps] if head == "dual_stream" else [{}]
             for extra in settings:
                 times = time_chunks(policy, obs, cfg.repeats, **extra)
-                row = {"preset": preset, "head": head, **({"action_steps": base.head.action_steps} if head != "diffusion"
-                                                          else {"ddim_steps": base.head.diffusion_sample_steps}),
-                       **extra, "params_m": round(params / 1e6, 2), "trainable_m": round(trainable / 1e6, 2),
-                       "median_ms": round(float(np.median(times)), 1), "p95_ms": round(float(np.percentile(times, 95)), 1)}
+                row = {
+                    "preset": preset,
+                    "head": head,
+                    **(
+                        {"action_steps": base.head.action_steps}
+                        if head != "diffusion"
+                        else {"ddim_steps": base.head.diffusion_sample_steps}
+                    ),
+                    **extra,
+                    "params_m": round(params / 1e6, 2),
+                    "trainable_m": round(trainable / 1e6, 2),
+                    "median_ms": round(float(np.median(times)), 1),
+                    "p95_ms": round(float(np.percentile(times, 95)), 1),
+                }
                 rows.append(row)
                 print(row, file=sys.stderr, flush=True)
-    return {"benchmark": "policy_latency", "config": asdict(cfg), "batch": 1, "rows": rows,
-            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "machine": {**cpu_info(), "cpus": os.cpu_count(), "threads": cfg.threads, "torch": torch.__version__,
-                        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}}
+    return {
+        "benchmark": "policy_latency",
+        "config": asdict(cfg),
+        "batch": 1,
+        "rows": rows,
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "machine": {
+            **cpu_info(),
+            "cpus": os.cpu_count(),
+            "threads": cfg.threads,
+            "torch": torch.__version__,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        },
+    }
 
 
 if __name__ == "__main__":

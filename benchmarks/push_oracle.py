@@ -45,14 +45,16 @@ class BenchConfig:
     episodes: int = 100  # held-out evaluation episodes per execute_steps value
     seed: int = 100000
     execute_steps: list[int] = field(default_factory=lambda: [1, 4])
-    # std of the errors (workspace units; the table is 1 x 1) added to the block and pad positions at test time
+    # std of the errors (workspace units; the table is 1 x 1) added to the block and pad positions at test
+    # time
     perception_noise: list[float] = field(default_factory=lambda: [0.01, 0.02])
     train_noise: list[float] = field(default_factory=lambda: [0.0, 0.01])  # one regressor per value
 
 
 def privileged_features(env: TabletopEnv) -> np.ndarray:
-    return np.concatenate([env.pusher, env.velocity / env.max_speed, env.blocks[env.target_block],
-                           env.pads[env.target_pad]]).astype(np.float32)
+    return np.concatenate(
+        [env.pusher, env.velocity / env.max_speed, env.blocks[env.target_block], env.pads[env.target_pad]]
+    ).astype(np.float32)
 
 
 def expert_chunks(demos: int, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,8 +82,11 @@ def expert_chunks(demos: int, horizon: int) -> tuple[torch.Tensor, torch.Tensor]
 OBJECTS = slice(4, 8)  # the block and pad positions in `privileged_features`
 
 
-def rollout_success(net: nn.Module, cfg: BenchConfig, execute: int, noise: str = "none", std: float = 0.0) -> float:
-    """Closed-loop success; ``noise`` "per_step" | "per_episode" adds N(0, std) to the block and pad positions."""
+def rollout_success(
+    net: nn.Module, cfg: BenchConfig, execute: int, noise: str = "none", std: float = 0.0
+) -> float:
+    """Closed-loop success; ``noise`` "per_step" | "per_episode" adds N(0, std) to the block and pad
+    positions."""
     env = TabletopEnv(kind="push", cameras=["top"])
     rng = np.random.default_rng(cfg.seed)
     successes = 0
@@ -103,11 +108,20 @@ def rollout_success(net: nn.Module, cfg: BenchConfig, execute: int, noise: str =
     return successes / cfg.episodes
 
 
-def fit(features: torch.Tensor, chunks: torch.Tensor, cfg: BenchConfig, train_noise: float) -> tuple[nn.Module, float, float]:
+def fit(
+    features: torch.Tensor, chunks: torch.Tensor, cfg: BenchConfig, train_noise: float
+) -> tuple[nn.Module, float, float]:
     """(regressor, final loss, seconds); ``train_noise`` jitters the block and pad inputs of every batch."""
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(features.shape[1], cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, cfg.hidden), nn.SiLU(),
-                        nn.Linear(cfg.hidden, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, chunks.shape[1]))
+    net = nn.Sequential(
+        nn.Linear(features.shape[1], cfg.hidden),
+        nn.SiLU(),
+        nn.Linear(cfg.hidden, cfg.hidden),
+        nn.SiLU(),
+        nn.Linear(cfg.hidden, cfg.hidden),
+        nn.SiLU(),
+        nn.Linear(cfg.hidden, chunks.shape[1]),
+    )
     optimizer = torch.optim.AdamW(net.parameters(), cfg.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.steps)
     generator = torch.Generator().manual_seed(0)
@@ -131,11 +145,27 @@ def main(argv: list[str]) -> dict:
     for train_noise in cfg.train_noise:
         net, loss, train_s = fit(features, chunks, cfg, train_noise)
         fitted = {"train_noise": train_noise, "final_loss": round(loss, 5), "train_s": round(train_s, 1)}
-        rows += [{**fitted, "execute_steps": e, "test_noise": "none", "noise_std": 0.0,
-                  "success_rate": rollout_success(net, cfg, e)} for e in cfg.execute_steps]
-        rows += [{**fitted, "execute_steps": 1, "test_noise": kind, "noise_std": std,
-                  "success_rate": rollout_success(net, cfg, 1, kind, std)}
-                 for kind in ("per_step", "per_episode") for std in cfg.perception_noise]
+        rows += [
+            {
+                **fitted,
+                "execute_steps": e,
+                "test_noise": "none",
+                "noise_std": 0.0,
+                "success_rate": rollout_success(net, cfg, e),
+            }
+            for e in cfg.execute_steps
+        ]
+        rows += [
+            {
+                **fitted,
+                "execute_steps": 1,
+                "test_noise": kind,
+                "noise_std": std,
+                "success_rate": rollout_success(net, cfg, 1, kind, std),
+            }
+            for kind in ("per_step", "per_episode")
+            for std in cfg.perception_noise
+        ]
     return {"benchmark": "push_oracle", "config": asdict(cfg), "frames": len(features), "rows": rows}
 
 

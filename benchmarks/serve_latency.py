@@ -49,8 +49,11 @@ class BenchConfig:
 
 def observation(i: int, size: int) -> dict:
     rng = np.random.default_rng(i)
-    return {"images": {"top": rng.integers(0, 256, (size, size, 3), dtype=np.uint8)},
-            "state": rng.normal(size=4).astype(np.float32), "instruction": "push the red block onto the blue pad"}
+    return {
+        "images": {"top": rng.integers(0, 256, (size, size, 3), dtype=np.uint8)},
+        "state": rng.normal(size=4).astype(np.float32),
+        "instruction": "push the red block onto the blue pad",
+    }
 
 
 def round_trips(url: str, cfg: BenchConfig) -> dict:
@@ -62,8 +65,12 @@ def round_trips(url: str, cfg: BenchConfig) -> dict:
     rt = [r.round_trip_ms for r in replies]
     server_total = [r.server_timing["total_ms"] for r in replies]
     infer = [r.server_timing["infer_ms"] for r in replies]
-    return {"round_trip_ms": round(float(np.median(rt)), 2), "round_trip_p95_ms": round(float(np.percentile(rt, 95)), 2),
-            "server_total_ms": round(float(np.median(server_total)), 2), "server_infer_ms": round(float(np.median(infer)), 2)}
+    return {
+        "round_trip_ms": round(float(np.median(rt)), 2),
+        "round_trip_p95_ms": round(float(np.percentile(rt, 95)), 2),
+        "server_total_ms": round(float(np.median(server_total)), 2),
+        "server_infer_ms": round(float(np.median(infer)), 2),
+    }
 
 
 def throughput(url: str, n_clients: int, cfg: BenchConfig) -> dict:
@@ -93,10 +100,14 @@ def throughput(url: str, n_clients: int, cfg: BenchConfig) -> dict:
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
-    return {"clients": n_clients, "requests_per_s": round(len(latencies) / elapsed, 1),
-            "latency_median_ms": round(float(np.median(latencies)), 1),
-            "latency_p95_ms": round(float(np.percentile(latencies, 95)), 1),
-            "mean_batch_size": round(float(np.mean(batch_sizes)), 2), "errors": errors}
+    return {
+        "clients": n_clients,
+        "requests_per_s": round(len(latencies) / elapsed, 1),
+        "latency_median_ms": round(float(np.median(latencies)), 1),
+        "latency_p95_ms": round(float(np.percentile(latencies, 95)), 1),
+        "mean_batch_size": round(float(np.mean(batch_sizes)), 2),
+        "errors": errors,
+    }
 
 
 def main(argv: list[str]) -> dict:
@@ -106,19 +117,26 @@ def main(argv: list[str]) -> dict:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for preset in cfg.presets:
-            config = to_object(yaml.safe_load((config_dir() / "policy" / f"{preset}.yaml").read_text()), PolicyConfig)
+            config = to_object(
+                yaml.safe_load((config_dir() / "policy" / f"{preset}.yaml").read_text()), PolicyConfig
+            )
             config.head.kind = cfg.head
             torch.manual_seed(0)
             policy = Policy(config, meta, identity_normalizer()).eval()
             checkpoint = policy.save(os.path.join(tmp, preset))
             single = observation(0, cfg.image_size)
-            batched = {"images": {"top": single["images"]["top"][None]}, "state": single["state"][None],
-                       "instruction": [single["instruction"]]}
+            batched = {
+                "images": {"top": single["images"]["top"][None]},
+                "state": single["state"][None],
+                "instruction": [single["instruction"]],
+            }
             in_process = float(np.median(time_chunks(policy, batched, cfg.repeats)))
             del policy
             row = {"preset": preset, "head": cfg.head, "in_process_ms": round(in_process, 2)}
             for batching, max_batch in (("batched", cfg.max_batch), ("unbatched", 1)):
-                server = ServerProcess(str(checkpoint), f"max_batch={max_batch}", f"max_wait_ms={cfg.max_wait_ms}")
+                server = ServerProcess(
+                    str(checkpoint), f"max_batch={max_batch}", f"max_wait_ms={cfg.max_wait_ms}"
+                )
                 try:
                     if batching == "batched":
                         row |= round_trips(server.url, cfg)
@@ -128,10 +146,19 @@ def main(argv: list[str]) -> dict:
                     server.stop()
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
-    return {"benchmark": "serve_latency", "config": asdict(cfg), "rows": rows,
-            "machine": {**cpu_info(), "cpus": os.cpu_count(), "threads": cfg.threads, "torch": torch.__version__,
-                        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-                        "note": "server and clients share this machine's cores"}}
+    return {
+        "benchmark": "serve_latency",
+        "config": asdict(cfg),
+        "rows": rows,
+        "machine": {
+            **cpu_info(),
+            "cpus": os.cpu_count(),
+            "threads": cfg.threads,
+            "torch": torch.__version__,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "note": "server and clients share this machine's cores",
+        },
+    }
 
 
 if __name__ == "__main__":

@@ -33,12 +33,33 @@ for _task, _desc in (
     ("Door", "open the door"),
     ("LiftColor", "three coloured cubes; the instruction names the one to lift (language-conditioned)"),
 ):
-    register(EnvSpec(f"robosuite/{_task}", "envs.robosuite_env:RobosuiteEnv", _desc, (("task", _task),), requires="sim"))
+    register(
+        EnvSpec(
+            f"robosuite/{_task}", "envs.robosuite_env:RobosuiteEnv", _desc, (("task", _task),), requires="sim"
+        )
+    )
 
-_MT10 = ("reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
-         "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3")
+_MT10 = (
+    "reach-v3",
+    "push-v3",
+    "pick-place-v3",
+    "door-open-v3",
+    "drawer-open-v3",
+    "drawer-close-v3",
+    "button-press-topdown-v3",
+    "peg-insert-side-v3",
+    "window-open-v3",
+    "window-close-v3",
+)
 for _task in _MT10:
-    register(EnvSpec(f"metaworld/{_task}", "envs.metaworld_env:MetaWorldEnv", f"MetaWorld MT10: {_task}",
-                     (("task", _task),), requires="sim"))
+    register(
+        EnvSpec(
+            f"metaworld/{_task}",
+            "envs.metaworld_env:MetaWorldEnv",
+            f"MetaWorld MT10: {_task}",
+            (("task", _task),),
+            requires="sim",
+        )
+    )
 
 __all__ = ["EnvSpec", "list", "make", "make_vec", "names", "register", "spec"]

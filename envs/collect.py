@@ -33,7 +33,9 @@ class CollectConfig:
     image_size: int | None = None
     max_steps: int | None = None
     control_freq: float | None = None
-    render_quality: str | None = None  # fast | high for the MuJoCo simulators; null = the env's default (fast)
+    render_quality: str | None = (
+        None  # fast | high for the MuJoCo simulators; null = the env's default (fast)
+    )
     videos: int = 2  # mp4s of the first kept episodes, next to the dataset
     max_attempts: int | None = None  # stop after this many tries; null = 3 x episodes + 20
     env_options: dict[str, Any] = field(default_factory=dict)  # extra env-specific options
@@ -45,8 +47,13 @@ class CollectConfig:
             raise ValueError(f"episodes and workers must be >= 1, got {self.episodes} and {self.workers}")
 
     def env_kwargs(self) -> dict[str, Any]:
-        opts = dict(cameras=self.cameras, image_size=self.image_size, max_steps=self.max_steps,
-                    control_freq=self.control_freq, render_quality=self.render_quality)
+        opts = dict(
+            cameras=self.cameras,
+            image_size=self.image_size,
+            max_steps=self.max_steps,
+            control_freq=self.control_freq,
+            render_quality=self.render_quality,
+        )
         return {**{k: v for k, v in opts.items() if v is not None}, **self.env_options}
 
     def dataset_path(self) -> str:
@@ -72,7 +79,8 @@ def _run_episode(seed: int) -> dict[str, Any]:
     rng = np.random.default_rng([seed, 1])
     low, high = env.action_space.low, env.action_space.high
     recorder = EpisodeRecorder(env.unwrapped.meta.cameras)
-    # privileged per-frame targets (e.g. the named object's position) for auxiliary losses, if the env has them
+    # privileged per-frame targets (e.g. the named object's position) for auxiliary losses, if the env has
+    # them
     training_targets = getattr(env.unwrapped, "training_targets", None)
     obs, info = env.reset(seed=seed)
     expert.reset()
@@ -90,7 +98,9 @@ def _run_episode(seed: int) -> dict[str, Any]:
 def _save_video(path: Path, episode: dict[str, Any], fps: float) -> None:
     from vla.data.video import write_mp4
 
-    write_mp4(path, np.concatenate([episode["images"][c] for c in episode["images"]], axis=2), fps)  # cameras side by side
+    write_mp4(
+        path, np.concatenate([episode["images"][c] for c in episode["images"]], axis=2), fps
+    )  # cameras side by side
 
 
 def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
@@ -104,19 +114,30 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
     writer = TrajectoryWriter(out, meta)
     state = writer.group.attrs.get("collect") or {}
     if state and state.get("env") != cfg.env:
-        raise ValueError(f"{out} was collected from {state.get('env')!r}, not {cfg.env!r}; choose another out=")
+        raise ValueError(
+            f"{out} was collected from {state.get('env')!r}, not {cfg.env!r}; choose another out="
+        )
     # Each committed episode carries its seed, so a kill between a commit and the attrs update
     # below never repeats a seed; attrs also remember seeds of dropped failures.
     next_seed = int(state.get("next_seed", cfg.seed))
     if writer.num_episodes and "meta/seed" in writer.group:
         next_seed = max(next_seed, int(np.asarray(writer.group["meta/seed"][writer.num_episodes - 1])) + 1)
     needed = cfg.episodes - writer.num_episodes
-    summary: dict[str, Any] = {"dataset": out, "env": cfg.env, "resumed_from_episode": writer.num_episodes,
-                               "resumed_from_seed": next_seed}
+    summary: dict[str, Any] = {
+        "dataset": out,
+        "env": cfg.env,
+        "resumed_from_episode": writer.num_episodes,
+        "resumed_from_seed": next_seed,
+    }
     if needed <= 0:
         _WORKER["env"].close()
-        return {**summary, "added": 0, "attempts": 0, "episodes": writer.num_episodes,
-                "note": f"already holds {writer.num_episodes} >= {cfg.episodes} episodes"}
+        return {
+            **summary,
+            "added": 0,
+            "attempts": 0,
+            "episodes": writer.num_episodes,
+            "note": f"already holds {writer.num_episodes} >= {cfg.episodes} episodes",
+        }
     max_attempts = cfg.max_attempts or 3 * needed + 20
     seeds = list(range(next_seed, next_seed + max_attempts))
     video_dir = Path(out).with_suffix("").with_name(Path(out).stem + "_videos")
@@ -125,7 +146,9 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter()
     pool = None
     if cfg.workers > 1:
-        pool = mp.get_context("spawn").Pool(cfg.workers, _init_worker, (cfg.env, cfg.env_kwargs(), cfg.noise_std))
+        pool = mp.get_context("spawn").Pool(
+            cfg.workers, _init_worker, (cfg.env, cfg.env_kwargs(), cfg.noise_std)
+        )
         results = pool.imap(_run_episode, seeds)
     else:
         results = map(_run_episode, seeds)
@@ -159,13 +182,22 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
     elapsed = time.perf_counter() - t0
     if added < needed:
         raise RuntimeError(
-            f"the expert succeeded in {successes}/{attempts} attempts; {added}/{needed} episodes collected into {out} "
+            f"the expert succeeded in {successes}/{attempts} attempts; {added}/{needed} episodes collected "
+            f"into {out} "
             f"(rerun to continue, or raise max_attempts / use keep=all)"
         )
-    return {**summary, "added": added, "attempts": attempts, "episodes": writer.num_episodes,
-            "expert_success_rate": round(successes / attempts, 4), "frames": frames,
-            "seconds": round(elapsed, 1), "frames_per_s": round(frames / elapsed, 1), "videos": videos,
-            "config": asdict(cfg)}
+    return {
+        **summary,
+        "added": added,
+        "attempts": attempts,
+        "episodes": writer.num_episodes,
+        "expert_success_rate": round(successes / attempts, 4),
+        "frames": frames,
+        "seconds": round(elapsed, 1),
+        "frames_per_s": round(frames / elapsed, 1),
+        "videos": videos,
+        "config": asdict(cfg),
+    }
 
 
 __all__ = ["CollectConfig", "collect"]

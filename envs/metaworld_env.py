@@ -63,9 +63,14 @@ class MetaWorldEnv(gym.Env):
         self.render_quality = render_quality
         self._env = gym.make(
             # the make seed draws MetaWorld's 50 task variants: fix it so every instance has the same set
-            "Meta-World/MT1", env_name=task, seed=0 if seed is None else seed, render_mode="rgb_array" if self.cameras else None,
+            "Meta-World/MT1",
+            env_name=task,
+            seed=0 if seed is None else seed,
+            render_mode="rgb_array" if self.cameras else None,
             camera_name=self.cameras[0] if self.cameras else None,
-            height=self.image_size[0], width=self.image_size[1], disable_env_checker=True,
+            height=self.image_size[0],
+            width=self.image_size[1],
+            disable_env_checker=True,
         )
         base = self._env.unwrapped
         self.control_freq = float(round(1.0 / base.dt, 3))
@@ -82,9 +87,13 @@ class MetaWorldEnv(gym.Env):
     @property
     def meta(self) -> DatasetMeta:
         return DatasetMeta(
-            fps=self.control_freq, cameras=self.cameras, image_size=self.image_size, state_dim=4,
+            fps=self.control_freq,
+            cameras=self.cameras,
+            image_size=self.image_size,
+            state_dim=4,
             action_space=ActionSpace(dim=4, low=[-1.0] * 4, high=[1.0] * 4, kind="delta_xyz+gripper"),
-            robot="sawyer", env=self.name,
+            robot="sawyer",
+            env=self.name,
         )
 
     @property

@@ -28,8 +28,14 @@ class EnvSpec:
         try:
             return getattr(importlib.import_module(module), fn)
         except ImportError as e:
-            hint = f" (install the `{self.requires}` extra: pip install -e '.[{self.requires}]')" if self.requires else ""
-            raise ImportError(f"environment {self.name!r} needs a package that is not installed: {e}{hint}") from e
+            hint = (
+                f" (install the `{self.requires}` extra: pip install -e '.[{self.requires}]')"
+                if self.requires
+                else ""
+            )
+            raise ImportError(
+                f"environment {self.name!r} needs a package that is not installed: {e}{hint}"
+            ) from e
 
 
 _REGISTRY: dict[str, EnvSpec] = {}

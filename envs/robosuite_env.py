@@ -37,7 +37,9 @@ TASKS = {
     "Lift": RobosuiteTask("Lift", "lift the red cube", horizon_s=10.0),
     "Stack": RobosuiteTask("Stack", "stack the red cube on the green cube", horizon_s=15.0),
     "PickPlaceCan": RobosuiteTask("PickPlaceCan", "pick up the can and place it in the bin", horizon_s=20.0),
-    "NutAssemblySquare": RobosuiteTask("NutAssemblySquare", "put the square nut on the square peg", horizon_s=20.0),
+    "NutAssemblySquare": RobosuiteTask(
+        "NutAssemblySquare", "put the square nut on the square peg", horizon_s=20.0
+    ),
     "Door": RobosuiteTask("Door", "open the door", horizon_s=20.0),
     # language-conditioned: three cubes, the instruction names which one to lift
     "LiftColor": RobosuiteTask("VlaLiftColor", "lift the {target} cube", horizon_s=10.0),
@@ -64,21 +66,36 @@ def _register_lift_color() -> None:
             self.robots[0].robot_model.set_base_xpos(
                 self.robots[0].robot_model.base_xpos_offset["table"](self.table_full_size[0])
             )
-            arena = TableArena(table_full_size=self.table_full_size, table_friction=self.table_friction,
-                               table_offset=self.table_offset)
+            arena = TableArena(
+                table_full_size=self.table_full_size,
+                table_friction=self.table_friction,
+                table_offset=self.table_offset,
+            )
             arena.set_origin([0, 0, 0])
             self.cubes = {
-                color: BoxObject(name=f"cube_{color}", size_min=[0.02] * 3, size_max=[0.022] * 3, rgba=rgba, rng=self.rng)
+                color: BoxObject(
+                    name=f"cube_{color}", size_min=[0.02] * 3, size_max=[0.022] * 3, rgba=rgba, rng=self.rng
+                )
                 for color, rgba in CUBE_COLORS.items()
             }
             self.cube = self.cubes["red"]  # Lift's observables and references use self.cube
             self.placement_initializer = UniformRandomSampler(
-                name="ObjectSampler", mujoco_objects=list(self.cubes.values()), x_range=[-0.1, 0.1],
-                y_range=[-0.16, 0.16], rotation=None, ensure_object_boundary_in_range=False,
-                ensure_valid_placement=True, reference_pos=self.table_offset, z_offset=0.01, rng=self.rng,
+                name="ObjectSampler",
+                mujoco_objects=list(self.cubes.values()),
+                x_range=[-0.1, 0.1],
+                y_range=[-0.16, 0.16],
+                rotation=None,
+                ensure_object_boundary_in_range=False,
+                ensure_valid_placement=True,
+                reference_pos=self.table_offset,
+                z_offset=0.01,
+                rng=self.rng,
             )
-            self.model = ManipulationTask(mujoco_arena=arena, mujoco_robots=[r.robot_model for r in self.robots],
-                                          mujoco_objects=list(self.cubes.values()))
+            self.model = ManipulationTask(
+                mujoco_arena=arena,
+                mujoco_robots=[r.robot_model for r in self.robots],
+                mujoco_objects=list(self.cubes.values()),
+            )
 
         def _setup_references(self):
             super()._setup_references()
@@ -157,10 +174,18 @@ class RobosuiteEnv(gym.Env):
     @property
     def meta(self) -> DatasetMeta:
         return DatasetMeta(
-            fps=self.control_freq, cameras=self.cameras, image_size=self.image_size, state_dim=9,
-            action_space=ActionSpace(dim=int(self.action_space.shape[0]), low=self.action_space.low.tolist(),
-                                     high=self.action_space.high.tolist(), kind="osc_pose_delta+gripper"),
-            robot="panda", env=self.name,
+            fps=self.control_freq,
+            cameras=self.cameras,
+            image_size=self.image_size,
+            state_dim=9,
+            action_space=ActionSpace(
+                dim=int(self.action_space.shape[0]),
+                low=self.action_space.low.tolist(),
+                high=self.action_space.high.tolist(),
+                kind="osc_pose_delta+gripper",
+            ),
+            robot="panda",
+            env=self.name,
         )
 
     @property
@@ -244,4 +269,3 @@ class RobosuiteEnv(gym.Env):
 
     def close(self) -> None:
         self._env.close()
-

@@ -13,8 +13,9 @@ def _make(name: str, options: dict) -> gym.Env:
     return make(name, **options)
 
 
-def make_vec(name: str, n: int, vectorization: str = "async", autoreset_mode: str = "NextStep",
-             **options) -> gym.vector.VectorEnv:
+def make_vec(
+    name: str, n: int, vectorization: str = "async", autoreset_mode: str = "NextStep", **options
+) -> gym.vector.VectorEnv:
     """``async``: one process per env (spawn: fork + OpenGL contexts segfault; one EGL context per
     process); ``sync``: all in this process. ``reset(seed=s)`` seeds env i with s + i."""
     if n < 1:
@@ -24,5 +25,7 @@ def make_vec(name: str, n: int, vectorization: str = "async", autoreset_mode: st
         return gym.vector.SyncVectorEnv(fns, autoreset_mode=autoreset_mode)
     if vectorization == "async":
         # shared_memory=False: the instruction is a Text space, which shared memory cannot hold.
-        return gym.vector.AsyncVectorEnv(fns, context="spawn", shared_memory=False, autoreset_mode=autoreset_mode)
+        return gym.vector.AsyncVectorEnv(
+            fns, context="spawn", shared_memory=False, autoreset_mode=autoreset_mode
+        )
     raise ValueError(f"vectorization must be 'async' or 'sync', got {vectorization!r}")

@@ -1,4 +1,5 @@
-"""Shared fixtures: small real Zarr datasets whose values encode (episode, frame), so tests check exact content."""
+"""Shared fixtures: small real Zarr datasets whose values encode (episode, frame), so tests check exact
+content."""
 
 from __future__ import annotations
 
@@ -19,16 +20,23 @@ ACTION_DIM = 2
 
 def make_meta(**overrides) -> DatasetMeta:
     kwargs = dict(
-        fps=10, cameras=list(CAMERAS), image_size=IMAGE_SIZE, state_dim=STATE_DIM,
-        action_space=ActionSpace(dim=ACTION_DIM, low=[-1000.0] * ACTION_DIM, high=[1e6] * ACTION_DIM, kind="delta_ee"),
-        robot="panda", env="builtin/test",
+        fps=10,
+        cameras=list(CAMERAS),
+        image_size=IMAGE_SIZE,
+        state_dim=STATE_DIM,
+        action_space=ActionSpace(
+            dim=ACTION_DIM, low=[-1000.0] * ACTION_DIM, high=[1e6] * ACTION_DIM, kind="delta_ee"
+        ),
+        robot="panda",
+        env="builtin/test",
     )
     kwargs.update(overrides)
     return DatasetMeta(**kwargs)
 
 
 def make_episode(episode: int, length: int, start: int, meta: DatasetMeta | None = None) -> dict:
-    """Frame t (global index g = start + t): state = [g, episode, t], action = [g, -t], image pixels = g % 256."""
+    """Frame t (global index g = start + t): state = [g, episode, t], action = [g, -t], image pixels = g %
+    256."""
     meta = meta or make_meta()
     g = np.arange(start, start + length)
     t = np.arange(length)
@@ -42,11 +50,19 @@ def make_episode(episode: int, length: int, start: int, meta: DatasetMeta | None
         images[cam] = frames
     state = np.stack([g, np.full(length, episode), t], axis=1).astype(np.float32)[:, : meta.state_dim]
     action = np.stack([g, -t], axis=1).astype(np.float32)[:, : meta.action_dim]
-    return dict(images=images, state=state, action=action, instruction=f"instruction {episode}",
-                task=f"task{episode % 2}", success=episode % 3 != 0)
+    return dict(
+        images=images,
+        state=state,
+        action=action,
+        instruction=f"instruction {episode}",
+        task=f"task{episode % 2}",
+        success=episode % 3 != 0,
+    )
 
 
-def write_dataset(url, lengths=(5, 3, 7, 1, 4), meta: DatasetMeta | None = None, **writer_kwargs) -> DatasetMeta:
+def write_dataset(
+    url, lengths=(5, 3, 7, 1, 4), meta: DatasetMeta | None = None, **writer_kwargs
+) -> DatasetMeta:
     meta = meta or make_meta()
     with TrajectoryWriter(url, meta, **writer_kwargs) as w:
         start = w.num_frames
@@ -57,7 +73,8 @@ def write_dataset(url, lengths=(5, 3, 7, 1, 4), meta: DatasetMeta | None = None,
 
 
 def make_random_checkpoint(path, head: str = "dual_stream", seed: int = 0) -> str:
-    """A tiny, untrained policy for builtin/push (its `top` camera at 64 px, state 4, action 2), saved at ``path``."""
+    """A tiny, untrained policy for builtin/push (its `top` camera at 64 px, state 4, action 2), saved at
+    ``path``."""
     import torch
 
     import envs
@@ -66,7 +83,9 @@ def make_random_checkpoint(path, head: str = "dual_stream", seed: int = 0) -> st
 
     meta = envs.make("builtin/push", cameras=["top"], image_size=64).unwrapped.meta
     torch.manual_seed(seed)
-    policy = Policy(PolicyConfig(head=HeadConfig(kind=head)), meta, Normalizer.identity({"state": 4, "action": 2}))
+    policy = Policy(
+        PolicyConfig(head=HeadConfig(kind=head)), meta, Normalizer.identity({"state": 4, "action": 2})
+    )
     policy.eval().save(path)
     return str(path)
 
@@ -83,4 +102,3 @@ def dataset(tmp_path):
     path = tmp_path / "demo.zarr"
     write_dataset(path)
     return path
-

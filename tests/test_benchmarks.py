@@ -13,22 +13,39 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_benchmark(name, *overrides):
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *overrides],
-                         capture_output=True, text=True, check=True, cwd=ROOT, timeout=600)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *overrides],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     return json.loads(out.stdout)
 
 
 def test_bench_list(capsys):
     assert main(["bench", "--list"]) == 0
-    assert capsys.readouterr().out.split() == ["data_throughput", "env_speed", "expert_success", "openloop_error",
-                                                  "policy_latency", "push_oracle", "push_outcomes", "results", "serve_latency",
-                                                  "train_throughput"]
+    assert capsys.readouterr().out.split() == [
+        "data_throughput",
+        "env_speed",
+        "expert_success",
+        "openloop_error",
+        "policy_latency",
+        "push_oracle",
+        "push_outcomes",
+        "results",
+        "serve_latency",
+        "train_throughput",
+    ]
     assert main(["bench", "nope"]) == 2
 
 
 @pytest.mark.slow
 def test_data_throughput_smoke():
-    result = run_benchmark("data_throughput", "episodes=4", "episode_length=10", "seconds=0.3", "batch_size=8")
+    result = run_benchmark(
+        "data_throughput", "episodes=4", "episode_length=10", "seconds=0.3", "batch_size=8"
+    )
     assert result["frames"] == 40 and result["compression_ratio"] > 1
     assert result["windows_per_s"]["single_process_getitem"] > 0
 
@@ -36,22 +53,33 @@ def test_data_throughput_smoke():
 @pytest.mark.slow
 def test_env_speed_and_expert_success_smoke():
     speed = run_benchmark("env_speed", "envs=[builtin/push]", "steps=20")
-    assert speed["envs"]["builtin/push"]["no_cameras"] > speed["envs"]["builtin/push"]["with_cameras_fast"] > 0
+    assert (
+        speed["envs"]["builtin/push"]["no_cameras"] > speed["envs"]["builtin/push"]["with_cameras_fast"] > 0
+    )
     experts = run_benchmark("expert_success", "envs=[builtin/push]", "episodes=5")
     assert experts["envs"]["builtin/push"]["successes"] == 5
 
 
 @pytest.mark.slow
 def test_policy_latency_smoke():
-    result = run_benchmark("policy_latency", "presets=[tiny]", "heads=[dual_stream]", "vision_steps=[0,4]", "repeats=2")
+    result = run_benchmark(
+        "policy_latency", "presets=[tiny]", "heads=[dual_stream]", "vision_steps=[0,4]", "repeats=2"
+    )
     rows = {r["vision_steps"]: r for r in result["rows"]}
     assert set(rows) == {0, 4} and rows[0]["params_m"] > 0 and rows[4]["median_ms"] > 0
 
 
 @pytest.mark.slow
 def test_train_throughput_smoke():
-    result = run_benchmark("train_throughput", "presets=[tiny]", "heads=[flow]", "steps=2", "warmup=1", "episodes=4",
-                           "batch_size=8")
+    result = run_benchmark(
+        "train_throughput",
+        "presets=[tiny]",
+        "heads=[flow]",
+        "steps=2",
+        "warmup=1",
+        "episodes=4",
+        "batch_size=8",
+    )
     (row,) = result["rows"]
     assert row["samples_per_s"] > 0 and row["peak_rss_mib"] > 0 and row["params_m"] > 0
 
@@ -68,8 +96,10 @@ def test_serve_latency_smoke():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("experiment", ["builtin", "heads_builtin", "heads_lift", "lift", "pickplacecan", "liftcolor",
-                                        "mt10", "heads_reach"])
+@pytest.mark.parametrize(
+    "experiment",
+    ["builtin", "heads_builtin", "heads_lift", "lift", "pickplacecan", "liftcolor", "mt10", "heads_reach"],
+)
 def test_results_smoke(experiment, tmp_path):
     """Every docs/results.md command end to end on a tiny budget: demos -> train -> eval -> summary."""
     result = run_benchmark("results", f"experiment={experiment}", "smoke=true", f"out={tmp_path / 'out'}")
@@ -92,7 +122,9 @@ def test_results_keep_saved_rows_of_seeds_not_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(results, "ROOT", tmp_path)
     cfg = results.ExperimentConfig(name="heads", variants={"flow": [], "diffusion": []})
-    with pytest.raises(FileNotFoundError, match="keep_saved=true but docs/results/heads/summary.json does not exist"):
+    with pytest.raises(
+        FileNotFoundError, match="keep_saved=true but docs/results/heads/summary.json does not exist"
+    ):
         results.saved_rows(cfg, set())
     saved = [{"variant": v, "seed": k, "eval": "main"} for v in ("flow", "diffusion", "gone") for k in (0, 1)]
     (tmp_path / "docs" / "results" / "heads").mkdir(parents=True)
@@ -119,7 +151,9 @@ def test_push_outcomes_counts_what_the_episodes_did(random_checkpoint):
     with pytest.raises(subprocess.CalledProcessError) as refused:
         run_benchmark("push_outcomes", f"checkpoint={random_checkpoint}", "episodes=1", "true_targets=true")
     assert "trained without grounding.locate_condition" in refused.value.stderr
-    result = run_benchmark("push_outcomes", f"checkpoint={random_checkpoint}", "episodes=2", "seed=7", "noise_scale=0.5")
+    result = run_benchmark(
+        "push_outcomes", f"checkpoint={random_checkpoint}", "episodes=2", "seed=7", "noise_scale=0.5"
+    )
     assert "locate_abs_error" not in result["summary"]  # this policy has no locate readout
     episodes = result["episodes"]
     assert [e["seed"] for e in episodes] == [7, 8]
@@ -127,16 +161,27 @@ def test_push_outcomes_counts_what_the_episodes_did(random_checkpoint):
     summary = result["summary"]
     assert summary["touched_target"] == sum(e["touched_target"] for e in episodes) / 2
     assert summary["mean_closer_to_pad"] == pytest.approx(
-        sum(e["target_to_pad_start"] - e["target_to_pad_end"] for e in episodes) / 2, abs=1e-3)
+        sum(e["target_to_pad_start"] - e["target_to_pad_end"] for e in episodes) / 2, abs=1e-3
+    )
 
 
 def test_push_oracle_regresses_the_expert_and_rolls_it_out():
-    result = run_benchmark("push_oracle", "demos=5", "steps=3", "episodes=2", "execute_steps=[1,8]",
-                           "perception_noise=[0.05]", "train_noise=[0.0,0.05]")
+    result = run_benchmark(
+        "push_oracle",
+        "demos=5",
+        "steps=3",
+        "episodes=2",
+        "execute_steps=[1,8]",
+        "perception_noise=[0.05]",
+        "train_noise=[0.0,0.05]",
+    )
     assert result["frames"] > 5
     rows = result["rows"]
     assert [(r["train_noise"], r["execute_steps"], r["test_noise"]) for r in rows] == [
-        (n, e, kind) for n in (0.0, 0.05) for e, kind in ((1, "none"), (8, "none"), (1, "per_step"), (1, "per_episode"))]
+        (n, e, kind)
+        for n in (0.0, 0.05)
+        for e, kind in ((1, "none"), (8, "none"), (1, "per_step"), (1, "per_episode"))
+    ]
     assert all(r["final_loss"] > 0 and r["success_rate"] in (0.0, 0.5, 1.0) for r in rows)
     assert rows[0]["final_loss"] != rows[4]["final_loss"]  # the jittered inputs change the fit
 
@@ -147,7 +192,9 @@ def test_openloop_error_smoke(tmp_path, random_checkpoint):
 
     data = str(tmp_path / "push.zarr")
     collect(CollectConfig(episodes=2, out=data, cameras=["top"], videos=0), progress=False)
-    result = run_benchmark("openloop_error", f"checkpoint={random_checkpoint}", f"datasets=[{data}]", "episodes=2")
+    result = run_benchmark(
+        "openloop_error", f"checkpoint={random_checkpoint}", f"datasets=[{data}]", "episodes=2"
+    )
     (row,) = result["rows"]
     assert row["windows"] > 0 and row["chunk_abs_error"] > 0 and row["mean_abs_action"] > 0
 
@@ -157,15 +204,23 @@ def test_results_collections_of_one_env_need_names(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import results
 
-    twice = [results.Collection(env="builtin/reach", episodes=2, overrides=["cameras=[top]", "image_size=32"]),
-             results.Collection(env="builtin/reach", episodes=2, overrides=["cameras=[top]", "image_size=32", "noise_std=0.2"])]
+    twice = [
+        results.Collection(env="builtin/reach", episodes=2, overrides=["cameras=[top]", "image_size=32"]),
+        results.Collection(
+            env="builtin/reach", episodes=2, overrides=["cameras=[top]", "image_size=32", "noise_std=0.2"]
+        ),
+    ]
     cfg = results.ExperimentConfig(name="twice", collect=twice, data_dir=str(tmp_path))
     with pytest.raises(ValueError, match="two collections write .*builtin_reach-2.zarr"):
         results.collect_data(cfg)
     assert not list(tmp_path.iterdir())  # refused before collecting anything
     twice[1].name = "reach-noisy"
     merged = results.collect_data(cfg)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["builtin_reach-2.zarr", "reach-noisy.zarr", "twice-merged.zarr"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "builtin_reach-2.zarr",
+        "reach-noisy.zarr",
+        "twice-merged.zarr",
+    ]
     from vla.data.store import TrajectoryStore
 
     assert TrajectoryStore(merged).num_episodes == 4
@@ -179,13 +234,19 @@ def test_results_rebuilds_a_stale_merged_dataset(tmp_path, monkeypatch):
     from vla.data.store import TrajectoryStore
 
     def config(episodes: int) -> "results.ExperimentConfig":
-        collect = [results.Collection(env=f"builtin/{kind}", episodes=episodes, overrides=["cameras=[top]", "image_size=32"])
-                   for kind in ("push", "reach")]
+        collect = [
+            results.Collection(
+                env=f"builtin/{kind}", episodes=episodes, overrides=["cameras=[top]", "image_size=32"]
+            )
+            for kind in ("push", "reach")
+        ]
         return results.ExperimentConfig(name="suite", collect=collect, data_dir=str(tmp_path))
 
     merged = results.collect_data(config(1))
     assert TrajectoryStore(merged).num_episodes == 2
-    assert results.merged_is_current(merged, [str(tmp_path / "builtin_push-1.zarr"), str(tmp_path / "builtin_reach-1.zarr")])
+    assert results.merged_is_current(
+        merged, [str(tmp_path / "builtin_push-1.zarr"), str(tmp_path / "builtin_reach-1.zarr")]
+    )
     assert results.collect_data(config(2)) == merged
     store = TrajectoryStore(merged)
     assert store.num_episodes == 4 and sorted(set(store.tasks)) == ["builtin/push", "builtin/reach"]

@@ -18,8 +18,10 @@ from vla.data import PartialTailWarning, TrajectoryStore, validate
 
 def test_collect_builtin(tmp_path):
     out = str(tmp_path / "push.zarr")
-    summary = collect(CollectConfig(env="builtin/push", episodes=12, out=out, cameras=["top", "wrist"], videos=2),
-                      progress=False)
+    summary = collect(
+        CollectConfig(env="builtin/push", episodes=12, out=out, cameras=["top", "wrist"], videos=2),
+        progress=False,
+    )
     assert summary["added"] == 12 and summary["expert_success_rate"] == 1.0
     store = TrajectoryStore(out)
     assert store.num_episodes == 12 and store.success.all()
@@ -28,7 +30,9 @@ def test_collect_builtin(tmp_path):
     assert all(i.startswith("push the ") for i in store.instructions)
     assert validate(out).ok and not validate(out).warnings
     video = iio.imread(summary["videos"][0])
-    assert video.shape[0] == store.episode_lengths[0] and video.shape[2] >= 2 * 64  # both cameras side by side
+    assert (
+        video.shape[0] == store.episode_lengths[0] and video.shape[2] >= 2 * 64
+    )  # both cameras side by side
 
 
 def test_workers_give_the_same_dataset(tmp_path):
@@ -48,16 +52,21 @@ def test_keep_all_marks_failures(tmp_path):
     assert store.num_episodes == 4 and not store.success.any() and summary["expert_success_rate"] == 0.0
     assert "failure" in summary["videos"][0]
     with pytest.raises(RuntimeError, match="succeeded in 0/"):
-        collect(CollectConfig(episodes=2, out=str(tmp_path / "x.zarr"), max_steps=3, max_attempts=3, videos=0),
-                progress=False)
+        collect(
+            CollectConfig(episodes=2, out=str(tmp_path / "x.zarr"), max_steps=3, max_attempts=3, videos=0),
+            progress=False,
+        )
 
 
 def test_killed_collection_resumes_to_the_same_dataset(tmp_path):
     reference = str(tmp_path / "ref.zarr")
     collect(CollectConfig(episodes=40, out=reference, videos=0), progress=False)
     out = str(tmp_path / "killed.zarr")
-    proc = subprocess.Popen([sys.executable, "-m", "vla.cli", "collect", "episodes=40", f"out={out}", "videos=0"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vla.cli", "collect", "episodes=40", f"out={out}", "videos=0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 60
     while time.time() < deadline:  # kill once some, but not all, episodes are in
         time.sleep(0.05)
@@ -99,7 +108,9 @@ def test_cli_collect_and_errors(tmp_path, capsys):
 def test_collect_robosuite_lift_with_images(tmp_path):
     pytest.importorskip("robosuite")
     out = str(tmp_path / "lift.zarr")
-    summary = collect(CollectConfig(env="robosuite/Lift", episodes=3, out=out, image_size=64, videos=1), progress=False)
+    summary = collect(
+        CollectConfig(env="robosuite/Lift", episodes=3, out=out, image_size=64, videos=1), progress=False
+    )
     assert summary["expert_success_rate"] == 1.0
     store = TrajectoryStore(out)
     assert store.meta.cameras == ["agentview", "robot0_eye_in_hand"] and store.meta.image_size == (64, 64)

@@ -68,7 +68,10 @@ def test_ensemble_smooths_a_noisy_stream_at_boundaries():
 
 
 def test_make_executor():
-    assert isinstance(make_executor("receding", 8), RecedingHorizon) and make_executor("receding", 8).execute == 4
+    assert (
+        isinstance(make_executor("receding", 8), RecedingHorizon)
+        and make_executor("receding", 8).execute == 4
+    )
     assert isinstance(make_executor("ensemble", 8), TemporalEnsemble)
     assert make_executor("rtc", 8, delay=2).delay == 2
     with pytest.raises(ValueError, match="unknown chunk execution strategy 'bidirectional'"):

@@ -39,7 +39,9 @@ def test_loop_follows_the_served_policy_at_a_fixed_rate(server, random_checkpoin
     assert 30 / RATE * 0.9 < episode.wall_s < 30 / RATE * 1.6  # a fixed rate, not as fast as possible
     # the first chunk is the policy's answer to the reset observation with the loop's request seed
     robot.reset(3)
-    chunk = load_policy(random_checkpoint).predict_chunk(robot.observe(), generator=[torch.Generator().manual_seed(3 * 100_003)])[0]
+    chunk = load_policy(random_checkpoint).predict_chunk(
+        robot.observe(), generator=[torch.Generator().manual_seed(3 * 100_003)]
+    )[0]
     lead = min(episode.lead_steps, 4)
     np.testing.assert_allclose(np.asarray(episode.actions[:lead]), chunk[:lead], atol=1e-5)
     robot.close()
@@ -86,10 +88,22 @@ def test_executors_report_coverage():
 
 
 def test_vla_robot_cli(server, tmp_path, capsys):
-    assert main(["robot", f"url={server.url}", "episodes=2", "max_steps=12", "rate_hz=40", f"out={tmp_path}",
-                 "strategy=rtc"]) == 0
+    assert (
+        main(
+            [
+                "robot",
+                f"url={server.url}",
+                "episodes=2",
+                "max_steps=12",
+                "rate_hz=40",
+                f"out={tmp_path}",
+                "strategy=rtc",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    summary = __import__("json").loads(out[out.index("{"):])
+    summary = __import__("json").loads(out[out.index("{") :])
     assert summary["episodes"] == 2 and [e["steps"] for e in summary["per_episode"]] == [12, 12]
     assert (tmp_path / "control.json").exists()
     # a robot whose cameras do not fit the served policy is refused before it moves

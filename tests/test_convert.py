@@ -33,8 +33,9 @@ def make_robomimic(path, lengths=(5, 3, 6), names=("demo_0", "demo_1", "demo_10"
     demos = {}
     with h5py.File(path, "w") as f:
         data = f.create_group("data")
-        data.attrs["env_args"] = json.dumps({"env_name": "Lift", "type": 1,
-                                             "env_kwargs": {"control_freq": 20, "robots": ["Panda"]}})
+        data.attrs["env_args"] = json.dumps(
+            {"env_name": "Lift", "type": 1, "env_kwargs": {"control_freq": 20, "robots": ["Panda"]}}
+        )
         for name, n in zip(names, lengths, strict=True):
             g = data.create_group(name)
             obs = {
@@ -73,7 +74,9 @@ def test_robomimic_round_trip(tmp_path):
         ep = store.episode(e)
         np.testing.assert_array_equal(ep["images"]["agentview"], obs["agentview_image"])
         np.testing.assert_array_equal(ep["images"]["robot0_eye_in_hand"], obs["robot0_eye_in_hand_image"])
-        expected_state = np.concatenate([obs["robot0_eef_pos"], obs["robot0_eef_quat"], obs["robot0_gripper_qpos"]], 1)
+        expected_state = np.concatenate(
+            [obs["robot0_eef_pos"], obs["robot0_eef_quat"], obs["robot0_gripper_qpos"]], 1
+        )
         np.testing.assert_array_equal(ep["state"], expected_state)
         np.testing.assert_array_equal(ep["action"], actions)
         assert ep["instruction"] == "lift the red cube" and ep["task"] == "Lift"
@@ -91,7 +94,9 @@ def test_robomimic_errors_leave_nothing(tmp_path, capsys):
     with h5py.File(src, "a") as f:  # corrupt the last demo: one frame missing from an image key
         del f["data/demo_10/obs/agentview_image"]
         f["data/demo_10/obs/agentview_image"] = RNG.integers(0, 256, (5, 16, 20, 3), dtype=np.uint8)
-    with pytest.raises(ConversionError, match="data/demo_10/obs/agentview_image has 5 frames but actions has 6"):
+    with pytest.raises(
+        ConversionError, match="data/demo_10/obs/agentview_image has 5 frames but actions has 6"
+    ):
         convert(src, dst, progress=False)
     assert not dst.exists() and not list(tmp_path.glob(".*converting*"))  # nothing that looks complete
     assert main(["data", "convert", str(src), str(dst)]) == 2
@@ -149,7 +154,10 @@ def test_lerobot_lossless_round_trip_with_videos_across_files(tmp_path, dataset)
 def test_lerobot_inline_images_round_trip(tmp_path, dataset):
     out, back = tmp_path / "lerobot", tmp_path / "back.zarr"
     to_lerobot(dataset, out, video_codec=None, progress=False)
-    assert json.loads((out / "meta" / "info.json").read_text())["features"]["observation.images.wrist"]["dtype"] == "image"
+    assert (
+        json.loads((out / "meta" / "info.json").read_text())["features"]["observation.images.wrist"]["dtype"]
+        == "image"
+    )
     from_lerobot(out, back, progress=False)
     check_same(dataset, back)
 
@@ -170,8 +178,12 @@ def test_lerobot_lossy_codecs_decode(tmp_path, codec):
     meta = make_meta(image_size=(64, 64), cameras=["top"])
     with TrajectoryWriter(src, meta) as w:
         for e, n in enumerate((12, 9)):
-            w.add_episode(images={"top": smooth_frames(n, 64, 64, e)}, state=np.zeros((n, 3), np.float32),
-                          action=np.ones((n, 2), np.float32) * e, instruction=f"task {e}")
+            w.add_episode(
+                images={"top": smooth_frames(n, 64, 64, e)},
+                state=np.zeros((n, 3), np.float32),
+                action=np.ones((n, 2), np.float32) * e,
+                instruction=f"task {e}",
+            )
     out, back = tmp_path / "lr", tmp_path / "back.zarr"
     to_lerobot(src, out, video_codec=codec, progress=False)
     from_lerobot(out, back, progress=False)
@@ -219,12 +231,18 @@ def test_merge_keeps_every_episode_and_names_the_suite(tmp_path, capsys):
     write_dataset(b, lengths=(4,), meta=make_meta(env="builtin/reach"))
     assert main(["data", "merge", str(a), str(b), "--out", str(tmp_path / "ab.zarr")]) == 0
     merged = TrajectoryStore(tmp_path / "ab.zarr")
-    assert merged.num_episodes == 3 and list(merged.episode_lengths) == [3, 2, 4] and merged.meta.env == "builtin"
+    assert (
+        merged.num_episodes == 3
+        and list(merged.episode_lengths) == [3, 2, 4]
+        and merged.meta.env == "builtin"
+    )
     src = TrajectoryStore(b).episode(0)
     np.testing.assert_array_equal(merged.episode(2)["images"]["front"], src["images"]["front"])
     np.testing.assert_array_equal(merged.episode(2)["action"], src["action"])
     assert merged.episode(2)["instruction"] == src["instruction"] and merged.stats() is not None
-    assert merged_env(["metaworld/reach-v3", "robosuite/Lift"]) is None and merged_env(["x/y", "x/y"]) == "x/y"
+    assert (
+        merged_env(["metaworld/reach-v3", "robosuite/Lift"]) is None and merged_env(["x/y", "x/y"]) == "x/y"
+    )
     # a dataset with other cameras is refused and nothing is left behind
     write_dataset(tmp_path / "c.zarr", lengths=(2,), meta=make_meta(cameras=["front"]))
     assert main(["data", "merge", str(a), str(tmp_path / "c.zarr"), "--out", str(tmp_path / "bad.zarr")]) == 2

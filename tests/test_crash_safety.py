@@ -1,4 +1,5 @@
-"""A writer killed with SIGKILL mid-episode loses no committed episode; the next open drops the partial tail."""
+"""A writer killed with SIGKILL mid-episode loses no committed episode; the next open drops the partial
+tail."""
 
 import os
 import signal
@@ -81,8 +82,12 @@ def check_committed(url, n_episodes, lengths=(6, 5, 40, 7)):
 )
 def test_sigkill_mid_episode_keeps_committed_episodes(tmp_path, phase):
     url = str(tmp_path / "crash.zarr")
-    proc = subprocess.run([sys.executable, "-c", CHILD.format(tests=str(TESTS)), url, phase, "2"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD.format(tests=str(TESTS)), url, phase, "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     frames = check_committed(url, 2)
 
@@ -124,8 +129,9 @@ LOOP_CHILD = textwrap.dedent(
 def test_sigkill_at_an_arbitrary_moment(tmp_path, delay):
     """Not cooperative: kill a busy writer at an arbitrary time, then verify every committed frame."""
     url = str(tmp_path / "loop.zarr")
-    proc = subprocess.Popen([sys.executable, "-c", LOOP_CHILD.format(tests=str(TESTS)), url],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LOOP_CHILD.format(tests=str(TESTS)), url], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "0"  # at least one episode committed
     time.sleep(delay)
     os.kill(proc.pid, signal.SIGKILL)

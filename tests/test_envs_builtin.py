@@ -37,7 +37,13 @@ def run_expert(env, seeds):
 
 def test_registry_lists_suites():
     names = envs.list()
-    assert {"builtin/push", "builtin/reach", "robosuite/Lift", "robosuite/LiftColor", "metaworld/reach-v3"} <= set(names)
+    assert {
+        "builtin/push",
+        "builtin/reach",
+        "robosuite/Lift",
+        "robosuite/LiftColor",
+        "metaworld/reach-v3",
+    } <= set(names)
     assert envs.list("builtin") == ["builtin/push", "builtin/reach"]
     assert len(envs.list("metaworld")) == 10
     with pytest.raises(KeyError, match="unknown environment 'builtin/nope'; available: builtin/push"):
@@ -84,13 +90,20 @@ def test_target_block_is_drawn_where_the_state_says():
     assert tuple(obs["images"]["top"][py, px]) == COLORS[base.block_colors[base.target_block]]
     # the training targets point at the named block and the named pad (its ring is drawn in the pad's colour)
     block_x, block_y, pad_x, pad_y = base.training_targets()
-    assert (block_x, block_y) == pytest.approx((x, y)) and base.meta.target_names == ["block_x", "block_y", "goal_x", "goal_y"]
+    assert (block_x, block_y) == pytest.approx((x, y)) and base.meta.target_names == [
+        "block_x",
+        "block_y",
+        "goal_x",
+        "goal_y",
+    ]
     ring_x = int((pad_x + base.pad_half * 0.9) * 64)
     assert tuple(obs["images"]["top"][int(pad_y * 64), ring_x]) == COLORS[base.pad_colors[base.target_pad]]
     # reach names no pad: its goal is the block itself
     reach = envs.make("builtin/reach").unwrapped
     reach.reset(seed=1)
-    np.testing.assert_array_equal(reach.training_targets()[2:], reach.blocks[reach.target_block].astype(np.float32))
+    np.testing.assert_array_equal(
+        reach.training_targets()[2:], reach.blocks[reach.target_block].astype(np.float32)
+    )
 
 
 def test_pushing_moves_a_block():

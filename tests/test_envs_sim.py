@@ -93,7 +93,9 @@ def test_robosuite_expert(task, episodes):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task, episodes, minimum", [("PickPlaceCan", 3, 3), ("Door", 5, 5), ("NutAssemblySquare", 10, 9)])
+@pytest.mark.parametrize(
+    "task, episodes, minimum", [("PickPlaceCan", 3, 3), ("Door", 5, 5), ("NutAssemblySquare", 10, 9)]
+)
 def test_robosuite_slow_experts(task, episodes, minimum):
     env = envs.make(f"robosuite/{task}", cameras=[])
     try:

@@ -64,7 +64,9 @@ def test_stem_learns_to_locate_the_named_object():
     images, words, target = scenes(128, generator)  # new scenes
     with torch.no_grad():
         error = (readout(stem(images, words_embed(words))[:, -1]) - target).pow(2).mean().item()
-        wrong_word = (readout(stem(images, words_embed((words + 1) % 3))[:, -1]) - target).pow(2).mean().item()
+        wrong_word = (
+            (readout(stem(images, words_embed((words + 1) % 3))[:, -1]) - target).pow(2).mean().item()
+        )
     baseline = (target - target.mean(0)).pow(2).mean().item()  # a readout that ignores the image
     assert error < 0.2 * baseline, (error, baseline)
     assert wrong_word > 3 * error, (wrong_word, error)  # another word points at another square
@@ -114,7 +116,10 @@ def test_attention_reading_binds_words_to_their_place_in_the_instruction():
         baseline = (target - target.mean(0)).pow(2).mean().item()
         if text == "attention":
             assert errors[text] < 0.25 * baseline, (errors, baseline)
-            assert swapped > 3 * errors[text], (swapped, errors)  # the same words, other order: the other square
+            assert swapped > 3 * errors[text], (
+                swapped,
+                errors,
+            )  # the same words, other order: the other square
     assert errors["mean"] > 2 * errors["attention"], errors
 
 
@@ -127,15 +132,18 @@ def test_attention_reading_stem_needs_the_tokens():
 
 
 def test_mean_pooled_minilm_blurs_which_colour_goes_with_which_noun():
-    """Why `grounding.text=attention` exists: the real MiniLM's mean-pooled instruction barely changes when the
-    block and pad colours trade places (cosine 0.997), less than when only the pad changes (0.93)."""
+    """Why `grounding.text=attention` exists: the real MiniLM's mean-pooled instruction barely changes when
+    the block and pad colours trade places (cosine 0.997), less than when only the pad changes (0.93)."""
     from vla.models.backbone import TextEncoder
     from vla.models.config import BackboneConfig
     from vla.models.grounding import masked_mean
 
     encoder = TextEncoder(BackboneConfig(text_path="minilm"))
-    texts = ["push the red block onto the blue pad", "push the blue block onto the red pad",
-             "push the red block onto the green pad"]
+    texts = [
+        "push the red block onto the blue pad",
+        "push the blue block onto the red pad",
+        "push the red block onto the green pad",
+    ]
     with torch.no_grad():
         pooled = torch.nn.functional.normalize(masked_mean(*encoder(texts, torch.device("cpu"))), dim=-1)
     swapped, other_pad = float(pooled[0] @ pooled[1]), float(pooled[0] @ pooled[2])

@@ -29,12 +29,15 @@ def test_auto_picks_bfloat16_only_where_the_cpu_has_native_bf16():
     native = hardware.native_bf16_flags()
     assert dtype == ("bfloat16" if native else "float32")
     assert hardware.cpu_model() in why
-    assert hardware.pick_vision_dtype("auto", trainable=True)[0] == "float32"  # a trained encoder needs float32
+    assert (
+        hardware.pick_vision_dtype("auto", trainable=True)[0] == "float32"
+    )  # a trained encoder needs float32
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU rule")
 def test_auto_on_an_avx2_only_cpu_picks_float32(monkeypatch):
-    """The AVX2-only AMD EPYC of issue 28, whose flags this machine may not have: /proc/cpuinfo as that CPU has it."""
+    """The AVX2-only AMD EPYC of issue 28, whose flags this machine may not have: /proc/cpuinfo as that CPU
+    has it."""
     epyc = {"model name": "AMD EPYC 7B13", "flags": "fpu sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma f16c bmi2"}
     monkeypatch.setattr(hardware, "_cpuinfo", lambda: epyc)
     dtype, why = hardware.pick_vision_dtype("auto", trainable=False)
@@ -47,8 +50,13 @@ def test_auto_on_an_avx2_only_cpu_picks_float32(monkeypatch):
 def test_a_forced_vision_dtype_is_honoured_and_logged(forced, caplog):
     from vla.data import ActionSpace, DatasetMeta, Normalizer
 
-    meta = DatasetMeta(fps=10, cameras=["top"], image_size=(32, 32), state_dim=2,
-                       action_space=ActionSpace(dim=2, low=[-1, -1], high=[1, 1], kind="delta_ee"))
+    meta = DatasetMeta(
+        fps=10,
+        cameras=["top"],
+        image_size=(32, 32),
+        state_dim=2,
+        action_space=ActionSpace(dim=2, low=[-1, -1], high=[1, 1], kind="delta_ee"),
+    )
     cfg = PolicyConfig()
     cfg.backbone.finetune, cfg.backbone.vision_dtype = "frozen", forced
     with caplog.at_level(logging.INFO, logger="vla"):

@@ -27,8 +27,12 @@ def demo(tmp_path_factory):
     store = TrajectoryStore(out)
     cfg = PolicyConfig()
     normalizer = Normalizer.from_stats(ensure_stats(out), cfg.normalization)
-    windows = WindowDataset(store, WindowConfig(n_obs_steps=1, horizon=cfg.horizon, future_offset=cfg.horizon))
-    batch = next(iter(DataLoader(windows, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0))))
+    windows = WindowDataset(
+        store, WindowConfig(n_obs_steps=1, horizon=cfg.horizon, future_offset=cfg.horizon)
+    )
+    batch = next(
+        iter(DataLoader(windows, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    )
     return store, normalizer, batch
 
 
@@ -41,8 +45,11 @@ def make_policy(demo, kind="dual_stream", seed=0):
 
 
 def obs_from(batch, n=2):
-    return {"images": {"top": batch["images"]["top"][:n, -1].numpy()}, "state": batch["state"][:n, -1].numpy(),
-            "instruction": list(batch["instruction"][:n])}
+    return {
+        "images": {"top": batch["images"]["top"][:n, -1].numpy()},
+        "state": batch["state"][:n, -1].numpy(),
+        "instruction": list(batch["instruction"][:n]),
+    }
 
 
 @pytest.mark.parametrize("kind, steps", [("dual_stream", 150), ("flow", 100), ("diffusion", 100)])
@@ -70,21 +77,28 @@ def test_predict_chunk_shape_dtype_bounds(demo, kind):
     chunk = policy.predict_chunk(obs_from(demo[2], 3), generator=torch.Generator().manual_seed(0))
     assert chunk.shape == (3, 8, 2) and chunk.dtype == np.float32
     assert (chunk >= -1).all() and (chunk <= 1).all()  # clamped to the action bounds
-    single = {"images": {"top": demo[2]["images"]["top"][0, -1].numpy()}, "state": demo[2]["state"][0, -1].numpy(),
-              "instruction": demo[2]["instruction"][0]}
+    single = {
+        "images": {"top": demo[2]["images"]["top"][0, -1].numpy()},
+        "state": demo[2]["state"][0, -1].numpy(),
+        "instruction": demo[2]["instruction"][0],
+    }
     assert policy.predict_chunk(single).shape == (1, 8, 2)
     # noise_scale is a sampling temperature: at 0 every draw gives the same chunk, at 1 draws differ
     obs = obs_from(demo[2], 2)
-    cold = [policy.predict_chunk(obs, generator=torch.Generator().manual_seed(s), noise_scale=0.0) for s in (0, 1)]
+    cold = [
+        policy.predict_chunk(obs, generator=torch.Generator().manual_seed(s), noise_scale=0.0) for s in (0, 1)
+    ]
     np.testing.assert_array_equal(cold[0], cold[1])
     warm = [policy.predict_chunk(obs, generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
     assert np.abs(warm[0] - warm[1]).max() > 1e-3 and np.abs(warm[0] - cold[0]).max() > 1e-3
 
 
-@pytest.mark.parametrize("n_a, n_o, expected", [(4, 4, (4, 4)), (4, 16, (4, 16)), (2, 8, (2, 8)), (4, 0, (4, 0))])
+@pytest.mark.parametrize(
+    "n_a, n_o, expected", [(4, 4, (4, 4)), (4, 16, (4, 16)), (2, 8, (2, 8)), (4, 0, (4, 0))]
+)
 def test_async_schedule_counts(demo, n_a, n_o, expected):
-    """Each network call sees the action stream's current time and, while it is sampled, the vision stream: the
-    distinct action times count the action updates, the calls with vision the vision updates."""
+    """Each network call sees the action stream's current time and, while it is sampled, the vision stream:
+    the distinct action times count the action updates, the calls with vision the vision updates."""
     policy = make_policy(demo).eval()
     calls, velocity = [], policy.head.velocity
 
@@ -108,7 +122,9 @@ def test_cached_prefix_matches_recomputed(demo):
 
     class Uncached(type(policy.head)):  # recompute the prefix keys/values at every denoising step
         def velocity(self, cache, *args, **kwargs):
-            return super().velocity(self.prefix_cache(policy.backbone(images, instructions, state)), *args, **kwargs)
+            return super().velocity(
+                self.prefix_cache(policy.backbone(images, instructions, state)), *args, **kwargs
+            )
 
     policy.head.__class__ = Uncached
     try:
@@ -122,8 +138,12 @@ def test_cached_prefix_matches_recomputed(demo):
 def test_checkpoint_round_trip_is_exact(demo, tmp_path, kind):
     policy = make_policy(demo, kind).eval()
     policy.save(tmp_path / "ckpt")
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.yaml", "meta.json", "model.safetensors",
-                                                                    "norm_stats.json"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "config.yaml",
+        "meta.json",
+        "model.safetensors",
+        "norm_stats.json",
+    ]
     loaded = load_policy(tmp_path / "ckpt")
     obs = obs_from(demo[2])
     a = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(7))
@@ -142,8 +162,13 @@ def test_mismatch_errors(demo, tmp_path):
     with pytest.raises(SchemaError, match="observation lacks cameras"):
         policy.predict_chunk({"images": {}, "state": np.zeros((1, 4)), "instruction": ["x"]})
     with pytest.raises(SchemaError, match="state has dim 3, the policy expects 4"):
-        policy.predict_chunk({"images": {"top": np.zeros((1, 32, 32, 3), np.uint8)}, "state": np.zeros((1, 3)),
-                              "instruction": ["x"]})
+        policy.predict_chunk(
+            {
+                "images": {"top": np.zeros((1, 32, 32, 3), np.uint8)},
+                "state": np.zeros((1, 3)),
+                "instruction": ["x"],
+            }
+        )
     with pytest.raises(FileNotFoundError, match="model.safetensors is missing"):
         (tmp_path / "ckpt" / "model.safetensors").unlink()
         load_policy(tmp_path / "ckpt")
@@ -154,11 +179,27 @@ def test_transformers_encoders_round_trip_offline(tmp_path, demo):
     from transformers import BertConfig, BertModel, ByT5Tokenizer, SiglipVisionConfig, SiglipVisionModel
 
     torch.manual_seed(0)
-    vision = SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                                  num_attention_heads=2, image_size=32, patch_size=8))
+    vision = SiglipVisionModel(
+        SiglipVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        )
+    )
     tokenizer = ByT5Tokenizer()
-    text = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                num_attention_heads=2), add_pooling_layer=False)
+    text = BertModel(
+        BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        ),
+        add_pooling_layer=False,
+    )
     vision.eval(), text.eval()  # no dropout in the reference outputs
     vision.save_pretrained(tmp_path / "vision")
     text.save_pretrained(tmp_path / "text")
@@ -170,7 +211,9 @@ def test_transformers_encoders_round_trip_offline(tmp_path, demo):
     expected = vision(pixel_values=x.permute(0, 3, 1, 2).float() / 127.5 - 1).last_hidden_state
     torch.testing.assert_close(policy.backbone.image_features(x), expected)
     enc = tokenizer(["push the red block"], return_tensors="pt")
-    torch.testing.assert_close(policy.backbone.text.model(**enc).last_hidden_state, text(**enc).last_hidden_state)
+    torch.testing.assert_close(
+        policy.backbone.text.model(**enc).last_hidden_state, text(**enc).last_hidden_state
+    )
 
 
 def test_pool_tokens_and_yaml_preset():
@@ -229,8 +272,10 @@ def test_vlm_backbone_policy_trains_and_checkpoints(demo, tmp_path):
     assert policy.backbone.model.model.text_model.layers[0].self_attn.q_proj.weight.grad is not None
     policy.eval().save(tmp_path / "ckpt")
     obs = obs_from(demo[2])
-    np.testing.assert_array_equal(policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1)),
-                                  load_policy(tmp_path / "ckpt").predict_chunk(obs, generator=torch.Generator().manual_seed(1)))
+    np.testing.assert_array_equal(
+        policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1)),
+        load_policy(tmp_path / "ckpt").predict_chunk(obs, generator=torch.Generator().manual_seed(1)),
+    )
 
 
 def test_pretrained_cpu_encoders_frozen_and_lora(demo):
@@ -267,11 +312,18 @@ def test_rtc_guided_sampling_freezes_the_prefix(demo):
     guide = np.linspace(-0.5, 0.5, 16, dtype=np.float32).reshape(1, 8, 2)
     weights = np.array([1, 1, 0.5, 0.2, 0, 0, 0, 0], dtype=np.float32)
     free = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(0))
-    guided = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(0), guide=guide, guide_weights=weights)
+    guided = policy.predict_chunk(
+        obs, generator=torch.Generator().manual_seed(0), guide=guide, guide_weights=weights
+    )
     np.testing.assert_allclose(guided[0, :2], guide[0, :2], atol=1e-5)  # frozen steps are the guide's
     assert np.abs(guided[0, 2:4] - guide[0, 2:4]).sum() < np.abs(free[0, 2:4] - guide[0, 2:4]).sum()
-    np.testing.assert_allclose(policy.predict_chunk(obs, generator=torch.Generator().manual_seed(0), guide=guide,
-                                                    guide_weights=np.ones(8, np.float32)), guide, atol=1e-5)
+    np.testing.assert_allclose(
+        policy.predict_chunk(
+            obs, generator=torch.Generator().manual_seed(0), guide=guide, guide_weights=np.ones(8, np.float32)
+        ),
+        guide,
+        atol=1e-5,
+    )
     diffusion = make_policy(demo, "diffusion").eval()
     with pytest.raises(ValueError, match="diffusion head does not take a guided prefix"):
         diffusion.predict_chunk(obs, guide=guide, guide_weights=weights)
@@ -293,9 +345,16 @@ def test_feature_cache_gives_the_same_loss_and_skips_the_encoders(demo):
     second = policy.compute_loss(batch, noise)["loss"]
     torch.testing.assert_close(first, plain, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(second, plain, rtol=1e-5, atol=1e-6)
-    distinct = len({bytes(x.numpy().tobytes()) for x in torch.cat([batch["images"]["top"][:, -1], batch["future_images"]["top"]])})
+    distinct = len(
+        {
+            bytes(x.numpy().tobytes())
+            for x in torch.cat([batch["images"]["top"][:, -1], batch["future_images"]["top"]])
+        }
+    )
     assert sum(calls) == distinct  # the second pass ran no encoder at all
-    assert policy.backbone.image_memo.hits >= 8 and len(policy.backbone.text_memo.entries) == len(set(batch["instruction"]))
+    assert policy.backbone.image_memo.hits >= 8 and len(policy.backbone.text_memo.entries) == len(
+        set(batch["instruction"])
+    )
     second.backward()
     assert policy.backbone.vision_proj.weight.grad is not None
     policy.backbone.cache_features(0)
@@ -307,7 +366,8 @@ def test_feature_cache_gives_the_same_loss_and_skips_the_encoders(demo):
 
 @pytest.mark.parametrize("second_stride, first_layer, maps", [(2, 16, 8), (1, 16, 16)])
 def test_conv_stem_strides_set_the_first_layer_and_keypoint_map_resolutions(second_stride, first_layer, maps):
-    """32 px images: the first layer runs at 1/2 resolution, the keypoint maps at 1/4 or (second stride 1) 1/2."""
+    """32 px images: the first layer runs at 1/2 resolution, the keypoint maps at 1/4 or (second stride 1)
+    1/2."""
     from vla.models.grounding import GroundedConvStem
 
     stem = GroundedConvStem(8, 4, 16, 16, 0, second_stride=second_stride)
@@ -341,8 +401,8 @@ def test_prefilled_memo_serves_every_training_frame_without_the_encoder(demo):
 
 
 def test_frozen_encoders_are_in_eval_mode_from_construction(demo):
-    """`vla train` prefills the memo from a policy fresh from its constructor: EfficientNet's BatchNorm must use
-    its ImageNet statistics there (features independent of batch mates) and leave them unchanged."""
+    """`vla train` prefills the memo from a policy fresh from its constructor: EfficientNet's BatchNorm must
+    use its ImageNet statistics there (features independent of batch mates) and leave them unchanged."""
     pytest.importorskip("efficientnet_lite_pytorch")
     store, normalizer, _ = demo
     cfg = PolicyConfig()
@@ -374,7 +434,10 @@ def test_bfloat16_vision_encoder_gives_float32_features_near_float32_and_round_t
         with torch.no_grad():
             features[dtype] = policies[dtype].backbone.encode_images(images)
     assert {p.dtype for p in policies["bfloat16"].backbone.vision.parameters()} == {torch.bfloat16}
-    assert features["bfloat16"].dtype == torch.float32 and features["bfloat16"].shape == features["float32"].shape
+    assert (
+        features["bfloat16"].dtype == torch.float32
+        and features["bfloat16"].shape == features["float32"].shape
+    )
     error = float((features["bfloat16"] - features["float32"]).norm() / features["float32"].norm())
     assert 0 < error < 0.1, error  # bfloat16 arithmetic: close to, not equal to, float32
     reloaded = load_policy(policies["bfloat16"].save(tmp_path / "bf16"))
@@ -405,7 +468,9 @@ def test_policy_with_the_grounding_module_trains_and_round_trips(demo, tmp_path,
     policy = Policy(cfg, store.meta, normalizer).train()
     images, state, instructions = policy._inputs(batch["images"], batch["state"], batch["instruction"])
     prefix, mask = policy._prefix(images, state, instructions)
-    text_len = policy.backbone.text.tokenizer(instructions, padding=True, return_tensors="pt")["input_ids"].shape[1]
+    text_len = policy.backbone.text.tokenizer(instructions, padding=True, return_tensors="pt")[
+        "input_ids"
+    ].shape[1]
     assert prefix.shape[1] == cfg.backbone.tokens_per_image + 4 + 1 + text_len and mask.all(-1).any()
     optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
     for _ in range(3):  # the head's zero-initialized output layers pass no gradient back on the first step
@@ -415,7 +480,9 @@ def test_policy_with_the_grounding_module_trains_and_round_trips(demo, tmp_path,
         optimizer.step()
     assert losses["loss"] > losses["loss_ground"] > 0
     # the built-in demos carry where the named block and pad are: the stem's keypoints learn to read them out
-    assert store.meta.target_names == ["block_x", "block_y", "goal_x", "goal_y"] and batch["targets"].shape == (4, 4)
+    assert store.meta.target_names == ["block_x", "block_y", "goal_x", "goal_y"] and batch[
+        "targets"
+    ].shape == (4, 4)
     grounding = policy.grounding
     assert losses["loss"] > losses["loss_locate"] > 0 and grounding.locate_readout.weight.grad.abs().sum() > 0
     assert grounding.stem.blocks[0].conv.weight.grad.abs().sum() > 0
@@ -426,9 +493,12 @@ def test_policy_with_the_grounding_module_trains_and_round_trips(demo, tmp_path,
     loaded = load_policy(tmp_path / "ckpt")
     obs = obs_from(batch)
     policy.eval()
-    np.testing.assert_array_equal(policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1)),
-                                  loaded.predict_chunk(obs, generator=torch.Generator().manual_seed(1)))
-    import safetensors.torch  # a checkpoint from an older vla (no condition_in): a clear error, not a state_dict dump
+    np.testing.assert_array_equal(
+        policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1)),
+        loaded.predict_chunk(obs, generator=torch.Generator().manual_seed(1)),
+    )
+    # a checkpoint from an older vla (no condition_in): a clear error, not a state_dict dump
+    import safetensors.torch
 
     weights = safetensors.torch.load_file(str(tmp_path / "ckpt" / "model.safetensors"))
     del weights["head.condition_in.weight"]
@@ -453,22 +523,32 @@ def test_checkpoint_from_before_the_grounding_module_loads_the_same_policy(demo,
     path = policy.save(tmp_path / "old")
     config = yaml.safe_load((path / "config.yaml").read_text())
     grounding = config.pop("grounding")
-    config["backbone"] |= {"conv_channels": grounding["channels"], "conv_tokens": grounding["tokens"],
-                           "conv_second_stride": 1, "conv_first_stride": 2, "conv_locate_condition": True,
-                           "conv_keypoint_condition": True}
+    config["backbone"] |= {
+        "conv_channels": grounding["channels"],
+        "conv_tokens": grounding["tokens"],
+        "conv_second_stride": 1,
+        "conv_first_stride": 2,
+        "conv_locate_condition": True,
+        "conv_keypoint_condition": True,
+    }
     (path / "config.yaml").write_text(yaml.safe_dump(config))
-    renames = {"grounding.stem.": "backbone.conv_stem.", "grounding.action_readout.": "grounding_readout.",
-               "grounding.locate_readout.": "locate_readout."}
+    renames = {
+        "grounding.stem.": "backbone.conv_stem.",
+        "grounding.action_readout.": "grounding_readout.",
+        "grounding.locate_readout.": "locate_readout.",
+    }
     weights = safetensors.torch.load_file(str(path / "model.safetensors"))
     for new, old in renames.items():
-        weights = {old + k[len(new):] if k.startswith(new) else k: v for k, v in weights.items()}
+        weights = {old + k[len(new) :] if k.startswith(new) else k: v for k, v in weights.items()}
     assert not any(k.startswith("grounding.") for k in weights)
     safetensors.torch.save_file(weights, str(path / "model.safetensors"))
     loaded = load_policy(path)
     assert loaded.config.grounding == policy.config.grounding
     obs = obs_from(batch)
-    np.testing.assert_array_equal(policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1)),
-                                  loaded.predict_chunk(obs, generator=torch.Generator().manual_seed(1)))
+    np.testing.assert_array_equal(
+        policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1)),
+        loaded.predict_chunk(obs, generator=torch.Generator().manual_seed(1)),
+    )
     config["backbone"]["conv_first_stride"] = 1
     (path / "config.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(SchemaError, match="conv_first_stride=1.*retrain"):
@@ -485,13 +565,17 @@ def test_stem_without_head_gradient_learns_from_loss_locate_alone(demo):
         cfg.grounding.head_gradient = head_gradient
         policy = Policy(cfg, store.meta, normalizer).train()
         optimizer = torch.optim.Adam(policy.parameters(), lr=1e-2)
-        for _ in range(3):  # past the head's zero-initialized output layers, so its loss depends on the prefix
+        for _ in range(
+            3
+        ):  # past the head's zero-initialized output layers, so its loss depends on the prefix
             optimizer.zero_grad()
             losses = policy.compute_loss(batch)
             losses[loss_name].backward()
             optimizer.step()
         stem = policy.grounding.stem
-        return float(stem.blocks[0].conv.weight.grad.abs().sum()), float(policy.backbone.vision_proj.weight.grad.abs().sum())
+        return float(stem.blocks[0].conv.weight.grad.abs().sum()), float(
+            policy.backbone.vision_proj.weight.grad.abs().sum()
+        )
 
     assert stem_gradients(True, "loss_action")[0] > 0  # shared: the head's loss reaches the stem
     stem, vision = stem_gradients(False, "loss_action")
@@ -503,7 +587,8 @@ def test_stem_without_head_gradient_learns_from_loss_locate_alone(demo):
 
 
 def test_locate_condition_teaches_the_head_on_true_targets_and_acts_on_located_ones(demo, tmp_path):
-    """grounding.locate_condition: training feeds the head the data's targets; acting feeds it the readout's."""
+    """grounding.locate_condition: training feeds the head the data's targets; acting feeds it the
+    readout's."""
     store, normalizer, batch = demo
     torch.manual_seed(0)
     cfg = grounded_config(locate_condition=True, second_stride=1)
@@ -516,13 +601,17 @@ def test_locate_condition_teaches_the_head_on_true_targets_and_acts_on_located_o
     acting = policy.condition(prefix, state)
     assert taught.shape == acting.shape == (len(targets), store.meta.state_dim + cfg.head.width + 4)
     torch.testing.assert_close(taught[:, -4:], targets)  # training: the true positions
-    torch.testing.assert_close(acting[:, -4:], policy.grounding.locate_readout(keypoints))  # acting: the reading
+    torch.testing.assert_close(
+        acting[:, -4:], policy.grounding.locate_readout(keypoints)
+    )  # acting: the reading
     torch.testing.assert_close(taught[:, :-4], acting[:, :-4])
     losses = policy.compute_loss(batch)
     losses["loss"].backward()
     assert losses["loss_locate"] > 0 and policy.head.condition_in.weight.grad[:, -4:].abs().sum() > 0
     optimizer = torch.optim.Adam(policy.parameters(), lr=1e-2)
-    for _ in range(3):  # past the head's zero-initialized output layers, so its chunks depend on the condition
+    for _ in range(
+        3
+    ):  # past the head's zero-initialized output layers, so its chunks depend on the condition
         optimizer.step()
         optimizer.zero_grad()
         policy.compute_loss(batch)["loss"].backward()
@@ -542,16 +631,23 @@ def test_locate_condition_teaches_the_head_on_true_targets_and_acts_on_located_o
     prefix, state = policy.encode(obs)
     with torch.no_grad():
         located = policy.grounding.locate(prefix[0])
-        via_readout = policy.sample_chunk(prefix, policy.condition(prefix, state, located),
-                                          torch.Generator().manual_seed(2), noise_scale=0.0)
+        via_readout = policy.sample_chunk(
+            prefix,
+            policy.condition(prefix, state, located),
+            torch.Generator().manual_seed(2),
+            noise_scale=0.0,
+        )
         moved = torch.tensor([[0.9, 0.1, 0.1, 0.9]] * len(located))
-        elsewhere = policy.sample_chunk(prefix, policy.condition(prefix, state, moved),
-                                        torch.Generator().manual_seed(1), noise_scale=0.0)
+        elsewhere = policy.sample_chunk(
+            prefix, policy.condition(prefix, state, moved), torch.Generator().manual_seed(1), noise_scale=0.0
+        )
     own = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1), noise_scale=0.0)
     np.testing.assert_allclose(via_readout, own, atol=1e-5)
     assert np.abs(elsewhere - own).max() > 1e-4
-    np.testing.assert_array_equal(policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1)),
-                                  load_policy(tmp_path / "ckpt").predict_chunk(obs, generator=torch.Generator().manual_seed(1)))
+    np.testing.assert_array_equal(
+        policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1)),
+        load_policy(tmp_path / "ckpt").predict_chunk(obs, generator=torch.Generator().manual_seed(1)),
+    )
 
 
 def test_targets_normalization_feeds_the_head_normalized_targets_and_survives_a_checkpoint(demo, tmp_path):
@@ -576,8 +672,10 @@ def test_targets_normalization_feeds_the_head_normalized_targets_and_survives_a_
     torch.testing.assert_close(acting[:, -4:], (policy.grounding.locate(prefix[0]) - mean) / std)
     policy.save(tmp_path / "ckpt")
     obs = obs_from(batch)
-    np.testing.assert_array_equal(policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1)),
-                                  load_policy(tmp_path / "ckpt").predict_chunk(obs, generator=torch.Generator().manual_seed(1)))
+    np.testing.assert_array_equal(
+        policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1)),
+        load_policy(tmp_path / "ckpt").predict_chunk(obs, generator=torch.Generator().manual_seed(1)),
+    )
     # a dataset without targets has no stats for them: the normalizer says which key is missing
     with pytest.raises(KeyError, match=r"no stats for keys \['targets'\]"):
         Normalizer.from_stats({k: v for k, v in stats.items() if k != "targets"}, cfg.normalization)

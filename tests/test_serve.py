@@ -35,9 +35,11 @@ def policy(random_checkpoint):
 
 def observation(i: int) -> dict:
     rng = np.random.default_rng(i)
-    return {"images": {"top": rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)},
-            "state": rng.standard_normal(4).astype(np.float32),
-            "instruction": ["push the red block onto the blue pad", "reach the green block", "push"][i % 3]}
+    return {
+        "images": {"top": rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)},
+        "state": rng.standard_normal(4).astype(np.float32),
+        "instruction": ["push the red block onto the blue pad", "reach the green block", "push"][i % 3],
+    }
 
 
 def expected(policy, obs: dict, seed: int) -> np.ndarray:
@@ -82,13 +84,17 @@ def _fuzz_cases(rng) -> list:
     good = packb(dict(observation(0), seed=1))
     cases: list = [rng.bytes(int(n)) for n in rng.integers(1, 400, 60)]
     cases += [good[: int(n)] for n in rng.integers(1, len(good) - 1, 40)]
-    cases += [msgpack.packb(x) for x in (None, 1, "obs", [1, 2], {"images": None}, {}, {"": 1}, True, 1.5, b"\x00")]
+    cases += [
+        msgpack.packb(x) for x in (None, 1, "obs", [1, 2], {"images": None}, {}, {"": 1}, True, 1.5, b"\x00")
+    ]
     cases += [f"text frame {i}" for i in range(10)]
     for i in range(72):
         obs = observation(i)
         kind = i % 12
         if kind == 0:
-            obs["images"]["top"] = rng.integers(0, 255, (int(rng.integers(65, 300)), 64, 3), dtype=np.uint8)  # oversized
+            obs["images"]["top"] = rng.integers(
+                0, 255, (int(rng.integers(65, 300)), 64, 3), dtype=np.uint8
+            )  # oversized
         elif kind == 1:
             obs["images"][f"cam_{i}"] = obs["images"]["top"]
         elif kind == 2:
@@ -113,8 +119,16 @@ def _fuzz_cases(rng) -> list:
             obs["images"] = obs["images"]["top"]
         cases.append(packb(obs))
     header = {b"__ndarray__": True, b"data": b"\0" * 12, b"dtype": "<f4", b"shape": [3]}
-    for bad in ({b"dtype": "|O"}, {b"dtype": "<c8"}, {b"shape": [5]}, {b"shape": [-3]}, {b"data": 5},
-                {b"dtype": "?!"}, {b"shape": "3"}, {b"shape": [1] * 20}):
+    for bad in (
+        {b"dtype": "|O"},
+        {b"dtype": "<c8"},
+        {b"shape": [5]},
+        {b"shape": [-3]},
+        {b"data": 5},
+        {b"dtype": "?!"},
+        {b"shape": "3"},
+        {b"shape": [1] * 20},
+    ):
         arr = header | bad
         cases.append(packb(dict(observation(1), state=arr)))
         cases.append(msgpack.packb({"images": {"top": arr}, "state": [0, 0, 0, 0], "instruction": "x"}))
@@ -143,7 +157,9 @@ def test_fuzzed_requests_get_errors_while_another_client_is_served(server, polic
         deadline = time.monotonic() + 60
         while len(good_replies) < n and time.monotonic() < deadline and thread.is_alive():
             time.sleep(0.01)
-        assert len(good_replies) >= n, f"the well-behaved client got {len(good_replies)} replies, expected {n}"
+        assert len(good_replies) >= n, (
+            f"the well-behaved client got {len(good_replies)} replies, expected {n}"
+        )
 
     wait_for_replies(1)  # it is being served before the fuzzing starts
     kinds = {}
@@ -157,7 +173,9 @@ def test_fuzzed_requests_get_errors_while_another_client_is_served(server, polic
             assert kind == "bad_request" and len(message) > 10
             kinds[message.split(":")[0]] = kinds.get(message.split(":")[0], 0) + 1
         ws.send(packb(dict(observation(5), seed=5)))  # the fuzzed connection still works
-        np.testing.assert_allclose(unpackb(ws.recv(timeout=30))["actions"], expected(policy, observation(5), 5), atol=1e-5)
+        np.testing.assert_allclose(
+            unpackb(ws.recv(timeout=30))["actions"], expected(policy, observation(5), 5), atol=1e-5
+        )
     # clients that vanish mid-request, and a message over max_message_mb (closes that connection only: 1009)
     for _ in range(5):
         ws = connect(server.url, additional_headers={"Authorization": f"Api-Key {KEY}"})
@@ -176,8 +194,13 @@ def test_fuzzed_requests_get_errors_while_another_client_is_served(server, polic
     assert server.alive() and not failures
     assert len(kinds) >= 10, kinds  # many different problems were named
     metrics = server.http("/metrics", KEY)[1]
-    bad = float(next(line.split()[-1] for line in metrics.splitlines()
-                     if line.startswith('vla_requests_total{outcome="bad_request"}')))
+    bad = float(
+        next(
+            line.split()[-1]
+            for line in metrics.splitlines()
+            if line.startswith('vla_requests_total{outcome="bad_request"}')
+        )
+    )
     assert bad >= len(cases)
 
 
@@ -238,20 +261,28 @@ def test_client_timeout_never_returns_a_stale_chunk(server, policy):
 
 
 def test_openpi_style_keys_through_obs_keys_and_graceful_shutdown(random_checkpoint, policy):
-    keys = '{observation/image:images.top,observation/state:state,prompt:instruction}'
+    keys = "{observation/image:images.top,observation/state:state,prompt:instruction}"
     srv = ServerProcess(random_checkpoint, f"++obs_keys={keys}", "warmup=false")
     try:
         client = WebsocketClientPolicy(srv.host, srv.port)
         assert client.get_server_metadata()["obs_keys"]["prompt"] == "instruction"
         obs = observation(2)
-        reply = client.infer({"observation/image": obs["images"]["top"], "observation/state": obs["state"],
-                              "prompt": obs["instruction"], "seed": 3})
+        reply = client.infer(
+            {
+                "observation/image": obs["images"]["top"],
+                "observation/state": obs["state"],
+                "prompt": obs["instruction"],
+                "seed": 3,
+            }
+        )
         np.testing.assert_allclose(reply["actions"], expected(policy, obs, 3), atol=1e-5)
         start = time.monotonic()
         assert srv.stop() == 0 and time.monotonic() - start < 20
         assert any("stopped" in line for line in srv.lines)
         with pytest.raises(ConnectionClosed) as info:
-            client.infer({"observation/image": obs["images"]["top"], "observation/state": obs["state"], "prompt": "x"})
+            client.infer(
+                {"observation/image": obs["images"]["top"], "observation/state": obs["state"], "prompt": "x"}
+            )
         assert info.value.rcvd is None or info.value.rcvd.code == 1001
     finally:
         if srv.alive():

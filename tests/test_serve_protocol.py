@@ -15,8 +15,10 @@ from vla.serve.protocol import parse_error
 
 def _observation(rng):
     return {
-        "images": {"front": rng.integers(0, 255, (12, 16, 3), dtype=np.uint8),
-                   "wrist": rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)},
+        "images": {
+            "front": rng.integers(0, 255, (12, 16, 3), dtype=np.uint8),
+            "wrist": rng.integers(0, 255, (12, 16, 3), dtype=np.uint8),
+        },
         "state": rng.standard_normal(3).astype(np.float32),
         "instruction": "put the red block on the pad",
     }
@@ -26,8 +28,13 @@ def test_encoding_is_byte_exact_with_openpi():
     rng = np.random.default_rng(0)
     messages = [
         _observation(rng),
-        {"a": np.arange(6, dtype=np.int64).reshape(2, 3), "b": np.float16(1.5), "c": [np.bool_(True), 3, "x"],
-         "d": np.zeros((0, 4), np.float64), "e": np.asfortranarray(np.arange(6, dtype=np.uint16).reshape(2, 3))},
+        {
+            "a": np.arange(6, dtype=np.int64).reshape(2, 3),
+            "b": np.float16(1.5),
+            "c": [np.bool_(True), 3, "x"],
+            "d": np.zeros((0, 4), np.float64),
+            "e": np.asfortranarray(np.arange(6, dtype=np.uint16).reshape(2, 3)),
+        },
         {"actions": rng.standard_normal((8, 7)).astype(np.float32), "server_timing": {"infer_ms": 1.5}},
     ]
     for message in messages:
@@ -53,26 +60,29 @@ def _ndarray(data=b"\0" * 8, dtype="<f4", shape=(2,)):
     return msgpack.packb({"x": {b"__ndarray__": True, b"data": data, b"dtype": dtype, b"shape": shape}})
 
 
-@pytest.mark.parametrize("raw, expect", [
-    (_ndarray(dtype="|O"), "not allowed"),
-    (_ndarray(dtype="<c8"), "not allowed"),
-    (_ndarray(dtype="|V8"), "not allowed"),
-    (_ndarray(dtype="nonsense"), "unknown array dtype"),
-    (_ndarray(dtype=5), "dtype string"),
-    (_ndarray(data=b"\0" * 7), "needs 8 bytes, got 7"),
-    (_ndarray(data=b"\0" * 9), "needs 8 bytes, got 9"),
-    (_ndarray(shape=(-1,)), "non-negative"),
-    (_ndarray(shape=[1] * 9, data=b"\0" * 4), "at most 8"),
-    (_ndarray(shape="2"), "shape must be"),
-    (_ndarray(data="text"), "raw bytes"),
-    (b"\xc1", "not a valid msgpack"),
-    (b"", "not a valid msgpack"),
-    (packb({"x": 1})[:-1], "not a valid msgpack"),
-    (packb({"x": 1}) + b"\x00", "not a valid msgpack"),
-    (msgpack.packb(msgpack.ExtType(1, b"abc")), "not a valid msgpack"),
-    (b"\x91" * 100_000 + b"\xc0", "not a valid msgpack"),  # nesting far deeper than any decoder allows
-    (b"\xdd\xff\xff\xff\xff", "not a valid msgpack"),  # an array claiming 4 billion elements
-])
+@pytest.mark.parametrize(
+    "raw, expect",
+    [
+        (_ndarray(dtype="|O"), "not allowed"),
+        (_ndarray(dtype="<c8"), "not allowed"),
+        (_ndarray(dtype="|V8"), "not allowed"),
+        (_ndarray(dtype="nonsense"), "unknown array dtype"),
+        (_ndarray(dtype=5), "dtype string"),
+        (_ndarray(data=b"\0" * 7), "needs 8 bytes, got 7"),
+        (_ndarray(data=b"\0" * 9), "needs 8 bytes, got 9"),
+        (_ndarray(shape=(-1,)), "non-negative"),
+        (_ndarray(shape=[1] * 9, data=b"\0" * 4), "at most 8"),
+        (_ndarray(shape="2"), "shape must be"),
+        (_ndarray(data="text"), "raw bytes"),
+        (b"\xc1", "not a valid msgpack"),
+        (b"", "not a valid msgpack"),
+        (packb({"x": 1})[:-1], "not a valid msgpack"),
+        (packb({"x": 1}) + b"\x00", "not a valid msgpack"),
+        (msgpack.packb(msgpack.ExtType(1, b"abc")), "not a valid msgpack"),
+        (b"\x91" * 100_000 + b"\xc0", "not a valid msgpack"),  # nesting far deeper than any decoder allows
+        (b"\xdd\xff\xff\xff\xff", "not a valid msgpack"),  # an array claiming 4 billion elements
+    ],
+)
 def test_malformed_messages_raise_protocol_error(raw, expect):
     with pytest.raises(ProtocolError, match=expect):
         unpackb(raw)
@@ -108,41 +118,66 @@ def test_parser_accepts_the_contract_and_control_fields(parser):
 
 
 def test_key_map_translates_openpi_style_flat_keys():
-    parser = ObservationParser(make_meta(), {"observation/image": "images.front", "observation/wrist_image": "images.wrist",
-                                             "observation/state": "state", "prompt": "instruction"})
+    parser = ObservationParser(
+        make_meta(),
+        {
+            "observation/image": "images.front",
+            "observation/wrist_image": "images.wrist",
+            "observation/state": "state",
+            "prompt": "instruction",
+        },
+    )
     obs = _observation(np.random.default_rng(2))
-    request = parser.parse({"observation/image": obs["images"]["front"], "observation/wrist_image": obs["images"]["wrist"],
-                            "observation/state": obs["state"], "prompt": "go"})
+    request = parser.parse(
+        {
+            "observation/image": obs["images"]["front"],
+            "observation/wrist_image": obs["images"]["wrist"],
+            "observation/state": obs["state"],
+            "prompt": "go",
+        }
+    )
     np.testing.assert_array_equal(request.obs["images"]["front"], obs["images"]["front"])
     assert request.obs["instruction"] == "go"
     with pytest.raises(ValueError, match="not a contract path"):
         ObservationParser(make_meta(), {"observation/image": "images.nope"})
 
 
-@pytest.mark.parametrize("change, expect", [
-    (lambda o: o.pop("state"), "missing 'state'"),
-    (lambda o: o.pop("instruction"), "instruction: expected a string, got nothing"),
-    (lambda o: o["images"].pop("wrist"), r"missing cameras \['wrist'\]"),
-    (lambda o: o["images"].update(side=o["images"]["front"]), r"unknown cameras \['side'\]"),
-    (lambda o: o["images"].update(front=o["images"]["front"].astype(np.float32)), r"expected a uint8 array of shape \(12, 16, 3\)"),
-    (lambda o: o["images"].update(front=np.zeros((480, 640, 3), np.uint8)), r"got uint8 array of shape \(480, 640, 3\)"),
-    (lambda o: o["images"].update(front=np.zeros((3, 12, 16), np.uint8)), "H, W, RGB"),
-    (lambda o: o["images"].update(front="pixels"), "got str"),
-    (lambda o: o.update(images=[1, 2]), "camera name -> image"),
-    (lambda o: o.update(state=np.zeros(5, np.float32)), r"state: expected float32 array of shape \(3,\)"),
-    (lambda o: o.update(state=np.array([1.0, np.nan, 0.0], np.float32)), r"non-finite values .* indices \[1\]"),
-    (lambda o: o.update(state=np.array([1.0, 2.0, np.inf])), "non-finite"),
-    (lambda o: o.update(state=np.array([True, False, True])), "state: expected"),
-    (lambda o: o.update(instruction=7), "instruction: expected a string, got int"),
-    (lambda o: o.update(instruction="x" * 2001), "the limit is 2000"),
-    (lambda o: o.update(extra=1), "unknown key 'extra'"),
-    (lambda o: o.update({3: 1}), "keys must be strings"),
-    (lambda o: o.update(seed=-1), "seed: expected an int"),
-    (lambda o: o.update(seed="1"), "seed: expected an int"),
-    (lambda o: o.update(request_id=[1]), "request_id"),
-    (lambda o: o.update(rtc={"offset": 1}), "rtc: expected"),
-    (lambda o: o.update(rtc={"offset": 1, "delay": 99}), "exceeds the chunk length 8"),
-])
+@pytest.mark.parametrize(
+    "change, expect",
+    [
+        (lambda o: o.pop("state"), "missing 'state'"),
+        (lambda o: o.pop("instruction"), "instruction: expected a string, got nothing"),
+        (lambda o: o["images"].pop("wrist"), r"missing cameras \['wrist'\]"),
+        (lambda o: o["images"].update(side=o["images"]["front"]), r"unknown cameras \['side'\]"),
+        (
+            lambda o: o["images"].update(front=o["images"]["front"].astype(np.float32)),
+            r"expected a uint8 array of shape \(12, 16, 3\)",
+        ),
+        (
+            lambda o: o["images"].update(front=np.zeros((480, 640, 3), np.uint8)),
+            r"got uint8 array of shape \(480, 640, 3\)",
+        ),
+        (lambda o: o["images"].update(front=np.zeros((3, 12, 16), np.uint8)), "H, W, RGB"),
+        (lambda o: o["images"].update(front="pixels"), "got str"),
+        (lambda o: o.update(images=[1, 2]), "camera name -> image"),
+        (lambda o: o.update(state=np.zeros(5, np.float32)), r"state: expected float32 array of shape \(3,\)"),
+        (
+            lambda o: o.update(state=np.array([1.0, np.nan, 0.0], np.float32)),
+            r"non-finite values .* indices \[1\]",
+        ),
+        (lambda o: o.update(state=np.array([1.0, 2.0, np.inf])), "non-finite"),
+        (lambda o: o.update(state=np.array([True, False, True])), "state: expected"),
+        (lambda o: o.update(instruction=7), "instruction: expected a string, got int"),
+        (lambda o: o.update(instruction="x" * 2001), "the limit is 2000"),
+        (lambda o: o.update(extra=1), "unknown key 'extra'"),
+        (lambda o: o.update({3: 1}), "keys must be strings"),
+        (lambda o: o.update(seed=-1), "seed: expected an int"),
+        (lambda o: o.update(seed="1"), "seed: expected an int"),
+        (lambda o: o.update(request_id=[1]), "request_id"),
+        (lambda o: o.update(rtc={"offset": 1}), "rtc: expected"),
+        (lambda o: o.update(rtc={"offset": 1, "delay": 99}), "exceeds the chunk length 8"),
+    ],
+)
 def test_parser_errors_name_the_problem_and_the_expectation(parser, change, expect):
     obs = _observation(np.random.default_rng(3))
     change(obs)
@@ -163,7 +198,9 @@ def test_hold_action():
     np.testing.assert_array_equal(hold_action("auto", "osc_pose_delta+gripper", low, high, last), [0, 0, 1.0])
     np.testing.assert_array_equal(hold_action("auto", "osc_pose_delta+gripper", low, high, None), [0, 0, 0])
     # zero outside the bounds is clamped into them
-    np.testing.assert_array_equal(hold_action("zero", "x", np.float32([0.2]), np.float32([1]), None), np.float32([0.2]))
+    np.testing.assert_array_equal(
+        hold_action("zero", "x", np.float32([0.2]), np.float32([1]), None), np.float32([0.2])
+    )
 
 
 def test_batched_prediction_with_per_sample_generators_matches_single(random_checkpoint):
@@ -172,12 +209,22 @@ def test_batched_prediction_with_per_sample_generators_matches_single(random_che
 
     policy = load_policy(random_checkpoint)
     rng = np.random.default_rng(4)
-    obs = [{"images": {"top": rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)},
-            "state": rng.standard_normal(4).astype(np.float32), "instruction": text}
-           for text in ("push the red block", "push the blue block onto the green pad", "go")]
-    singles = [policy.predict_chunk(o, generator=torch.Generator().manual_seed(10 + i))[0] for i, o in enumerate(obs)]
-    batch = {"images": {"top": np.stack([o["images"]["top"] for o in obs])}, "state": np.stack([o["state"] for o in obs]),
-             "instruction": [o["instruction"] for o in obs]}
+    obs = [
+        {
+            "images": {"top": rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)},
+            "state": rng.standard_normal(4).astype(np.float32),
+            "instruction": text,
+        }
+        for text in ("push the red block", "push the blue block onto the green pad", "go")
+    ]
+    singles = [
+        policy.predict_chunk(o, generator=torch.Generator().manual_seed(10 + i))[0] for i, o in enumerate(obs)
+    ]
+    batch = {
+        "images": {"top": np.stack([o["images"]["top"] for o in obs])},
+        "state": np.stack([o["state"] for o in obs]),
+        "instruction": [o["instruction"] for o in obs],
+    }
     batched = policy.predict_chunk(batch, generator=[torch.Generator().manual_seed(10 + i) for i in range(3)])
     np.testing.assert_allclose(batched, np.stack(singles), atol=1e-5)
     assert not np.allclose(singles[0], singles[1])

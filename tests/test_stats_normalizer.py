@@ -18,7 +18,9 @@ def test_stats_match_numpy_and_are_stored_once(dataset):
     state = store.load("state").astype(np.float64)
     np.testing.assert_allclose(stats["state"]["mean"], state.mean(0), rtol=1e-6)
     np.testing.assert_allclose(stats["state"]["std"], state.std(0), rtol=1e-6)
-    np.testing.assert_allclose(stats["action"]["q99"], np.quantile(store.load("action"), 0.99, axis=0), rtol=1e-5)
+    np.testing.assert_allclose(
+        stats["action"]["q99"], np.quantile(store.load("action"), 0.99, axis=0), rtol=1e-5
+    )
     assert stats["action"]["min"].tolist() == [0, -6] and stats["action"]["max"].tolist() == [19, 0]
     stored = TrajectoryStore(dataset).stats()  # read back from the dataset
     for key in stats:
@@ -39,11 +41,16 @@ def test_stats_cover_targets_and_older_stats_without_them_are_recomputed(tmp_pat
         w.add_episode(**ep)
     store = TrajectoryStore(tmp_path / "t.zarr")
     # stats written before targets had stats (state and action only) are completed, not trusted
-    write_stats(open_group(store.url, mode="r+"), compute_stats(store, keys=("state", "action")), store.num_frames)
+    write_stats(
+        open_group(store.url, mode="r+"), compute_stats(store, keys=("state", "action")), store.num_frames
+    )
     assert "targets" not in TrajectoryStore(tmp_path / "t.zarr").stats()
     stats = ensure_stats(tmp_path / "t.zarr")
     np.testing.assert_allclose(stats["targets"]["mean"], [0.5, 0.5], rtol=1e-6)
-    assert stats["targets"]["min"].tolist() == [0, 0.5] and "targets" in TrajectoryStore(tmp_path / "t.zarr").stats()
+    assert (
+        stats["targets"]["min"].tolist() == [0, 0.5]
+        and "targets" in TrajectoryStore(tmp_path / "t.zarr").stats()
+    )
 
 
 def constant_dim_stats(tmp_path):

@@ -60,13 +60,28 @@ def test_missing_dataset_needs_meta(tmp_path):
 @pytest.mark.parametrize(
     "change, match",
     [
-        (lambda ep: ep["images"].__setitem__("front", ep["images"]["front"].astype(np.float32)), r"images\['front'\] has dtype float32, expected uint8"),
-        (lambda ep: ep["images"].__setitem__("front", ep["images"]["front"][:, :, :8]), r"images\['front'\] has shape \(4, 12, 8, 3\), expected \(T, 12, 16, 3\)"),
+        (
+            lambda ep: ep["images"].__setitem__("front", ep["images"]["front"].astype(np.float32)),
+            r"images\['front'\] has dtype float32, expected uint8",
+        ),
+        (
+            lambda ep: ep["images"].__setitem__("front", ep["images"]["front"][:, :, :8]),
+            r"images\['front'\] has shape \(4, 12, 8, 3\), expected \(T, 12, 16, 3\)",
+        ),
         (lambda ep: ep["images"].pop("wrist"), r"cameras \['front'\], dataset expects \['front', 'wrist'\]"),
-        (lambda ep: ep.__setitem__("state", ep["state"].astype(np.int64)), r"state has dtype int64, expected a float array"),
-        (lambda ep: ep.__setitem__("action", ep["action"][:, :1]), r"action has shape \(4, 1\), expected \(T, 2\)"),
+        (
+            lambda ep: ep.__setitem__("state", ep["state"].astype(np.int64)),
+            r"state has dtype int64, expected a float array",
+        ),
+        (
+            lambda ep: ep.__setitem__("action", ep["action"][:, :1]),
+            r"action has shape \(4, 1\), expected \(T, 2\)",
+        ),
         (lambda ep: ep.__setitem__("action", ep["action"][:3]), r"disagree on the number of frames"),
-        (lambda ep: ep["state"].__setitem__((2, 1), np.nan), r"state has a non-finite value nan at frame 2, dim 1"),
+        (
+            lambda ep: ep["state"].__setitem__((2, 1), np.nan),
+            r"state has a non-finite value nan at frame 2, dim 1",
+        ),
         (lambda ep: ep.__setitem__("instruction", 3), r"instruction must be a str"),
     ],
 )
@@ -116,8 +131,11 @@ def test_episode_recorder(tmp_path):
     expected = make_episode(0, 4, 0, meta)
     rec = EpisodeRecorder(meta.cameras)
     for t in range(4):
-        obs = {"images": {c: expected["images"][c][t] for c in meta.cameras},
-               "state": expected["state"][t], "instruction": expected["instruction"]}
+        obs = {
+            "images": {c: expected["images"][c][t] for c in meta.cameras},
+            "state": expected["state"][t],
+            "instruction": expected["instruction"],
+        }
         rec.add(obs, expected["action"][t])
     with TrajectoryWriter(tmp_path / "r.zarr", meta) as w:
         w.add_episode(**rec.episode(), task="t", success=True)
@@ -148,22 +166,41 @@ def test_training_targets_round_trip_merge_and_windows(tmp_path):
         with TrajectoryWriter(path, meta) as w:
             for e, length in enumerate((3, 4)):
                 episode = make_episode(e, length, 0, meta)
-                targets = np.stack([np.arange(length) + 10 * e + 100 * k, -np.arange(length)], 1).astype(np.float32)
+                targets = np.stack([np.arange(length) + 10 * e + 100 * k, -np.arange(length)], 1).astype(
+                    np.float32
+                )
                 w.add_episode(**episode, targets=targets)
             with pytest.raises(SchemaError, match=r"declares training targets \['block_x', 'block_y'\]"):
                 w.add_episode(**make_episode(2, 2, 0, meta))
             with pytest.raises(SchemaError, match=r"targets has shape \(2, 3\), expected \(T, 2\)"):
                 w.add_episode(**make_episode(2, 2, 0, meta), targets=np.zeros((2, 3), np.float32))
     store = TrajectoryStore(paths[0])
-    assert store.num_episodes == 2 and store.meta.target_names == ["block_x", "block_y"]  # refusals wrote nothing
+    assert store.num_episodes == 2 and store.meta.target_names == [
+        "block_x",
+        "block_y",
+    ]  # refusals wrote nothing
     np.testing.assert_array_equal(store.episode(1)["targets"][:, 0], [10, 11, 12, 13])
     merge([str(p) for p in paths], tmp_path / "ab.zarr", progress=False)
     merged = TrajectoryStore(tmp_path / "ab.zarr")
     assert merged.meta.target_names == ["block_x", "block_y"]
     np.testing.assert_array_equal(merged.episode(3)["targets"][:, 0], [110, 111, 112, 113])
     windows = WindowDataset(merged, WindowConfig(n_obs_steps=2, horizon=2))
-    assert [float(windows[i]["targets"][0]) for i in range(len(windows))] == [0, 1, 2, 10, 11, 12, 13, 100, 101, 102,
-                                                                               110, 111, 112, 113]
+    assert [float(windows[i]["targets"][0]) for i in range(len(windows))] == [
+        0,
+        1,
+        2,
+        10,
+        11,
+        12,
+        13,
+        100,
+        101,
+        102,
+        110,
+        111,
+        112,
+        113,
+    ]
     with TrajectoryWriter(tmp_path / "plain.zarr", make_meta()) as w:
         with pytest.raises(SchemaError, match="declares none"):
             w.add_episode(**make_episode(0, 2, 0), targets=np.zeros((2, 2), np.float32))

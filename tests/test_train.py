@@ -24,8 +24,17 @@ def dataset(tmp_path_factory):
 
 
 def overrides(dataset, out, *extra):
-    return [f"data.path={dataset}", f"out={out}", "data.num_workers=0", "trainer.batch_size=8", "trainer.log_every=1",
-            "trainer.val_every=10", "trainer.warmup_steps=2", "trainer.lr=1e-3", *extra]
+    return [
+        f"data.path={dataset}",
+        f"out={out}",
+        "data.num_workers=0",
+        "trainer.batch_size=8",
+        "trainer.log_every=1",
+        "trainer.val_every=10",
+        "trainer.warmup_steps=2",
+        "trainer.lr=1e-3",
+        *extra,
+    ]
 
 
 def config(*args) -> TrainConfig:
@@ -34,26 +43,45 @@ def config(*args) -> TrainConfig:
 
 def losses(run) -> dict[int, float]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}  # a resumed run re-logs steps: the last entry wins
+    return {
+        r["step"]: r["loss"] for r in rows if "loss" in r
+    }  # a resumed run re-logs steps: the last entry wins
 
 
 def test_few_steps_give_a_loadable_checkpoint(dataset, tmp_path):
-    ckpt = train(config(*overrides(dataset, tmp_path / "run", "trainer.steps=6", "trainer.checkpoint_every=3")),
-                 progress=False)
+    ckpt = train(
+        config(*overrides(dataset, tmp_path / "run", "trainer.steps=6", "trainer.checkpoint_every=3")),
+        progress=False,
+    )
     assert ckpt == tmp_path / "run" / "checkpoints" / "step_000006"
     assert (tmp_path / "run" / "config.yaml").exists() and any((tmp_path / "run" / "tb").iterdir())
     assert sorted(losses(tmp_path / "run")) == list(range(1, 7))
     policy = load_policy(ckpt)
-    obs = {"images": {"top": np.zeros((32, 32, 3), np.uint8)}, "state": np.zeros(4, np.float32),
-           "instruction": "push the red block onto the blue pad"}
+    obs = {
+        "images": {"top": np.zeros((32, 32, 3), np.uint8)},
+        "state": np.zeros(4, np.float32),
+        "instruction": "push the red block onto the blue pad",
+    }
     assert policy.predict_chunk(obs).shape == (1, 8, 2)
-    saved = to_object(compose("train", []), TrainConfig)  # the resolved config in the run dir is a TrainConfig
+    saved = to_object(
+        compose("train", []), TrainConfig
+    )  # the resolved config in the run dir is a TrainConfig
     assert type(saved) is TrainConfig
 
 
 def test_periodic_evaluation_logs_success(dataset, tmp_path):
-    train(config(*overrides(dataset, tmp_path / "run", "trainer.steps=4", "trainer.checkpoint_every=2",
-                            "trainer.eval_episodes=2")), progress=False)
+    train(
+        config(
+            *overrides(
+                dataset,
+                tmp_path / "run",
+                "trainer.steps=4",
+                "trainer.checkpoint_every=2",
+                "trainer.eval_episodes=2",
+            )
+        ),
+        progress=False,
+    )
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "success/builtin/push" in r]
     assert [r["step"] for r in evals] == [2, 4] and all(0 <= r["success/builtin/push"] <= 1 for r in evals)
@@ -61,8 +89,20 @@ def test_periodic_evaluation_logs_success(dataset, tmp_path):
 
 
 def test_loss_decreases(dataset, tmp_path):
-    train(config(*overrides(dataset, tmp_path / "run", "head=flow", "trainer.steps=80", "trainer.checkpoint_every=80",
-                            "trainer.ema_decay=0", "trainer.val_every=10")), progress=False)
+    train(
+        config(
+            *overrides(
+                dataset,
+                tmp_path / "run",
+                "head=flow",
+                "trainer.steps=80",
+                "trainer.checkpoint_every=80",
+                "trainer.ema_decay=0",
+                "trainer.val_every=10",
+            )
+        ),
+        progress=False,
+    )
     curve = losses(tmp_path / "run")
     first, last = np.mean([curve[s] for s in range(1, 11)]), np.mean([curve[s] for s in range(71, 81)])
     assert last < 0.7 * first, (first, last)
@@ -72,44 +112,75 @@ def test_loss_decreases(dataset, tmp_path):
 
 
 def test_sigkill_then_resume_reproduces_the_uninterrupted_run(dataset, tmp_path):
-    args = overrides(dataset, tmp_path / "full", "head=flow", "trainer.steps=30", "trainer.checkpoint_every=6")
+    args = overrides(
+        dataset, tmp_path / "full", "head=flow", "trainer.steps=30", "trainer.checkpoint_every=6"
+    )
     train(config(*args), progress=False)
     reference = losses(tmp_path / "full")
 
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "vla.cli", "train", *[a.replace(str(tmp_path / "full"), str(killed)) for a in args]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vla.cli",
+        "train",
+        *[a.replace(str(tmp_path / "full"), str(killed)) for a in args],
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while time.time() < deadline and not (killed / "checkpoints" / "step_000012" / "trainer_state.pt").exists():
+    while (
+        time.time() < deadline and not (killed / "checkpoints" / "step_000012" / "trainer_state.pt").exists()
+    ):
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done = losses(killed)
     assert 12 <= max(done) < 30, "the kill should land mid-run"
-    train(config(*[a.replace(str(tmp_path / "full"), str(killed)) for a in args], "resume=true"), progress=False)
+    train(
+        config(*[a.replace(str(tmp_path / "full"), str(killed)) for a in args], "resume=true"), progress=False
+    )
     resumed = losses(killed)
     assert sorted(resumed) == list(range(1, 31))
-    np.testing.assert_allclose([resumed[s] for s in range(1, 31)], [reference[s] for s in range(1, 31)], rtol=1e-5)
+    np.testing.assert_allclose(
+        [resumed[s] for s in range(1, 31)], [reference[s] for s in range(1, 31)], rtol=1e-5
+    )
 
 
 def test_prefilled_feature_memo_trains_like_the_uncached_run(dataset, tmp_path, monkeypatch):
-    """A run that draws at least a dataset's worth of windows encodes every frame up front; the losses are those
-    of the run without the memo."""
+    """A run that draws at least a dataset's worth of windows encodes every frame up front; the losses are
+    those of the run without the memo."""
     import vla.train.loop as loop
     from vla.data import TrajectoryStore
 
     prefilled = []
     real = loop.prefill_features
-    monkeypatch.setattr(loop, "prefill_features", lambda policy, *a: prefilled.append(policy) or real(policy, *a))
+    monkeypatch.setattr(
+        loop, "prefill_features", lambda policy, *a: prefilled.append(policy) or real(policy, *a)
+    )
     steps = -(-TrajectoryStore(dataset).num_frames // 8)  # steps * batch_size >= frames
     run = {}
     for cache in ["auto", "false"]:
         run[cache] = tmp_path / cache
-        train(config(*overrides(dataset, run[cache], "policy.backbone.finetune=frozen", f"trainer.steps={steps}",
-                                f"trainer.checkpoint_every={steps}", f"trainer.cache_features={cache}")), progress=False)
-    assert len(prefilled) == 1 and prefilled[0].backbone.image_memo.misses == TrajectoryStore(dataset).num_frames
+        train(
+            config(
+                *overrides(
+                    dataset,
+                    run[cache],
+                    "policy.backbone.finetune=frozen",
+                    f"trainer.steps={steps}",
+                    f"trainer.checkpoint_every={steps}",
+                    f"trainer.cache_features={cache}",
+                )
+            ),
+            progress=False,
+        )
+    assert (
+        len(prefilled) == 1 and prefilled[0].backbone.image_memo.misses == TrajectoryStore(dataset).num_frames
+    )
     cached, plain = losses(run["auto"]), losses(run["false"])
-    np.testing.assert_allclose([cached[s] for s in range(1, steps + 1)], [plain[s] for s in range(1, steps + 1)], rtol=1e-4)
+    np.testing.assert_allclose(
+        [cached[s] for s in range(1, steps + 1)], [plain[s] for s in range(1, steps + 1)], rtol=1e-4
+    )
 
 
 @pytest.mark.slow
@@ -118,8 +189,23 @@ def test_two_process_ddp_matches_single_process(dataset, tmp_path):
     train(config(*args), progress=False)
     ddp = [a.replace(str(tmp_path / "single"), str(tmp_path / "ddp")) for a in args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "vla.cli", "train",
-                    *ddp], check=True, env=env, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "vla.cli",
+            "train",
+            *ddp,
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )
     rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert {r["processes"] for r in rows} == {2}  # really two processes, not two independent runs
     single, double = losses(tmp_path / "single"), losses(tmp_path / "ddp")
@@ -137,22 +223,40 @@ def test_bad_configs_fail_before_any_compute(dataset, tmp_path):
         train(config(*overrides(dataset, tmp_path / "d"), "data.horizon=4"), progress=False)
     with pytest.raises(TrainError, match="resume=true but"):
         train(config(*overrides(dataset, tmp_path / "e"), "resume=true"), progress=False)
-    with pytest.raises(TrainError, match="cache_features=true needs a composite backbone with finetune=frozen"):
-        train(config(*overrides(dataset, tmp_path / "g"), "trainer.cache_features=true"), progress=False)  # tiny: full
+    with pytest.raises(
+        TrainError, match="cache_features=true needs a composite backbone with finetune=frozen"
+    ):
+        train(
+            config(*overrides(dataset, tmp_path / "g"), "trainer.cache_features=true"), progress=False
+        )  # tiny: full
     with pytest.raises(TrainError, match="cache_features must be true, false or auto"):
         train(config(*overrides(dataset, tmp_path / "h"), "trainer.cache_features=sometimes"), progress=False)
     with pytest.raises(TrainError, match="task_weights .* needs trainer.balance_tasks=true"):
-        train(config(*overrides(dataset, tmp_path / "i"), "trainer.task_weights={builtin/push:2}"), progress=False)
+        train(
+            config(*overrides(dataset, tmp_path / "i"), "trainer.task_weights={builtin/push:2}"),
+            progress=False,
+        )
     with pytest.raises(TrainError, match=r"names \['builtin/pick'\], which are not tasks of this dataset"):
-        train(config(*overrides(dataset, tmp_path / "i"), "trainer.balance_tasks=true",
-                     "trainer.task_weights={builtin/pick:2}"), progress=False)
+        train(
+            config(
+                *overrides(dataset, tmp_path / "i"),
+                "trainer.balance_tasks=true",
+                "trainer.task_weights={builtin/pick:2}",
+            ),
+            progress=False,
+        )
     for value in ("3", "{grounding.stem:fast}"):  # typed Any in the schema, so checked here
         with pytest.raises(TrainError, match="trainer.lr_scale must be a mapping of names to numbers"):
             train(config(*overrides(dataset, tmp_path / "j"), f"trainer.lr_scale={value}"), progress=False)
-    train(config(*overrides(dataset, tmp_path / "f"), "trainer.steps=2", "trainer.checkpoint_every=2"), progress=False)
+    train(
+        config(*overrides(dataset, tmp_path / "f"), "trainer.steps=2", "trainer.checkpoint_every=2"),
+        progress=False,
+    )
     with pytest.raises(TrainError, match="already holds checkpoints"):
         train(config(*overrides(dataset, tmp_path / "f"), "trainer.steps=2"), progress=False)
-    again = train(config(*overrides(dataset, tmp_path / "f"), "trainer.steps=2", "resume=auto"), progress=False)
+    again = train(
+        config(*overrides(dataset, tmp_path / "f"), "trainer.steps=2", "resume=auto"), progress=False
+    )
     assert again == tmp_path / "f" / "checkpoints" / "step_000002"  # already done: nothing to train
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -180,7 +284,10 @@ def test_task_balanced_batches_give_each_task_an_equal_share():
     assert weighted.sum() == pytest.approx(1.0)
     drawn = tasks[np.concatenate(list(StepBatches(len(tasks), 64, 0, 0, 200, 0, 1, weighted)))]
     assert abs((drawn == "push").mean() - 0.75) < 0.03
-    with pytest.raises(TrainError, match=r"names \['pick'\], which are not tasks of this dataset; its tasks: \['push', 'reach'\]"):
+    with pytest.raises(
+        TrainError,
+        match=r"names \['pick'\], which are not tasks of this dataset; its tasks: \['push', 'reach'\]",
+    ):
         task_balanced_weights(tasks, {"pick": 2.0})
     with pytest.raises(TrainError, match="must be positive"):
         task_balanced_weights(tasks, {"push": 0.0})
@@ -196,7 +303,10 @@ def test_lr_scale_gives_named_parameters_their_own_rate_and_rejects_unknown_name
     by_param = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
     assert by_param[id(model["stem"].weight)] == (pytest.approx(3e-3), 0.1)
     assert by_param[id(model["stem"].bias)] == (pytest.approx(3e-3), 0.0)  # biases: no decay, scaled rate
-    assert by_param[id(model["head"].weight)] == (1e-3, 0.1) and by_param[id(model["head"].bias)] == (1e-3, 0.0)
+    assert by_param[id(model["head"].weight)] == (1e-3, 0.1) and by_param[id(model["head"].bias)] == (
+        1e-3,
+        0.0,
+    )
     assert len(by_param) == 4
     with pytest.raises(TrainError, match=r"lr_scale names \['stme'\], which match no trainable parameter"):
         param_groups(model, 0.1, 1e-3, {"stme": 3.0})

@@ -61,7 +61,11 @@ def test_wrong_image_shape(dataset):
 def test_non_monotone_episode_ends(dataset):
     corrupt(dataset, lambda g: g["meta/episode_ends"].__setitem__(2, 6))  # [5, 8, 6, 16, 20]
     err = only_error(validate(dataset))
-    assert err.where == "meta/episode_ends" and err.index == 2 and "episode_ends[1]=8 >= episode_ends[2]=6" in err.message
+    assert (
+        err.where == "meta/episode_ends"
+        and err.index == 2
+        and "episode_ends[1]=8 >= episode_ends[2]=6" in err.message
+    )
 
 
 def test_empty_first_episode(dataset):
@@ -105,7 +109,8 @@ def test_warnings_blank_frames_bounds_empty_instruction(tmp_path):
     assert by_where["data/images/wrist"].index == 5 and "1 blank" in by_where["data/images/wrist"].message
     assert by_where["meta/instruction"].index == 1
     assert validate(path, check_images=False).warnings and "data/images/wrist" not in {
-        f.where for f in validate(path, check_images=False).warnings}
+        f.where for f in validate(path, check_images=False).warnings
+    }
 
 
 def test_stale_and_broken_stats(dataset):
@@ -115,7 +120,10 @@ def test_stale_and_broken_stats(dataset):
 
     with TrajectoryWriter(dataset) as w:
         w.add_episode(**make_episode(5, 2, 20))
-    assert any(f.where == "stats" and "cover 20 frames, dataset has 22" in f.message for f in validate(dataset).warnings)
+    assert any(
+        f.where == "stats" and "cover 20 frames, dataset has 22" in f.message
+        for f in validate(dataset).warnings
+    )
     corrupt(dataset, lambda g: g["stats/state/std"].__setitem__(0, np.nan))
     assert any(e.where == "stats/state/std" for e in validate(dataset).errors)
 

@@ -79,7 +79,9 @@ def test_split_by_episode_never_leaks(dataset):
     for ds in (train, val):
         eps = set(ds.episodes.tolist())
         for i in range(len(ds)):
-            assert {int(a) for a in ds[i]["action"][:, 0]} <= set(range(*_bounds(ds.store, ds[i]["episode_index"])))
+            assert {int(a) for a in ds[i]["action"][:, 0]} <= set(
+                range(*_bounds(ds.store, ds[i]["episode_index"]))
+            )
             assert ds[i]["episode_index"] in eps
     assert val.arrays is train.arrays  # loaded once
 
@@ -115,8 +117,12 @@ def test_dataloader_with_workers(dataset, in_memory):
 
 
 def test_augmentation_keeps_shapes_and_is_seeded(dataset):
-    cfg = WindowConfig(n_obs_steps=2, horizon=2, future_offset=1,
-                       augment=AugmentConfig(enabled=True, shift_pad=2, brightness=0.3, contrast=0.3))
+    cfg = WindowConfig(
+        n_obs_steps=2,
+        horizon=2,
+        future_offset=1,
+        augment=AugmentConfig(enabled=True, shift_pad=2, brightness=0.3, contrast=0.3),
+    )
     ds = WindowDataset(dataset, cfg)
     plain = WindowDataset(dataset, WindowConfig(n_obs_steps=2, horizon=2, future_offset=1))
     torch.manual_seed(0)

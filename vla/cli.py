@@ -34,7 +34,9 @@ def _hydra_verb(verb: str, args: argparse.Namespace) -> int:
     if args.cfg:
         print(OmegaConf.to_yaml(cfg), end="")
         return 0
-    return {"collect": _collect, "train": _train, "eval": _eval, "serve": _serve, "robot": _robot}[verb](cfg, args)
+    return {"collect": _collect, "train": _train, "eval": _eval, "serve": _serve, "robot": _robot}[verb](
+        cfg, args
+    )
 
 
 def _collect(cfg, args: argparse.Namespace) -> int:
@@ -140,7 +142,10 @@ def _data_convert(args: argparse.Namespace) -> int:
     if args.key_map:
         options["key_map"] = dict(item.split("=", 1) for item in args.key_map.split(","))
     if args.to == "lerobot":
-        options = {"overwrite": args.overwrite, "video_codec": None if args.video_codec == "none" else args.video_codec}
+        options = {
+            "overwrite": args.overwrite,
+            "video_codec": None if args.video_codec == "none" else args.video_codec,
+        }
     summary = convert(args.src, args.dst, from_format=args.from_format, to_format=args.to, **options)
     print(json.dumps(summary, indent=2))
     return 0
@@ -157,8 +162,10 @@ def _benchmarks_dir() -> Path:
     for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
         if (base / "benchmarks").is_dir():
             return base / "benchmarks"
-    raise FileNotFoundError("`vla bench` runs the scripts in a checkout's benchmarks/, which the wheel does not ship: "
-                            "run it from the root of a git clone of vla")
+    raise FileNotFoundError(
+        "`vla bench` runs the scripts in a checkout's benchmarks/, which the wheel does not ship: "
+        "run it from the root of a git clone of vla"
+    )
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -191,49 +198,75 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--cfg", action="store_true", help="print the composed config and exit")
         p.set_defaults(func=lambda a, v=verb: _hydra_verb(v, a))
         if verb == "collect":
-            p.add_argument("--list-envs", action="store_true", help="list the registered environments and exit")
+            p.add_argument(
+                "--list-envs", action="store_true", help="list the registered environments and exit"
+            )
 
-    data = verbs.add_parser("data", help="inspect, validate and compute stats of Zarr datasets",
-                            description="Inspect, validate and compute stats of vla Zarr datasets.")
+    data = verbs.add_parser(
+        "data",
+        help="inspect, validate and compute stats of Zarr datasets",
+        description="Inspect, validate and compute stats of vla Zarr datasets.",
+    )
     data_verbs = data.add_subparsers(dest="data_verb", metavar="<command>", required=True)
     p = data_verbs.add_parser("info", help="summary: episodes, frames, cameras, dims, tasks, size")
     p.add_argument("path", help="dataset URL (path, file://, memory://, s3://)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_data_info)
-    p = data_verbs.add_parser("validate", help="check schema, episode boundaries, dtypes, NaN/inf, images; exit 1 on errors")
+    p = data_verbs.add_parser(
+        "validate", help="check schema, episode boundaries, dtypes, NaN/inf, images; exit 1 on errors"
+    )
     p.add_argument("path")
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-images", action="store_true", help="skip the blank-frame scan over all images")
     p.set_defaults(func=_data_validate)
-    p = data_verbs.add_parser("stats", help="compute (once) and show normalization stats; stored in the dataset")
+    p = data_verbs.add_parser(
+        "stats", help="compute (once) and show normalization stats; stored in the dataset"
+    )
     p.add_argument("path")
     p.add_argument("--recompute", action="store_true", help="recompute even if stored stats are up to date")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_data_stats)
 
-    p = data_verbs.add_parser("convert", help="convert robomimic / LeRobot v3 / Diffusion Policy data to vla Zarr, or vla to LeRobot",
-                              description="Convert a dataset; the source format is detected unless --from is given. "
-                                          "Ends with a validation pass; a failed conversion leaves nothing at DST.")
+    p = data_verbs.add_parser(
+        "convert",
+        help="convert robomimic / LeRobot v3 / Diffusion Policy data to vla Zarr, or vla to LeRobot",
+        description="Convert a dataset; the source format is detected unless --from is given. "
+        "Ends with a validation pass; a failed conversion leaves nothing at DST.",
+    )
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--from", dest="from_format", choices=["robomimic", "lerobot", "diffusion_policy", "vla"])
     p.add_argument("--to", default="vla", choices=["vla", "lerobot"])
     p.add_argument("--instruction", help="instruction for every episode (default: from the source's task)")
-    p.add_argument("--fps", type=float, help="control rate, where the source does not say (robomimic, diffusion_policy)")
+    p.add_argument(
+        "--fps", type=float, help="control rate, where the source does not say (robomimic, diffusion_policy)"
+    )
     p.add_argument("--state-keys", help="robomimic: comma-separated obs keys concatenated into state")
-    p.add_argument("--key-map", help="diffusion_policy: src=dst pairs, e.g. img=images/top,state=state,action=action")
-    p.add_argument("--video-codec", default="libsvtav1", help="--to lerobot: libsvtav1 | libx264 | libx264rgb (lossless) | none (inline PNG)")
+    p.add_argument(
+        "--key-map", help="diffusion_policy: src=dst pairs, e.g. img=images/top,state=state,action=action"
+    )
+    p.add_argument(
+        "--video-codec",
+        default="libsvtav1",
+        help="--to lerobot: libsvtav1 | libx264 | libx264rgb (lossless) | none (inline PNG)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     p.set_defaults(func=_data_convert)
-    p = data_verbs.add_parser("merge", help="merge datasets (same cameras and dims) into one, e.g. for multi-task training",
-                              description="Copy every episode of SRC... into a new dataset OUT; validated, with stats.")
+    p = data_verbs.add_parser(
+        "merge",
+        help="merge datasets (same cameras and dims) into one, e.g. for multi-task training",
+        description="Copy every episode of SRC... into a new dataset OUT; validated, with stats.",
+    )
     p.add_argument("sources", nargs="+", metavar="SRC")
     p.add_argument("--out", required=True, help="the merged dataset")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_data_merge)
 
-    p = verbs.add_parser("bench", help="run a benchmark from benchmarks/ (prints JSON)",
-                         description="Run benchmarks/<name>.py with key=value overrides; prints JSON.")
+    p = verbs.add_parser(
+        "bench",
+        help="run a benchmark from benchmarks/ (prints JSON)",
+        description="Run benchmarks/<name>.py with key=value overrides; prints JSON.",
+    )
     p.add_argument("name", nargs="?", help="benchmark name (see --list)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the benchmark's config")
     p.add_argument("--list", action="store_true", help="list available benchmarks")
@@ -253,7 +286,16 @@ def main(argv: list[str] | None = None) -> int:
         return _list_envs(args)
     try:
         return args.func(args)
-    except (ConfigError, SchemaError, OSError, KeyError, ValueError, TypeError, ImportError, RuntimeError) as e:  # noqa: B014
+    except (
+        ConfigError,
+        SchemaError,
+        OSError,
+        KeyError,
+        ValueError,
+        TypeError,
+        ImportError,
+        RuntimeError,
+    ) as e:  # noqa: B014
         if os.environ.get("VLA_DEBUG"):
             raise
         print(f"error: {e}", file=sys.stderr)

@@ -10,8 +10,8 @@ from omegaconf import DictConfig, OmegaConf
 
 
 def config_dir() -> Path:
-    """``$VLA_CONFIG_DIR``; else the configs an installed wheel carries (``vla/_configs``, see setup.py); else the
-    checkout's ``configs/`` (an editable install)."""
+    """``$VLA_CONFIG_DIR``; else the configs an installed wheel carries (``vla/_configs``, see setup.py); else
+    the checkout's ``configs/`` (an editable install)."""
     env = os.environ.get("VLA_CONFIG_DIR")
     if env:
         return Path(env).resolve()
@@ -41,7 +41,8 @@ class ConfigError(ValueError):
 
 
 def compose(config_name: str, overrides: list[str] | None = None, schema: type | None = None) -> DictConfig:
-    """Compose ``configs/<config_name>.yaml`` with hydra ``overrides``; validate against ``schema`` if given."""
+    """Compose ``configs/<config_name>.yaml`` with hydra ``overrides``; validate against ``schema`` if
+    given."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -61,7 +62,9 @@ def compose(config_name: str, overrides: list[str] | None = None, schema: type |
         while causes[-1].__cause__ is not None:  # hydra wraps the typed check that says what was wrong
             causes.append(causes[-1].__cause__)
         detail = "; ".join(dict.fromkeys(str(c).strip() for c in causes))
-        raise ConfigError(f"bad config for `{config_name}` (overrides {list(overrides or [])}): {detail}") from e
+        raise ConfigError(
+            f"bad config for `{config_name}` (overrides {list(overrides or [])}): {detail}"
+        ) from e
     return cfg
 
 

@@ -36,7 +36,9 @@ def _cpuinfo() -> dict[str, str]:
 
 def cpu_model() -> str:
     info = _cpuinfo()
-    return info.get("model name") or info.get("Model") or platform.processor() or platform.machine() or "unknown"
+    return (
+        info.get("model name") or info.get("Model") or platform.processor() or platform.machine() or "unknown"
+    )
 
 
 def cpu_flags() -> set[str]:
@@ -52,17 +54,25 @@ def native_bf16_flags() -> list[str]:
 
 def cpu_info() -> dict[str, object]:
     """The CPU as every benchmark and results summary records it."""
-    return {"cpu": cpu_model(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "native_bf16": native_bf16_flags(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    return {
+        "cpu": cpu_model(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": native_bf16_flags(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
 
 
 def pick_vision_dtype(requested: str, trainable: bool) -> tuple[str, str]:
-    """``backbone.vision_dtype`` -> (dtype, why). ``auto`` picks bfloat16 for a frozen encoder where the GPU or the
-    CPU computes it natively, float32 elsewhere; ``float32`` and ``bfloat16`` are taken as given."""
+    """``backbone.vision_dtype`` -> (dtype, why). ``auto`` picks bfloat16 for a frozen encoder where the GPU
+    or the CPU computes it natively, float32 elsewhere; ``float32`` and ``bfloat16`` are taken as given."""
     if requested != "auto":
         return requested, "set in the config"
     if trainable:
-        return "float32", "the vision encoder is trained (finetune is not frozen), which needs float32 weights"
+        return (
+            "float32",
+            "the vision encoder is trained (finetune is not frozen), which needs float32 weights",
+        )
     if torch.cuda.is_available():
         if torch.cuda.is_bf16_supported():
             return "bfloat16", f"the GPU ({torch.cuda.get_device_name()}) computes bfloat16 natively"
@@ -71,5 +81,7 @@ def pick_vision_dtype(requested: str, trainable: bool) -> tuple[str, str]:
     capability = torch.backends.cpu.get_cpu_capability()
     if native:
         return "bfloat16", f"the CPU ({cpu_model()}) has native bf16 instructions ({', '.join(native)})"
-    return "float32", (f"the CPU ({cpu_model()}, torch capability {capability}) has no native bf16 instructions: "
-                       "bfloat16 would be emulated, many times slower than float32")
+    return "float32", (
+        f"the CPU ({cpu_model()}, torch capability {capability}) has no native bf16 instructions: "
+        "bfloat16 would be emulated, many times slower than float32"
+    )

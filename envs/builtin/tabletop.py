@@ -75,7 +75,11 @@ class TabletopEnv(gym.Env):
             raise ValueError(f"image_size must be >= 16 px, got {self.image_size}")
         self.control_freq = float(control_freq)
         self.step_size = self.max_speed / self.control_freq
-        self.max_steps = int(max_steps) if max_steps else int(round((6.0 if self.task.kind == "push" else 4.0) * self.control_freq))
+        self.max_steps = (
+            int(max_steps)
+            if max_steps
+            else int(round((6.0 if self.task.kind == "push" else 4.0) * self.control_freq))
+        )
         self.render_mode = render_mode
         self.metadata = {**self.metadata, "render_fps": self.control_freq}
         self.observation_space = observation_space(self.cameras, self.image_size, state_dim=4)
@@ -98,9 +102,14 @@ class TabletopEnv(gym.Env):
     @property
     def meta(self) -> DatasetMeta:
         return DatasetMeta(
-            fps=self.control_freq, cameras=self.cameras, image_size=self.image_size, state_dim=4,
+            fps=self.control_freq,
+            cameras=self.cameras,
+            image_size=self.image_size,
+            state_dim=4,
             action_space=ActionSpace(dim=2, low=[-1.0, -1.0], high=[1.0, 1.0], kind="planar_velocity"),
-            robot="point_pusher", env=self.name, extra={"targets": list(TARGET_NAMES)},
+            robot="point_pusher",
+            env=self.name,
+            extra={"targets": list(TARGET_NAMES)},
         )
 
     # -- episode ---------------------------------------------------------------------------
@@ -145,8 +154,9 @@ class TabletopEnv(gym.Env):
         before = self.pusher.copy()
         substeps = 4
         for _ in range(substeps):
-            self.pusher = np.clip(self.pusher + action * self.step_size / substeps,
-                                  self.pusher_radius, 1 - self.pusher_radius)
+            self.pusher = np.clip(
+                self.pusher + action * self.step_size / substeps, self.pusher_radius, 1 - self.pusher_radius
+            )
             self._resolve_contacts()
         self.velocity = (self.pusher - before) * self.control_freq
         self.steps += 1
@@ -194,11 +204,17 @@ class TabletopEnv(gym.Env):
         block = self.blocks[self.target_block]
         if self.task.kind == "reach":
             return bool(np.linalg.norm(block - self.pusher) <= self.pusher_radius + self.block_radius + 0.01)
-        return bool(np.abs(block - self.pads[self.target_pad]).max() <= self.pad_half - 0.3 * self.block_radius)
+        return bool(
+            np.abs(block - self.pads[self.target_pad]).max() <= self.pad_half - 0.3 * self.block_radius
+        )
 
     def _obs(self) -> dict:
         state = np.concatenate([self.pusher, self.velocity]).astype(np.float32)
-        return {"images": {c: self._render(c) for c in self.cameras}, "state": state, "instruction": self.instruction}
+        return {
+            "images": {c: self._render(c) for c in self.cameras},
+            "state": state,
+            "instruction": self.instruction,
+        }
 
     def _info(self) -> dict:
         return {
@@ -229,10 +245,12 @@ class TabletopEnv(gym.Env):
             inside = (dx <= self.pad_half) & (dy <= self.pad_half)
             img[inside & ((dx > self.pad_half - ring) | (dy > self.pad_half - ring))] = COLORS[color]
             img[inside & (dx <= self.pad_half - ring) & (dy <= self.pad_half - ring)] = (
-                (np.array(COLORS[color]) + 2 * TABLE.astype(int)) // 3
-            )
+                np.array(COLORS[color]) + 2 * TABLE.astype(int)
+            ) // 3
         for pos, color in zip(self.blocks, self.block_colors, strict=True):
-            img[(np.abs(px - pos[0]) <= self.block_radius) & (np.abs(py - pos[1]) <= self.block_radius)] = COLORS[color]
+            img[(np.abs(px - pos[0]) <= self.block_radius) & (np.abs(py - pos[1]) <= self.block_radius)] = (
+                COLORS[color]
+            )
         d2 = (px - self.pusher[0]) ** 2 + (py - self.pusher[1]) ** 2
         img[d2 <= self.pusher_radius**2] = PUSHER
         img[(d2 <= (0.5 * self.pusher_radius) ** 2)] = (200, 200, 200)
@@ -240,8 +258,9 @@ class TabletopEnv(gym.Env):
 
     # -- privileged state for the scripted expert and for auxiliary training targets ------------
     def training_targets(self) -> np.ndarray:
-        """(4,) float32 (`TARGET_NAMES`): the named block's centre, then the goal's: the named pad's for push; for
-        reach, whose instruction names no pad, the block's again (every target is then one the words determine)."""
+        """(4,) float32 (`TARGET_NAMES`): the named block's centre, then the goal's: the named pad's for push;
+        for reach, whose instruction names no pad, the block's again (every target is then one the words
+        determine)."""
         block = self.blocks[self.target_block]
         goal = block if self.task.kind == "reach" else self.pads[self.target_pad]
         return np.concatenate([block, goal]).astype(np.float32)
@@ -253,4 +272,3 @@ class TabletopEnv(gym.Env):
             "pad": self.pads[self.target_pad].copy(),
             "blocks": self.blocks.copy(),
         }
-

@@ -1,8 +1,8 @@
 """Scripted experts: privileged-state controllers that make demonstrations without a human.
 
-    expert = make_expert(env)      # env from envs.make(...)
-    expert.reset()                 # after env.reset()
-    action = expert.act()          # reads the simulator's true state, not the observation
+expert = make_expert(env)      # env from envs.make(...)
+expert.reset()                 # after env.reset()
+action = expert.act()          # reads the simulator's true state, not the observation
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ def make_expert(env: gym.Env) -> Expert:
     raise KeyError(f"no scripted expert for environment {name!r}")
 
 
-def add_noise(action: np.ndarray, std: float, rng: np.random.Generator, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+def add_noise(
+    action: np.ndarray, std: float, rng: np.random.Generator, low: np.ndarray, high: np.ndarray
+) -> np.ndarray:
     """Gaussian exploration noise (scaled by the action range), clipped to the bounds."""
     if std <= 0:
         return action

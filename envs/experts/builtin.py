@@ -25,7 +25,9 @@ class TabletopExpert:
         p, b = s["pusher"], s["block"]
         reach = env.pusher_radius + env.block_radius
         if env.task.kind == "reach":
-            return self._toward(b - (b - p) / max(np.linalg.norm(b - p), 1e-9) * reach * 0.9, p).astype(np.float32)
+            return self._toward(b - (b - p) / max(np.linalg.norm(b - p), 1e-9) * reach * 0.9, p).astype(
+                np.float32
+            )
         g = s["pad"]
         to_goal = g - b
         dist = np.linalg.norm(to_goal)
@@ -40,7 +42,9 @@ class TabletopExpert:
         if self.pushing:
             lateral = rel - np.dot(rel, -u) * (-u)  # offset from the push line through the block
             slow = np.clip(dist / 0.08, 0.3, 1.0)
-            return np.clip((u * slow * env.step_size - 1.5 * lateral) / env.step_size, -1, 1).astype(np.float32)
+            return np.clip((u * slow * env.step_size - 1.5 * lateral) / env.step_size, -1, 1).astype(
+                np.float32
+            )
         # Approach the point behind the block without touching it: detour around its side.
         seg = behind - p
         t = np.clip(np.dot(b - p, seg) / max(np.dot(seg, seg), 1e-12), 0.0, 1.0)

@@ -42,8 +42,14 @@ class _WaypointExpert:
         return np.array(self.sim_env.sim.data.body_xpos[body_id])
 
     # -- actions -------------------------------------------------------------------------------
-    def move(self, target: np.ndarray, gripper: float, gain: float = 1.0, yaw_error: float = 0.0,
-             tilt_error: np.ndarray | None = None) -> np.ndarray:
+    def move(
+        self,
+        target: np.ndarray,
+        gripper: float,
+        gain: float = 1.0,
+        yaw_error: float = 0.0,
+        tilt_error: np.ndarray | None = None,
+    ) -> np.ndarray:
         action = np.zeros(7, dtype=np.float32)
         action[:3] = np.clip(gain * (target - self.eef) / POS_SCALE, -1.0, 1.0)
         if tilt_error is not None:
@@ -62,9 +68,15 @@ class _WaypointExpert:
             self.phase += 1
             self.phase_steps = 0
 
-    def pick_and_place(self, obj: np.ndarray, place: np.ndarray | None, grasp_offset: np.ndarray | None = None,
-                       carry_height: float = 0.15, yaw_error: float = 0.0,
-                       tilt_error: np.ndarray | None = None) -> np.ndarray:
+    def pick_and_place(
+        self,
+        obj: np.ndarray,
+        place: np.ndarray | None,
+        grasp_offset: np.ndarray | None = None,
+        carry_height: float = 0.15,
+        yaw_error: float = 0.0,
+        tilt_error: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Phases: above, down, close, lift, (carry, lower, open, retreat). ``place`` None = just lift."""
         grasp = obj + (grasp_offset if grasp_offset is not None else 0.0)
         p = self.phase
@@ -89,7 +101,9 @@ class _WaypointExpert:
             if eef_rise > 0.06 and obj_rise < 0.02:  # the object stayed behind: open and grasp again
                 self.phase, self.phase_steps, self.memory = 0, 0, {}
                 return self.move(self.eef + [0, 0, 0.02], OPEN)
-            self.next_phase(place is not None and self.near(target, 0.02, 0.02), timeout=10**6 if place is None else 60)
+            self.next_phase(
+                place is not None and self.near(target, 0.02, 0.02), timeout=10**6 if place is None else 60
+            )
         elif p == 4:  # carry above the place target
             target = np.array([place[0], place[1], float(self.memory["lift_z"])])
             action = self.move(target, CLOSE, yaw_error=yaw_error, tilt_error=tilt_error)
@@ -158,8 +172,14 @@ class NutAssemblyExpert(_WaypointExpert):
         # a nut held by its handle droops about the finger axis; tilt the wrist to hold it level
         nut_z = np.array(env.sim.data.body_xmat[env.obj_body_id[nut.name]]).reshape(3, 3)[:, 2]
         tilt_error = 0.7 * np.cross(nut_z, [0.0, 0.0, 1.0])  # rotation vector taking nut z to world z
-        return self.pick_and_place(handle, place, grasp_offset=grasp_offset, carry_height=0.15, yaw_error=yaw_error,
-                                   tilt_error=tilt_error)
+        return self.pick_and_place(
+            handle,
+            place,
+            grasp_offset=grasp_offset,
+            carry_height=0.15,
+            yaw_error=yaw_error,
+            tilt_error=tilt_error,
+        )
 
 
 class DoorExpert(_WaypointExpert):

@@ -11,5 +11,12 @@ from .chunking import (
     rtc_guide,
 )
 
-__all__ = ["ChunkExecutor", "RealTimeChunking", "RecedingHorizon", "TemporalEnsemble", "make_executor", "request_seed",
-           "rtc_guide"]
+__all__ = [
+    "ChunkExecutor",
+    "RealTimeChunking",
+    "RecedingHorizon",
+    "TemporalEnsemble",
+    "make_executor",
+    "request_seed",
+    "rtc_guide",
+]

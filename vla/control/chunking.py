@@ -97,7 +97,9 @@ class TemporalEnsemble(ChunkExecutor):
 class RealTimeChunking(ChunkExecutor):
     def __init__(self, execute: int, delay: int = 0):
         if execute < 1 or delay < 0 or delay > execute:
-            raise ValueError(f"need 1 <= execute and 0 <= delay <= execute, got execute={execute} delay={delay}")
+            raise ValueError(
+                f"need 1 <= execute and 0 <= delay <= execute, got execute={execute} delay={delay}"
+            )
         self.execute, self.delay = execute, delay
         self.reset()
 
@@ -143,7 +145,7 @@ def rtc_guide(chunk: np.ndarray, offset: int, horizon: int, delay: int) -> tuple
     one; weight 1 for the ``delay`` steps that run before the answer arrives, decaying over the rest
     of the overlap, 0 beyond it. Shared by the eval executor and the policy server."""
     chunk = np.asarray(chunk, dtype=np.float32)
-    remaining = chunk[min(max(offset, 0), len(chunk) - 1):]
+    remaining = chunk[min(max(offset, 0), len(chunk) - 1) :]
     overlap = min(len(remaining), horizon)
     guide = np.repeat(remaining[-1:], horizon, axis=0)
     guide[:overlap] = remaining[:overlap]
@@ -153,8 +155,9 @@ def rtc_guide(chunk: np.ndarray, offset: int, horizon: int, delay: int) -> tuple
     return guide, weights
 
 
-def make_executor(strategy: str, horizon: int, execute: int | None = None, decay: float = 0.01,
-                  delay: int = 0) -> ChunkExecutor:
+def make_executor(
+    strategy: str, horizon: int, execute: int | None = None, decay: float = 0.01, delay: int = 0
+) -> ChunkExecutor:
     if strategy == "receding":
         return RecedingHorizon(execute or max(1, horizon // 2))
     if strategy == "ensemble":
@@ -165,6 +168,6 @@ def make_executor(strategy: str, horizon: int, execute: int | None = None, decay
 
 
 def request_seed(episode_seed: int, request: int) -> int:
-    """The noise seed of a chunk requested at step ``request`` of a seeded episode: evaluation and the robot loop
-    both use it, so a run against a server repeats a local evaluation's chunks."""
+    """The noise seed of a chunk requested at step ``request`` of a seeded episode: evaluation and the robot
+    loop both use it, so a run against a server repeats a local evaluation's chunks."""
     return episode_seed * 100_003 + request

@@ -48,9 +48,11 @@ class ImageAugment:
         cfg = self.config
         for cam in sample["images"]:
             pad = cfg.shift_pad
-            dy, dx = (torch.randint(-pad, pad + 1, (2,)).tolist() if pad else (0, 0))
+            dy, dx = torch.randint(-pad, pad + 1, (2,)).tolist() if pad else (0, 0)
             bright = self._uniform(cfg.brightness) if cfg.brightness else 1.0
             contrast = self._uniform(cfg.contrast) if cfg.contrast else 1.0
             sample["images"][cam] = self._apply(sample["images"][cam], dy, dx, bright, contrast)
             if "future_images" in sample:
-                sample["future_images"][cam] = self._apply(sample["future_images"][cam], dy, dx, bright, contrast)
+                sample["future_images"][cam] = self._apply(
+                    sample["future_images"][cam], dy, dx, bright, contrast
+                )

@@ -28,17 +28,34 @@ def print_info(summary: dict[str, Any], console: Console | None = None) -> None:
     el = summary["episode_length"]
     rows = [
         ("format", summary["format"]),
-        ("episodes / frames", f"{summary['episodes']} / {summary['frames']} ({summary['duration_s']} s at {summary['fps']:g} fps)"),
+        (
+            "episodes / frames",
+            f"{summary['episodes']} / {summary['frames']} ({summary['duration_s']} s at {summary['fps']:g} "
+            "fps)",
+        ),
         ("episode length", f"min {el['min']}  mean {el['mean']}  max {el['max']}"),
         ("success rate", "-" if summary["success_rate"] is None else f"{summary['success_rate']:.1%}"),
         ("robot / env", f"{summary['robot']} / {summary['env'] or '-'}"),
-        ("cameras", f"{', '.join(summary['cameras'])} at {summary['image_size'][0]}x{summary['image_size'][1]}"),
+        (
+            "cameras",
+            f"{', '.join(summary['cameras'])} at {summary['image_size'][0]}x{summary['image_size'][1]}",
+        ),
         ("state dim", str(summary["state_dim"])),
-        ("action", f"dim {a['dim']} ({a['kind']}), low {np.round(a['low'], 3).tolist()}, high {np.round(a['high'], 3).tolist()}"),
-        ("tasks", ", ".join(f"{k or '-'} ({v})" for k, v in list(summary["tasks"].items())[:8])
-         + (" ..." if len(summary["tasks"]) > 8 else "")),
+        (
+            "action",
+            f"dim {a['dim']} ({a['kind']}), low {np.round(a['low'], 3).tolist()}, high "
+            f"{np.round(a['high'], 3).tolist()}",
+        ),
+        (
+            "tasks",
+            ", ".join(f"{k or '-'} ({v})" for k, v in list(summary["tasks"].items())[:8])
+            + (" ..." if len(summary["tasks"]) > 8 else ""),
+        ),
         ("unique instructions", str(summary["unique_instructions"])),
-        ("size on disk", f"{_fmt_bytes(summary['bytes_stored'])} (compression {summary['compression_ratio']}x)"),
+        (
+            "size on disk",
+            f"{_fmt_bytes(summary['bytes_stored'])} (compression {summary['compression_ratio']}x)",
+        ),
         ("stats", summary["stats"] or "not computed (`vla data stats PATH`)"),
         ("created with", summary["created_with"] or "-"),
     ]

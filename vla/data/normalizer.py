@@ -66,7 +66,12 @@ class Normalizer:
     @classmethod
     def identity(cls, dims: dict[str, int]) -> Normalizer:
         """A normalizer that changes nothing, e.g. ``{"state": 4, "action": 2}`` (untrained policies)."""
-        return cls({key: KeyNorm("identity", np.zeros(d, np.float32), np.ones(d, np.float32)) for key, d in dims.items()})
+        return cls(
+            {
+                key: KeyNorm("identity", np.zeros(d, np.float32), np.ones(d, np.float32))
+                for key, d in dims.items()
+            }
+        )
 
     def _params(self, key: str, x: Any) -> tuple[Any, Any]:
         if key not in self.keys:
@@ -78,8 +83,10 @@ class Normalizer:
             return p.center, p.scale
         import torch  # tensors: keep device and dtype
 
-        return (torch.as_tensor(p.center, device=x.device, dtype=x.dtype),
-                torch.as_tensor(p.scale, device=x.device, dtype=x.dtype))
+        return (
+            torch.as_tensor(p.center, device=x.device, dtype=x.dtype),
+            torch.as_tensor(p.scale, device=x.device, dtype=x.dtype),
+        )
 
     def normalize(self, key: str, x: Any) -> Any:
         center, scale = self._params(key, x)
@@ -94,19 +101,28 @@ class Normalizer:
         return {
             "version": 1,
             "keys": {
-                k: {"mode": p.mode, "center": p.center.tolist(), "scale": p.scale.tolist()} for k, p in self.keys.items()
+                k: {"mode": p.mode, "center": p.center.tolist(), "scale": p.scale.tolist()}
+                for k, p in self.keys.items()
             },
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Normalizer:
         try:
-            return cls({
-                k: KeyNorm(v["mode"], np.asarray(v["center"], dtype=np.float32), np.asarray(v["scale"], dtype=np.float32))
-                for k, v in d["keys"].items()
-            })
+            return cls(
+                {
+                    k: KeyNorm(
+                        v["mode"],
+                        np.asarray(v["center"], dtype=np.float32),
+                        np.asarray(v["scale"], dtype=np.float32),
+                    )
+                    for k, v in d["keys"].items()
+                }
+            )
         except (KeyError, TypeError) as e:
-            raise ValueError(f"malformed normalizer dict (expected {{'keys': {{name: {{mode, center, scale}}}}}}): {e}") from e
+            raise ValueError(
+                f"malformed normalizer dict (expected {{'keys': {{name: {{mode, center, scale}}}}}}): {e}"
+            ) from e
 
     def save(self, path: str | os.PathLike) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))

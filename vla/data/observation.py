@@ -16,9 +16,11 @@ def is_single(obs: dict) -> bool:
 def stack_observations(observations: Sequence[dict], cameras: Sequence[str] | None = None) -> dict:
     """Single observations -> one batch (``cameras``: which to keep, default all of the first's)."""
     cameras = list(cameras if cameras is not None else observations[0]["images"])
-    return {"images": {c: np.stack([np.asarray(o["images"][c]) for o in observations]) for c in cameras},
-            "state": np.stack([np.asarray(o["state"]) for o in observations]),
-            "instruction": [o["instruction"] for o in observations]}
+    return {
+        "images": {c: np.stack([np.asarray(o["images"][c]) for o in observations]) for c in cameras},
+        "state": np.stack([np.asarray(o["state"]) for o in observations]),
+        "instruction": [o["instruction"] for o in observations],
+    }
 
 
 def as_batch(obs: dict) -> dict:

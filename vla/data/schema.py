@@ -71,7 +71,9 @@ class ActionSpace:
         self.low = [float(x) for x in np.broadcast_to(np.asarray(self.low, dtype=np.float64), (self.dim,))]
         self.high = [float(x) for x in np.broadcast_to(np.asarray(self.high, dtype=np.float64), (self.dim,))]
         if any(lo > hi for lo, hi in zip(self.low, self.high, strict=True)):
-            raise SchemaError(f"action_space.low must be <= high per dimension, got low={self.low} high={self.high}")
+            raise SchemaError(
+                f"action_space.low must be <= high per dimension, got low={self.low} high={self.high}"
+            )
 
 
 @dataclass
@@ -115,7 +117,8 @@ class DatasetMeta:
 
     @property
     def target_names(self) -> list[str]:
-        """Names of the optional privileged training targets (``data/targets``), e.g. ``block_x``; [] = none."""
+        """Names of the optional privileged training targets (``data/targets``), e.g. ``block_x``; [] =
+        none."""
         return [str(n) for n in self.extra.get("targets", [])]
 
     def to_attrs(self) -> dict[str, Any]:
@@ -134,15 +137,28 @@ class DatasetMeta:
             )
         if int(attrs.get("version", -1)) > VERSION:
             raise SchemaError(
-                f"dataset format version {attrs.get('version')} is newer than this vla reads ({VERSION}); upgrade vla"
+                f"dataset format version {attrs.get('version')} is newer than this vla reads ({VERSION}); "
+                "upgrade vla"
             )
-        names = {"fps", "cameras", "image_size", "state_dim", "action_space", "robot", "env", "created_with", "extra"}
+        names = {
+            "fps",
+            "cameras",
+            "image_size",
+            "state_dim",
+            "action_space",
+            "robot",
+            "env",
+            "created_with",
+            "extra",
+        }
         missing = {"fps", "cameras", "image_size", "state_dim", "action_space"} - set(attrs)
         if missing:
             raise SchemaError(f"dataset attrs are missing required keys {sorted(missing)}")
         return cls(**{k: v for k, v in attrs.items() if k in names})
 
-    def check_compatible(self, other: DatasetMeta, what: str = "dataset", other_what: str = "expected") -> None:
+    def check_compatible(
+        self, other: DatasetMeta, what: str = "dataset", other_what: str = "expected"
+    ) -> None:
         """Raise a SchemaError naming every field where two metadata disagree on shapes."""
         problems = []
         if self.cameras != other.cameras:

@@ -17,7 +17,8 @@ def stat_keys(store: TrajectoryStore) -> tuple[str, ...]:
 
 
 def compute_stats(store: TrajectoryStore, keys: tuple[str, ...] | None = None) -> Stats:
-    """mean, std, min, max, q01, q99 per dimension over every committed frame (of ``stat_keys`` by default)."""
+    """mean, std, min, max, q01, q99 per dimension over every committed frame (of ``stat_keys`` by
+    default)."""
     if store.num_frames == 0:
         raise ValueError(f"{store.url} has no frames; cannot compute stats")
     out: Stats = {}

@@ -19,7 +19,8 @@ Stats = dict[str, dict[str, np.ndarray]]  # key -> statistic name -> per-dimensi
 
 
 class PartialTailWarning(UserWarning):
-    """A writer died mid-episode; the frames after the last committed episode are ignored (reader) or removed (writer)."""
+    """A writer died mid-episode; the frames after the last committed episode are ignored (reader) or removed
+    (writer)."""
 
 
 def normalize_url(url: str | os.PathLike) -> str:
@@ -80,7 +81,10 @@ class CommitState:
     def describe_tail(self) -> str:
         parts = []
         if self.uncommitted_episodes:
-            parts.append(f"{self.uncommitted_episodes} uncommitted episode_ends entr{'y' if self.uncommitted_episodes == 1 else 'ies'}")
+            parts.append(
+                f"{self.uncommitted_episodes} uncommitted episode_ends "
+                f"entr{'y' if self.uncommitted_episodes == 1 else 'ies'}"
+            )
         frame_rows = {k: v for k, v in self.extra_rows.items() if k.startswith("data/")}
         if frame_rows:
             parts.append(f"{max(frame_rows.values())} uncommitted frame(s) in {sorted(frame_rows)}")
@@ -104,7 +108,9 @@ def read_commit_state(group: zarr.Group, meta: DatasetMeta) -> CommitState:
         raw = raw[:-1]
     state = CommitState(episode_ends=raw, uncommitted_episodes=n_raw - len(raw))
     expected = {path: state.num_frames for path in frame_array_paths(meta)}
-    expected |= {path: state.num_episodes for path in (*schema.EPISODE_ARRAYS, *schema.OPTIONAL_EPISODE_ARRAYS)}
+    expected |= {
+        path: state.num_episodes for path in (*schema.EPISODE_ARRAYS, *schema.OPTIONAL_EPISODE_ARRAYS)
+    }
     for path, rows_committed in expected.items():
         if path in group:
             rows = group[path].shape[0] - rows_committed
@@ -132,8 +138,10 @@ class TrajectoryStore:
         self.commit = read_commit_state(self.group, self.meta)
         if self.commit.has_partial_tail:
             warnings.warn(
-                f"{self.url}: ignoring a partial tail left by an interrupted write ({self.commit.describe_tail()}); "
-                f"{self.num_episodes} committed episodes are intact. Open it with TrajectoryWriter to drop the tail.",
+                f"{self.url}: ignoring a partial tail left by an interrupted write "
+                f"({self.commit.describe_tail()}); "
+                f"{self.num_episodes} committed episodes are intact. Open it with TrajectoryWriter to drop "
+                "the tail.",
                 PartialTailWarning,
                 stacklevel=2,
             )
@@ -176,7 +184,8 @@ class TrajectoryStore:
         return self.group[f"{schema.IMAGES}/{camera}"]
 
     def load(self, key: str) -> np.ndarray:
-        """Read a whole committed frame array into memory: ``state``, ``action``, ``targets`` or ``images/<camera>``."""
+        """Read a whole committed frame array into memory: ``state``, ``action``, ``targets`` or
+        ``images/<camera>``."""
         path = key if key.startswith("data/") else f"data/{key}"
         return np.asarray(self.group[path][: self.num_frames])
 
@@ -216,8 +225,8 @@ class TrajectoryStore:
 
     # -- stats -------------------------------------------------------------------------------
     def stats(self, allow_stale: bool = False) -> Stats | None:
-        """Stored normalization stats (``vla.data.stats`` computes and writes them), or None when absent (or stale,
-        unless ``allow_stale``)."""
+        """Stored normalization stats (``vla.data.stats`` computes and writes them), or None when absent (or
+        stale, unless ``allow_stale``)."""
         if schema.STATS not in self.group:
             return None
         sgroup = self.group[schema.STATS]
@@ -225,19 +234,25 @@ class TrajectoryStore:
         if computed_over is None:  # written last: a stats group without it is treated as absent
             return None
         if computed_over != self.num_frames and not allow_stale:
-            warnings.warn(f"stored stats cover {computed_over} frames but the dataset has {self.num_frames}; "
-                          "recompute with `vla data stats PATH --recompute`", stacklevel=2)
+            warnings.warn(
+                f"stored stats cover {computed_over} frames but the dataset has {self.num_frames}; "
+                "recompute with `vla data stats PATH --recompute`",
+                stacklevel=2,
+            )
             return None
-        return {key: {name: np.asarray(sgroup[f"{key}/{name}"][:]) for name in schema.STAT_NAMES}
-                for key in sgroup.attrs.get("keys", [])}
+        return {
+            key: {name: np.asarray(sgroup[f"{key}/{name}"][:]) for name in schema.STAT_NAMES}
+            for key in sgroup.attrs.get("keys", [])
+        }
 
     # -- summary -----------------------------------------------------------------------------
     def nbytes_stored(self) -> int:
         if is_local(self.url):
             return sum(f.stat().st_size for f in Path(self.url).rglob("*") if f.is_file())
-        return int(sum(a.nbytes_stored() for _, a in self.group.arrays()) + sum(
-            a.nbytes_stored() for _, g in self.group.groups() for _, a in g.arrays()
-        ))
+        return int(
+            sum(a.nbytes_stored() for _, a in self.group.arrays())
+            + sum(a.nbytes_stored() for _, g in self.group.groups() for _, a in g.arrays())
+        )
 
     def summary(self) -> dict[str, Any]:
         """Everything `vla data info` shows, as JSON-typed values."""

@@ -47,11 +47,21 @@ class ValidationReport:
         self.findings.append(Finding("warning", where, message, index))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"url": self.url, "ok": self.ok, "episodes": self.episodes, "frames": self.frames,
-                "findings": [asdict(f) for f in self.findings]}
+        return {
+            "url": self.url,
+            "ok": self.ok,
+            "episodes": self.episodes,
+            "frames": self.frames,
+            "findings": [asdict(f) for f in self.findings],
+        }
 
 
-EXPECTED_DTYPES = {schema.STATE: "float32", schema.ACTION: "float32", schema.EPISODE_ENDS: "int64", schema.SUCCESS: "bool"}
+EXPECTED_DTYPES = {
+    schema.STATE: "float32",
+    schema.ACTION: "float32",
+    schema.EPISODE_ENDS: "int64",
+    schema.SUCCESS: "bool",
+}
 
 
 def _locate(frame: int, ends: np.ndarray) -> str:
@@ -61,7 +71,8 @@ def _locate(frame: int, ends: np.ndarray) -> str:
 
 
 def validate(url: str | os.PathLike, check_images: bool = True, chunk_frames: int = 2048) -> ValidationReport:
-    """Schema, episode_ends monotonicity, array lengths, dtypes, NaN/inf, action bounds, blank images, stats."""
+    """Schema, episode_ends monotonicity, array lengths, dtypes, NaN/inf, action bounds, blank images,
+    stats."""
     url = normalize_url(url)
     report = ValidationReport(url)
     if not dataset_exists(url):
@@ -90,10 +101,16 @@ def validate(url: str | os.PathLike, check_images: bool = True, chunk_frames: in
         got = str(arr.dtype)
         if want is not None and got != want:
             report.error(path, f"dtype is {got}, expected {want}")
-        elif path in (schema.INSTRUCTION, schema.TASK) and arr.dtype.kind not in "OUT" and "str" not in got.lower():
+        elif (
+            path in (schema.INSTRUCTION, schema.TASK)
+            and arr.dtype.kind not in "OUT"
+            and "str" not in got.lower()
+        ):
             report.error(path, f"dtype is {got}, expected a string dtype")
         if path in frame_paths and tuple(arr.shape[1:]) != frame_paths[path]:
-            report.error(path, f"shape is {tuple(arr.shape)}, expected (N, {', '.join(map(str, frame_paths[path]))})")
+            report.error(
+                path, f"shape is {tuple(arr.shape)}, expected (N, {', '.join(map(str, frame_paths[path]))})"
+            )
     if report.errors:
         return report
 
@@ -103,13 +120,21 @@ def validate(url: str | os.PathLike, check_images: bool = True, chunk_frames: in
     while len(ends) and ends[-1] == schema.UNCOMMITTED:
         ends = ends[:-1]
     if len(ends) < len(raw_ends):
-        report.warn(schema.EPISODE_ENDS, f"{len(raw_ends) - len(ends)} trailing uncommitted entr(ies) from an interrupted write (ignored)", len(ends))
+        report.warn(
+            schema.EPISODE_ENDS,
+            f"{len(raw_ends) - len(ends)} trailing uncommitted entr(ies) from an interrupted write (ignored)",
+            len(ends),
+        )
     if len(ends) and ends[0] <= 0:
         report.error(schema.EPISODE_ENDS, f"first episode end is {ends[0]}, expected > 0 (empty episode)", 0)
     steps = np.diff(ends)
     if (steps <= 0).any():
         i = int(np.argmax(steps <= 0)) + 1
-        report.error(schema.EPISODE_ENDS, f"not strictly increasing: episode_ends[{i - 1}]={ends[i - 1]} >= episode_ends[{i}]={ends[i]}", i)
+        report.error(
+            schema.EPISODE_ENDS,
+            f"not strictly increasing: episode_ends[{i - 1}]={ends[i - 1]} >= episode_ends[{i}]={ends[i]}",
+            i,
+        )
         return report
     n_frames = int(ends[-1]) if len(ends) else 0
     report.episodes, report.frames = len(ends), n_frames
@@ -117,15 +142,28 @@ def validate(url: str | os.PathLike, check_images: bool = True, chunk_frames: in
     for path in frame_paths:
         rows = group[path].shape[0]
         if rows < n_frames:
-            report.error(path, f"has {rows} rows but episode_ends[-1] = {n_frames}: frames of committed episodes are missing", rows)
+            report.error(
+                path,
+                f"has {rows} rows but episode_ends[-1] = {n_frames}: frames of committed episodes are "
+                "missing",
+                rows,
+            )
         elif rows > n_frames:
-            report.warn(path, f"{rows - n_frames} rows past the last committed episode (partial tail, ignored)", n_frames)
+            report.warn(
+                path,
+                f"{rows - n_frames} rows past the last committed episode (partial tail, ignored)",
+                n_frames,
+            )
     for path in (*schema.EPISODE_ARRAYS, *(p for p in schema.OPTIONAL_EPISODE_ARRAYS if p in group)):
         rows = group[path].shape[0]
         if rows < len(ends):
             report.error(path, f"has {rows} rows but there are {len(ends)} episodes", rows)
         elif rows > len(ends):
-            report.warn(path, f"{rows - len(ends)} rows past the last committed episode (partial tail, ignored)", len(ends))
+            report.warn(
+                path,
+                f"{rows - len(ends)} rows past the last committed episode (partial tail, ignored)",
+                len(ends),
+            )
     if report.errors:
         return report
 
@@ -141,7 +179,11 @@ def validate(url: str | os.PathLike, check_images: bool = True, chunk_frames: in
             if bad.any():
                 t, d = np.argwhere(bad)[0]
                 frame = lo + int(t)
-                report.error(path, f"non-finite value {x[t, d]} at row {frame} ({_locate(frame, ends)}), dim {d}", frame)
+                report.error(
+                    path,
+                    f"non-finite value {x[t, d]} at row {frame} ({_locate(frame, ends)}), dim {d}",
+                    frame,
+                )
                 break
             if path == schema.ACTION:
                 oob = ((x < low - 1e-6) | (x > high + 1e-6)).any(axis=1)
@@ -149,7 +191,12 @@ def validate(url: str | os.PathLike, check_images: bool = True, chunk_frames: in
                     first_oob = lo + int(np.argmax(oob))
                 out_of_bounds += int(oob.sum())
     if out_of_bounds:
-        report.warn(schema.ACTION, f"{out_of_bounds} action rows outside action_space bounds; first at row {first_oob} ({_locate(first_oob, ends)})", first_oob)
+        report.warn(
+            schema.ACTION,
+            f"{out_of_bounds} action rows outside action_space bounds; first at row {first_oob} "
+            f"({_locate(first_oob, ends)})",
+            first_oob,
+        )
 
     if check_images:
         for cam in meta.cameras:
@@ -163,20 +210,37 @@ def validate(url: str | os.PathLike, check_images: bool = True, chunk_frames: in
                     first_blank = lo + int(np.argmax(is_blank))
                 blank += int(is_blank.sum())
             if blank:
-                report.warn(path, f"{blank} blank (single-colour) frames, e.g. a failed render; first at row {first_blank} ({_locate(first_blank, ends)})", first_blank)
+                report.warn(
+                    path,
+                    f"{blank} blank (single-colour) frames, e.g. a failed render; first at row "
+                    f"{first_blank} ({_locate(first_blank, ends)})",
+                    first_blank,
+                )
 
     instructions = np.asarray(group[schema.INSTRUCTION][: len(ends)], dtype=object)
     empty = [i for i, s in enumerate(instructions) if not str(s).strip()]
     if empty:
-        report.warn(schema.INSTRUCTION, f"{len(empty)} episodes have an empty instruction, first episode {empty[0]}", empty[0])
+        report.warn(
+            schema.INSTRUCTION,
+            f"{len(empty)} episodes have an empty instruction, first episode {empty[0]}",
+            empty[0],
+        )
 
     if schema.STATS in group:
         sgroup = group[schema.STATS]
         covered = sgroup.attrs.get("num_frames")
         if covered is None:
-            report.warn(schema.STATS, "stats group without num_frames (interrupted stats write); recompute with `vla data stats --recompute`")
+            report.warn(
+                schema.STATS,
+                "stats group without num_frames (interrupted stats write); recompute with `vla data stats "
+                "--recompute`",
+            )
         elif covered != n_frames:
-            report.warn(schema.STATS, f"stats cover {covered} frames, dataset has {n_frames}; recompute with `vla data stats --recompute`")
+            report.warn(
+                schema.STATS,
+                f"stats cover {covered} frames, dataset has {n_frames}; recompute with `vla data stats "
+                "--recompute`",
+            )
         for key in sgroup.attrs.get("keys", []):
             for name in schema.STAT_NAMES:
                 path = f"{schema.STATS}/{key}/{name}"

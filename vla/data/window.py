@@ -118,7 +118,9 @@ class WindowDataset(Dataset):
         self.cameras = list(config.cameras) if config.cameras is not None else list(meta.cameras)
         unknown = set(self.cameras) - set(meta.cameras)
         if unknown:
-            raise KeyError(f"cameras {sorted(unknown)} are not in dataset {self.store.url} (has {meta.cameras})")
+            raise KeyError(
+                f"cameras {sorted(unknown)} are not in dataset {self.store.url} (has {meta.cameras})"
+            )
         n_ep = self.store.num_episodes
         self.episodes = np.arange(n_ep) if episodes is None else np.asarray(episodes, dtype=np.int64)
         if len(self.episodes) and (self.episodes.min() < 0 or self.episodes.max() >= n_ep):
@@ -135,7 +137,11 @@ class WindowDataset(Dataset):
         self._episode_of = np.repeat(self.episodes, lengths)
         self._start = starts[self._episode_of]
         self._end = ends[self._episode_of]
-        self._frame = self._start + np.concatenate([np.arange(n) for n in lengths]) if len(lengths) else np.zeros(0, np.int64)
+        self._frame = (
+            self._start + np.concatenate([np.arange(n) for n in lengths])
+            if len(lengths)
+            else np.zeros(0, np.int64)
+        )
         self._obs_offsets = np.arange(-config.n_obs_steps + 1, 1)
         self._act_offsets = np.arange(config.horizon)
         self.augment = ImageAugment(config.augment) if config.augment.enabled else None
@@ -178,7 +184,9 @@ class WindowDataset(Dataset):
             f = t + self.config.future_offset
             sample["future_valid"] = f < e
             f = min(f, e - 1)
-            sample["future_images"] = {cam: self.arrays.image_frames(cam, np.array([f]))[0] for cam in self.cameras}
+            sample["future_images"] = {
+                cam: self.arrays.image_frames(cam, np.array([f]))[0] for cam in self.cameras
+            }
         if self.augment is not None:
             self.augment(sample)
         return sample

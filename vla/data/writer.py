@@ -63,11 +63,17 @@ class TrajectoryWriter:
             self.group = open_group(self.url, mode="r+")
             self.meta = DatasetMeta.from_attrs(self.group.attrs.asdict())
             if meta is not None:
-                meta.check_compatible(self.meta, what="the metadata given to TrajectoryWriter", other_what=f"the existing dataset {self.url}")
+                meta.check_compatible(
+                    self.meta,
+                    what="the metadata given to TrajectoryWriter",
+                    other_what=f"the existing dataset {self.url}",
+                )
             self._repair_tail()
         else:
             if meta is None:
-                raise FileNotFoundError(f"no dataset at {self.url!r}; pass `meta` (DatasetMeta) to create one")
+                raise FileNotFoundError(
+                    f"no dataset at {self.url!r}; pass `meta` (DatasetMeta) to create one"
+                )
             self.meta = meta
             if not meta.created_with:
                 meta.created_with = _version()
@@ -85,20 +91,31 @@ class TrajectoryWriter:
         floats = BloscCodec(cname="zstd", clevel=level, shuffle="shuffle", typesize=4)
         for cam in self.meta.cameras:
             self.group.create_array(
-                f"{schema.IMAGES}/{cam}", shape=(0, h, w, 3), chunks=(image_chunk, h, w, 3),
-                dtype="uint8", compressors=images,
+                f"{schema.IMAGES}/{cam}",
+                shape=(0, h, w, 3),
+                chunks=(image_chunk, h, w, 3),
+                dtype="uint8",
+                compressors=images,
             )
         lowdim = [(schema.STATE, self.meta.state_dim), (schema.ACTION, self.meta.action_dim)]
         if self.meta.target_names:
             lowdim.append((schema.TARGETS, len(self.meta.target_names)))
         for path, dim in lowdim:
-            self.group.create_array(path, shape=(0, dim), chunks=(lowdim_chunk, max(dim, 1)), dtype="float32", compressors=floats)
+            self.group.create_array(
+                path, shape=(0, dim), chunks=(lowdim_chunk, max(dim, 1)), dtype="float32", compressors=floats
+            )
         self.group.create_array(schema.INSTRUCTION, shape=(0,), chunks=(episode_chunk,), dtype=str)
         self.group.create_array(schema.TASK, shape=(0,), chunks=(episode_chunk,), dtype=str)
         self.group.create_array(schema.SUCCESS, shape=(0,), chunks=(episode_chunk,), dtype=bool)
-        self.group.create_array(schema.SEED, shape=(0,), chunks=(episode_chunk,), dtype="int64", fill_value=-1)
         self.group.create_array(
-            schema.EPISODE_ENDS, shape=(0,), chunks=(episode_chunk,), dtype="int64", fill_value=schema.UNCOMMITTED
+            schema.SEED, shape=(0,), chunks=(episode_chunk,), dtype="int64", fill_value=-1
+        )
+        self.group.create_array(
+            schema.EPISODE_ENDS,
+            shape=(0,),
+            chunks=(episode_chunk,),
+            dtype="int64",
+            fill_value=schema.UNCOMMITTED,
         )
 
     def _repair_tail(self) -> None:
@@ -115,7 +132,8 @@ class TrajectoryWriter:
                 PartialTailWarning,
                 stacklevel=3,
             )
-            # Same order as a commit, reversed-safe: each step is idempotent, so a crash here is repaired next open.
+            # Same order as a commit, reversed-safe: each step is idempotent, so a crash here is repaired next
+            # open.
             if state.uncommitted_episodes:
                 self.group[schema.EPISODE_ENDS].resize((state.num_episodes,))
             for path in state.extra_rows:
@@ -143,8 +161,11 @@ class TrajectoryWriter:
         images, state, action, length = self._check_episode(images, state, action, instruction)
         names = self.meta.target_names
         if (targets is None) != (not names):
-            raise SchemaError(f"this dataset declares training targets {names}, the episode has none" if names else
-                              "the episode has training targets but the dataset declares none (meta.extra['targets'])")
+            raise SchemaError(
+                f"this dataset declares training targets {names}, the episode has none"
+                if names
+                else "the episode has training targets but the dataset declares none (meta.extra['targets'])"
+            )
         if names:
             targets = self._check_lowdim("targets", targets, len(names))
             if len(targets) != length:
@@ -158,7 +179,9 @@ class TrajectoryWriter:
             self._append_rows(schema.TARGETS, start, targets)
         e = self.num_episodes
         self._append_rows(schema.INSTRUCTION, e, np.array([instruction], dtype=object))
-        self._append_rows(schema.TASK, e, np.array([task if task is not None else (self.meta.env or "")], dtype=object))
+        self._append_rows(
+            schema.TASK, e, np.array([task if task is not None else (self.meta.env or "")], dtype=object)
+        )
         self._append_rows(schema.SUCCESS, e, np.array([bool(success)]))
         if schema.SEED in self.group:
             self._append_rows(schema.SEED, e, np.array([-1 if seed is None else int(seed)], dtype=np.int64))
@@ -184,13 +207,18 @@ class TrajectoryWriter:
         for cam in meta.cameras:
             frames = np.asarray(images[cam])
             if frames.dtype != np.uint8:
-                raise SchemaError(f"images[{cam!r}] has dtype {frames.dtype}, expected uint8 (T, {h}, {w}, 3) in 0..255")
+                raise SchemaError(
+                    f"images[{cam!r}] has dtype {frames.dtype}, expected uint8 (T, {h}, {w}, 3) in 0..255"
+                )
             if frames.ndim != 4 or frames.shape[1:] != (h, w, 3):
                 raise SchemaError(f"images[{cam!r}] has shape {frames.shape}, expected (T, {h}, {w}, 3)")
             out_images[cam] = frames
         state = self._check_lowdim("state", state, meta.state_dim)
         action = self._check_lowdim("action", action, meta.action_dim)
-        lengths = {f"images[{c!r}]": len(f) for c, f in out_images.items()} | {"state": len(state), "action": len(action)}
+        lengths = {f"images[{c!r}]": len(f) for c, f in out_images.items()} | {
+            "state": len(state),
+            "action": len(action),
+        }
         if len(set(lengths.values())) != 1:
             raise SchemaError(f"episode arrays disagree on the number of frames T: {lengths}")
         length = len(state)
@@ -202,13 +230,17 @@ class TrajectoryWriter:
     def _check_lowdim(name: str, values: Any, dim: int) -> np.ndarray:
         arr = np.asarray(values)
         if not np.issubdtype(arr.dtype, np.floating):
-            raise SchemaError(f"{name} has dtype {arr.dtype}, expected a float array (T, {dim}) (stored as float32)")
+            raise SchemaError(
+                f"{name} has dtype {arr.dtype}, expected a float array (T, {dim}) (stored as float32)"
+            )
         if arr.ndim != 2 or arr.shape[1] != dim:
             raise SchemaError(f"{name} has shape {arr.shape}, expected (T, {dim})")
         bad = ~np.isfinite(arr)
         if bad.any():
             t, d = np.argwhere(bad)[0]
-            raise SchemaError(f"{name} has a non-finite value {arr[t, d]} at frame {t}, dim {d}; refusing to write it")
+            raise SchemaError(
+                f"{name} has a non-finite value {arr[t, d]} at frame {t}, dim {d}; refusing to write it"
+            )
         return arr.astype(np.float32, copy=False)
 
     # -- context manager ---------------------------------------------------------------------
@@ -258,7 +290,9 @@ class EpisodeRecorder:
         if not self._action:
             raise SchemaError("EpisodeRecorder has no steps")
         if self._targets and len(self._targets) != len(self._action):
-            raise SchemaError(f"EpisodeRecorder got targets for {len(self._targets)} of {len(self._action)} steps")
+            raise SchemaError(
+                f"EpisodeRecorder got targets for {len(self._targets)} of {len(self._action)} steps"
+            )
         return ({"targets": np.stack(self._targets)} if self._targets else {}) | {
             "images": {c: np.stack(v) for c, v in self._images.items()},
             "state": np.stack(self._state),

@@ -29,15 +29,21 @@ class EvalConfig:
     num_envs: int = 4
     vectorization: str = "sync"  # sync | async (spawned processes)
     backend: str = "vector"  # vector: envs on this machine | ray: episodes spread over Ray workers
-    ray_address: str | None = None  # backend=ray: an existing cluster ("auto", "ray://host:10001"); null = local
+    ray_address: str | None = (
+        None  # backend=ray: an existing cluster ("auto", "ray://host:10001"); null = local
+    )
     strategy: str = "receding"  # receding | ensemble | rtc
     execute_steps: int | None = None  # receding: actions executed per chunk (null = horizon // 2)
     ensemble_decay: float = 0.01
     rtc_delay: int = 2  # rtc: simulated inference delay in control steps (frozen prefix length)
     action_steps: int | None = None  # N_A (null = the checkpoint's)
     vision_steps: int | None = None  # N_o: DUST test-time scaling (null = the checkpoint's)
-    noise_scale: float = 1.0  # sampling temperature: the scale of the head's initial noise (0 = deterministic)
-    instruction_swap: bool = False  # give the policy another target's instruction; success is w.r.t. the original
+    noise_scale: float = (
+        1.0  # sampling temperature: the scale of the head's initial noise (0 = deterministic)
+    )
+    instruction_swap: bool = (
+        False  # give the policy another target's instruction; success is w.r.t. the original
+    )
     max_steps: int | None = None
     videos: int = 2  # first episodes per task saved as mp4
     out: str | None = None  # null = <checkpoint>/../../eval or runs/eval-expert
@@ -62,7 +68,7 @@ def _task_names(cfg: EvalConfig, default_env: str | None) -> list[str]:
     if not spec:
         raise ValueError("no env given and the checkpoint names none: pass env=<name>")
     names: list[str] = []
-    for part in ([spec] if isinstance(spec, str) else list(spec)):
+    for part in [spec] if isinstance(spec, str) else list(spec):
         names += envs.list(part) if "/" not in part else [part]
     for name in names:
         envs.spec(name)  # unknown names fail here, naming what exists
@@ -95,19 +101,36 @@ class _CheckpointPolicy:
 
     def chunk(self, i: int, obs: dict, generator, guide=None) -> np.ndarray:
         g, w = guide if guide is not None else (None, None)
-        return self.policy.predict_chunk(obs, generator=generator, action_steps=self.cfg.action_steps,
-                                         vision_steps=self.cfg.vision_steps, noise_scale=self.cfg.noise_scale,
-                                         guide=None if g is None else g[None], guide_weights=w)[0]
+        return self.policy.predict_chunk(
+            obs,
+            generator=generator,
+            action_steps=self.cfg.action_steps,
+            vision_steps=self.cfg.vision_steps,
+            noise_scale=self.cfg.noise_scale,
+            guide=None if g is None else g[None],
+            guide_weights=w,
+        )[0]
 
 
 def _obs_at(obs: dict, i: int) -> dict:
-    return {"images": {c: v[i] for c, v in obs["images"].items()}, "state": obs["state"][i],
-            "instruction": obs["instruction"][i]}
+    return {
+        "images": {c: v[i] for c, v in obs["images"].items()},
+        "state": obs["state"][i],
+        "instruction": obs["instruction"][i],
+    }
 
 
-def rollout_task(name: str, cfg: EvalConfig, policy, meta, video_dir: Path | None,
-                 seeds: list[int] | None = None, progress: bool = False) -> dict[str, Any]:
-    """Episodes of one task (``seeds``, default all of cfg's); returns per-episode results and chunk latencies."""
+def rollout_task(
+    name: str,
+    cfg: EvalConfig,
+    policy,
+    meta,
+    video_dir: Path | None,
+    seeds: list[int] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Episodes of one task (``seeds``, default all of cfg's); returns per-episode results and chunk
+    latencies."""
     from tqdm import tqdm
 
     import envs
@@ -122,13 +145,25 @@ def rollout_task(name: str, cfg: EvalConfig, policy, meta, video_dir: Path | Non
     vec = envs.make_vec(name, n, vectorization=vectorization, autoreset_mode="Disabled", **options)
     try:
         if meta is not None:
-            env_meta = vec.envs[0].unwrapped.meta if vectorization == "sync" else envs.make(name, **options).unwrapped.meta
+            env_meta = (
+                vec.envs[0].unwrapped.meta
+                if vectorization == "sync"
+                else envs.make(name, **options).unwrapped.meta
+            )
             env_meta.check_compatible(meta, what=f"environment {name}", other_what="the checkpoint")
         actor = _ExpertPolicy(vec) if cfg.expert else _CheckpointPolicy(policy, cfg)
         seeds = [queue.pop(0) for _ in range(n)]
         obs, _ = vec.reset(seed=seeds)
-        executors = [make_executor(cfg.strategy if actor.horizon > 1 else "receding", actor.horizon, cfg.execute_steps
-                                   if actor.horizon > 1 else 1, cfg.ensemble_decay, cfg.rtc_delay) for _ in range(n)]
+        executors = [
+            make_executor(
+                cfg.strategy if actor.horizon > 1 else "receding",
+                actor.horizon,
+                cfg.execute_steps if actor.horizon > 1 else 1,
+                cfg.ensemble_decay,
+                cfg.rtc_delay,
+            )
+            for _ in range(n)
+        ]
         steps = [0] * n
         active = [True] * n
         frames: list[list[np.ndarray]] = [[] for _ in range(n)]
@@ -148,7 +183,11 @@ def rollout_task(name: str, cfg: EvalConfig, policy, meta, video_dir: Path | Non
                     if swapped is not None:
                         o["instruction"] = swapped[i]
                     gen = _generator(seeds[i], steps[i])
-                    guide = executors[i].guide(steps[i], actor.horizon) if hasattr(executors[i], "guide") else None
+                    guide = (
+                        executors[i].guide(steps[i], actor.horizon)
+                        if hasattr(executors[i], "guide")
+                        else None
+                    )
                     t0 = time.perf_counter()
                     executors[i].add_chunk(actor.chunk(i, o, gen, guide), steps[i])
                     latencies.append((time.perf_counter() - t0) * 1000)
@@ -163,16 +202,25 @@ def rollout_task(name: str, cfg: EvalConfig, policy, meta, video_dir: Path | Non
                 steps[i] += 1
                 if terminated[i] or truncated[i]:
                     success = bool(info["success"][i])
-                    results.append({"seed": seeds[i], "success": success, "length": steps[i],
-                                    "instruction": swapped[i] if swapped else None})
+                    results.append(
+                        {
+                            "seed": seeds[i],
+                            "success": success,
+                            "length": steps[i],
+                            "instruction": swapped[i] if swapped else None,
+                        }
+                    )
                     bar.update(1)
                     bar.set_postfix(success=f"{sum(r['success'] for r in results) / len(results):.0%}")
                     if frames[i] and video_dir is not None:
                         from vla.data.video import write_mp4
 
                         video_dir.mkdir(parents=True, exist_ok=True)
-                        write_mp4(video_dir / f"seed{seeds[i]}_{'success' if success else 'failure'}.mp4",
-                                  np.stack(frames[i]), meta.fps if meta is not None else 10)
+                        write_mp4(
+                            video_dir / f"seed{seeds[i]}_{'success' if success else 'failure'}.mp4",
+                            np.stack(frames[i]),
+                            meta.fps if meta is not None else 10,
+                        )
                     frames[i] = []
                     if queue:
                         seeds[i], steps[i] = queue.pop(0), 0
@@ -182,8 +230,10 @@ def rollout_task(name: str, cfg: EvalConfig, policy, meta, video_dir: Path | Non
                         active[i] = False  # idle until the others finish (reset so it may keep stepping)
                     reset_mask[i] = True
             if reset_mask.any():
-                obs, _ = vec.reset(seed=[s if m else None for s, m in zip(seeds, reset_mask, strict=True)],
-                                   options={"reset_mask": reset_mask})
+                obs, _ = vec.reset(
+                    seed=[s if m else None for s, m in zip(seeds, reset_mask, strict=True)],
+                    options={"reset_mask": reset_mask},
+                )
                 if swapped is not None:
                     new = _swaps(vec, seeds, cfg)
                     swapped = [new[i] if reset_mask[i] else swapped[i] for i in range(n)]
@@ -201,14 +251,22 @@ def _rollout_ray(name: str, cfg: EvalConfig, video_dir: Path | None) -> dict[str
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=cfg.ray_address, include_dashboard=False, log_to_driver=False,
-                 num_cpus=None if cfg.ray_address else os.cpu_count())
+        ray.init(
+            address=cfg.ray_address,
+            include_dashboard=False,
+            log_to_driver=False,
+            num_cpus=None if cfg.ray_address else os.cpu_count(),
+        )
     seeds = [cfg.seed + k for k in range(cfg.episodes)]
     shards = [seeds[i :: cfg.num_envs] for i in range(min(cfg.num_envs, len(seeds)))]
     remote = ray.remote(_rollout_shard)
-    parts = ray.get([remote.remote(name, asdict(cfg), shard, str(video_dir) if video_dir else None) for shard in shards])
-    return {"episodes": sorted((e for p in parts for e in p["episodes"]), key=lambda e: e["seed"]),
-            "latency_ms": [x for p in parts for x in p["latency_ms"]]}
+    parts = ray.get(
+        [remote.remote(name, asdict(cfg), shard, str(video_dir) if video_dir else None) for shard in shards]
+    )
+    return {
+        "episodes": sorted((e for p in parts for e in p["episodes"]), key=lambda e: e["seed"]),
+        "latency_ms": [x for p in parts for x in p["latency_ms"]],
+    }
 
 
 def _rollout_shard(name: str, cfg_dict: dict, seeds: list[int], video_dir: str | None) -> dict[str, Any]:
@@ -235,7 +293,9 @@ def _swaps(vec, seeds: list[int], cfg: EvalConfig) -> list[str]:
     try:
         swapped = list(vec.call("swapped_instruction", 0))
     except AttributeError as e:
-        raise ValueError("instruction_swap needs a language-conditioned env (builtin/*, robosuite/LiftColor)") from e
+        raise ValueError(
+            "instruction_swap needs a language-conditioned env (builtin/*, robosuite/LiftColor)"
+        ) from e
     if any(s is None for s in swapped):
         raise ValueError("instruction_swap needs a language-conditioned env (builtin/*, robosuite/LiftColor)")
     return swapped
@@ -253,8 +313,11 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
         policy = load_policy(cfg.checkpoint)
         meta = policy.meta
     names = _task_names(cfg, meta.env if meta is not None else None)
-    out = Path(cfg.out) if cfg.out else (Path(cfg.checkpoint).parent.parent / "eval" if cfg.checkpoint
-                                         else Path("runs") / "eval-expert")
+    out = (
+        Path(cfg.out)
+        if cfg.out
+        else (Path(cfg.checkpoint).parent.parent / "eval" if cfg.checkpoint else Path("runs") / "eval-expert")
+    )
     out.mkdir(parents=True, exist_ok=True)
     tasks = {}
     for name in names:
@@ -269,16 +332,27 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
         lo, hi = wilson(wins, len(eps))
         lat = result["latency_ms"]
         tasks[name] = {
-            "episodes": len(eps), "successes": wins, "success_rate": round(wins / len(eps), 4),
+            "episodes": len(eps),
+            "successes": wins,
+            "success_rate": round(wins / len(eps), 4),
             "ci95": [round(lo, 4), round(hi, 4)],
             "mean_length": round(float(np.mean([e["length"] for e in eps])), 1),
-            "latency_ms": {"median": round(float(np.median(lat)), 2), "p95": round(float(np.percentile(lat, 95)), 2)},
-            "wall_s": round(time.perf_counter() - t0, 1), "results": eps,
+            "latency_ms": {
+                "median": round(float(np.median(lat)), 2),
+                "p95": round(float(np.percentile(lat, 95)), 2),
+            },
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "results": eps,
         }
         if progress:
             print(f"{name}: {wins}/{len(eps)} ({wins / len(eps):.0%})", flush=True)
-    report = {"policy": "expert" if cfg.expert else "checkpoint", "checkpoint": cfg.checkpoint, "config": asdict(cfg), "tasks": tasks,
-              "wall_s": round(time.perf_counter() - started, 1)}
+    report = {
+        "policy": "expert" if cfg.expert else "checkpoint",
+        "checkpoint": cfg.checkpoint,
+        "config": asdict(cfg),
+        "tasks": tasks,
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
     (out / "eval.json").write_text(json.dumps(report, indent=2))
     (out / "eval.md").write_text(_markdown(report))
     _plot(report, out / "success.png")
@@ -288,15 +362,23 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
 
 def _markdown(report: dict) -> str:
     cfg = report["config"]
-    lines = [f"# Evaluation: {report['checkpoint'] or 'scripted expert'}", "",
-             f"{cfg['episodes']} episodes per task, seeds {cfg['seed']}..{cfg['seed'] + cfg['episodes'] - 1}, "
-             f"strategy `{cfg['strategy']}`" + (", **instruction swapped**" if cfg["instruction_swap"] else "")
-             + f"; wall time {report['wall_s']} s.", "",
-             "| task | success | 95% CI | mean length | chunk latency median / p95 (ms) |", "| --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# Evaluation: {report['checkpoint'] or 'scripted expert'}",
+        "",
+        f"{cfg['episodes']} episodes per task, seeds {cfg['seed']}..{cfg['seed'] + cfg['episodes'] - 1}, "
+        f"strategy `{cfg['strategy']}`"
+        + (", **instruction swapped**" if cfg["instruction_swap"] else "")
+        + f"; wall time {report['wall_s']} s.",
+        "",
+        "| task | success | 95% CI | mean length | chunk latency median / p95 (ms) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for name, t in report["tasks"].items():
-        lines.append(f"| {name} | {t['successes']}/{t['episodes']} ({t['success_rate']:.0%}) | "
-                     f"{t['ci95'][0]:.2f}-{t['ci95'][1]:.2f} | {t['mean_length']} | "
-                     f"{t['latency_ms']['median']} / {t['latency_ms']['p95']} |")
+        lines.append(
+            f"| {name} | {t['successes']}/{t['episodes']} ({t['success_rate']:.0%}) | "
+            f"{t['ci95'][0]:.2f}-{t['ci95'][1]:.2f} | {t['mean_length']} | "
+            f"{t['latency_ms']['median']} / {t['latency_ms']['p95']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -308,7 +390,12 @@ def _plot(report: dict, path: Path) -> None:
 
     names = list(report["tasks"])
     rates = [report["tasks"][n]["success_rate"] for n in names]
-    err = np.array([[r - report["tasks"][n]["ci95"][0], report["tasks"][n]["ci95"][1] - r] for n, r in zip(names, rates, strict=True)]).T
+    err = np.array(
+        [
+            [r - report["tasks"][n]["ci95"][0], report["tasks"][n]["ci95"][1] - r]
+            for n, r in zip(names, rates, strict=True)
+        ]
+    ).T
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(names)), 3))
     ax.bar(range(len(names)), rates, yerr=err, capsize=4, color="#4c72b0")
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)

@@ -4,4 +4,12 @@ from .checkpoint import load_policy, save_policy
 from .config import BackboneConfig, GroundingConfig, HeadConfig, PolicyConfig
 from .policy import Policy
 
-__all__ = ["BackboneConfig", "GroundingConfig", "HeadConfig", "Policy", "PolicyConfig", "load_policy", "save_policy"]
+__all__ = [
+    "BackboneConfig",
+    "GroundingConfig",
+    "HeadConfig",
+    "Policy",
+    "PolicyConfig",
+    "load_policy",
+    "save_policy",
+]

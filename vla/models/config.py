@@ -29,19 +29,20 @@ class BackboneConfig:
     state_token: bool = False  # append a projected proprioceptive-state token to the prefix
     finetune: str = "full"  # full | frozen | lora (peft LoRA on the encoders' attention projections)
     lora_rank: int = 8
-    # dtype of the composite vision encoder's weights and arithmetic (finetune=frozen only; training and acting
-    # alike): auto = bfloat16 where the GPU or CPU computes it natively, else float32 (vla/hardware.py says which and
-    # why; on an AVX2-only CPU bfloat16 is emulated and ran 15x slower); float32 | bfloat16 force one. float16 is
-    # not offered (slow on CPU)
+    # dtype of the composite vision encoder's weights and arithmetic (finetune=frozen only; training and
+    # acting alike): auto = bfloat16 where the GPU or CPU computes it natively, else float32 (vla/hardware.py
+    # says which and why; on an AVX2-only CPU bfloat16 is emulated and ran 15x slower); float32 | bfloat16
+    # force one. float16 is not offered (slow on CPU)
     vision_dtype: str = "auto"
 
 
 @dataclass
 class GroundingConfig:
-    """Auxiliary pointing supervision (``vla/models/grounding.py``), off by default: a trainable conv stem beside
-    the vision encoder, FiLM-conditioned on the instruction, whose tokens join the prefix and whose keypoint token
-    joins the head's condition. For datasets that carry ``data/targets`` (where the named objects are), it also
-    learns to read those positions out (``loss_locate``) and can hand them to the head."""
+    """Auxiliary pointing supervision (``vla/models/grounding.py``), off by default: a trainable conv stem
+    beside the vision encoder, FiLM-conditioned on the instruction, whose tokens join the prefix and whose
+    keypoint token joins the head's condition. For datasets that carry ``data/targets`` (where the named
+    objects are), it also learns to read those positions out (``loss_locate``) and can hand them to the
+    head."""
 
     enabled: bool = False
     channels: int = 16
@@ -50,12 +51,15 @@ class GroundingConfig:
     # stride of the stem's second conv: 2 puts its keypoint maps at 1/4 of the image resolution, 1 at 1/2
     second_stride: int = 2
     text: str = "mean"  # how the stem reads the instruction: mean of its tokens | attention (learned queries)
-    action_weight: float = 1.0  # weight of loss_ground: the action chunk regressed from the stem's keypoints + state
+    action_weight: float = (
+        1.0  # weight of loss_ground: the action chunk regressed from the stem's keypoints + state
+    )
     locate_weight: float = 1.0  # weight of loss_locate: the data's targets read out from the keypoint tokens
     # the head is also conditioned on the located targets: the data's true ones while training, the readout's
     # estimate when acting (needs data/targets and locate_weight > 0)
     locate_condition: bool = False
-    # false: the head's and loss_ground's gradients stop at the stem's tokens; it learns from loss_locate alone
+    # false: the head's and loss_ground's gradients stop at the stem's tokens; it learns from loss_locate
+    # alone
     head_gradient: bool = True
 
 
@@ -68,7 +72,9 @@ class HeadConfig:
     stream_blocks: int = 1  # per-stream blocks after them
     vision_tokens: int = 16  # K future-vision tokens (a square number)
     lambda_wm: float = 1.0
-    tau_beta: list[float] = field(default_factory=lambda: [1.5, 1.0])  # tau = 0.999 * (1 - Beta(a, b)): more weight near noise
+    tau_beta: list[float] = field(
+        default_factory=lambda: [1.5, 1.0]
+    )  # tau = 0.999 * (1 - Beta(a, b)): more weight near noise
     action_steps: int = 4  # N_A Euler steps
     vision_steps: int = 4  # N_o = q * N_A; 0 = action-only sampling
     diffusion_train_steps: int = 100  # diffusion head: DDPM training timesteps
@@ -82,6 +88,6 @@ class PolicyConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
-    # per-key mode (vla/data/normalizer.py); with grounding.locate_condition, `targets: mean_std` feeds the head the
-    # located targets on the state's scale instead of raw
+    # per-key mode (vla/data/normalizer.py); with grounding.locate_condition, `targets: mean_std` feeds the
+    # head the located targets on the state's scale instead of raw
     normalization: dict[str, str] = field(default_factory=lambda: {"state": "mean_std", "action": "min_max"})

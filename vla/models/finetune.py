@@ -16,7 +16,9 @@ def apply_finetune(module: nn.Module, mode: str, rank: int, targets: list[str]) 
 
         if not targets:
             return module.requires_grad_(False)  # nothing LoRA can adapt (e.g. a CNN): keep it frozen
-        module = inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets), module)
+        module = inject_adapter_in_model(
+            LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets), module
+        )
         for name, param in module.named_parameters():
             param.requires_grad_("lora_" in name)
         return module

@@ -4,8 +4,8 @@ A trainable, language-conditioned conv stem sits beside the (frozen) vision enco
 camera's prefix tokens and its keypoint token joins the head's condition. Datasets that carry privileged
 training targets (``data/targets``: where the named objects are) also teach it to point: a linear readout of
 those positions from its keypoint tokens (``loss_locate``), which the head can be conditioned on
-(``locate_condition``). ``Grounding`` is what the policy talks to: tokens for the prefix, the head's condition,
-and the auxiliary losses.
+(``locate_condition``). ``Grounding`` is what the policy talks to: tokens for the prefix, the head's
+condition, and the auxiliary losses.
 
 Frozen ImageNet features pooled to a few tokens leave two things to the action head: where exactly
 things are, and which of them the instruction names. This stem does both before the head:
@@ -97,8 +97,17 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class GroundedConvStem(nn.Module):
-    def __init__(self, channels: int, tokens: int, width: int, text_dim: int, shift_pad: int = 4, queries: int = 8,
-                 text: str = "mean", second_stride: int = 2):
+    def __init__(
+        self,
+        channels: int,
+        tokens: int,
+        width: int,
+        text_dim: int,
+        shift_pad: int = 4,
+        queries: int = 8,
+        text: str = "mean",
+        second_stride: int = 2,
+    ):
         super().__init__()
         if text not in ("mean", "attention"):
             raise ValueError(f"grounding.text must be 'mean' or 'attention', got {text!r}")
@@ -109,11 +118,13 @@ class GroundedConvStem(nn.Module):
             raise ValueError(f"grounding.tokens must be a square number, got {tokens}")
         self.side, self.shift_pad = side, shift_pad
         c = channels
-        self.blocks = nn.ModuleList([
-            FiLMConv(3 + 2, c, 2, text_dim),
-            FiLMConv(c, 2 * c, second_stride, text_dim),
-            FiLMConv(2 * c, 2 * c, 1, text_dim),
-        ])
+        self.blocks = nn.ModuleList(
+            [
+                FiLMConv(3 + 2, c, 2, text_dim),
+                FiLMConv(c, 2 * c, second_stride, text_dim),
+                FiLMConv(2 * c, 2 * c, 1, text_dim),
+            ]
+        )
         self.keypoint_logits = nn.Conv2d(2 * c, c, 1)
         self.n_queries = queries
         # attention: one read for FiLM plus one per keypoint query, each projected to a query vector
@@ -130,17 +141,26 @@ class GroundedConvStem(nn.Module):
         b, _, h, w = x.shape
         padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
         offsets = torch.randint(0, 2 * pad + 1, (b, 2), device=x.device)
-        rows = (offsets[:, 0, None] + torch.arange(h, device=x.device))[:, None, :, None].expand(b, x.shape[1], h, w + 2 * pad)
+        rows = (offsets[:, 0, None] + torch.arange(h, device=x.device))[:, None, :, None].expand(
+            b, x.shape[1], h, w + 2 * pad
+        )
         x = padded.gather(2, rows)
-        cols = (offsets[:, 1, None] + torch.arange(w, device=x.device))[:, None, None, :].expand(b, x.shape[1], h, w)
+        cols = (offsets[:, 1, None] + torch.arange(w, device=x.device))[:, None, None, :].expand(
+            b, x.shape[1], h, w
+        )
         return x.gather(3, cols)
 
-    def forward(self, images: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """uint8 (B, H, W, 3) + the instruction -> (B, tokens + 1, width). ``text``: its tokens (B, L, text_dim)
-        with their ``text_mask`` (B, L), or (``text="mean"`` only) an already pooled (B, text_dim)."""
+    def forward(
+        self, images: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """uint8 (B, H, W, 3) + the instruction -> (B, tokens + 1, width). ``text``: its tokens (B, L,
+        text_dim) with their ``text_mask`` (B, L), or (``text="mean"`` only) an already pooled (B,
+        text_dim)."""
         if self.reader is not None:
             if text.ndim != 3 or text_mask is None:
-                raise ValueError("the attention-reading conv stem needs the instruction's tokens (B, L, D) and their mask")
+                raise ValueError(
+                    "the attention-reading conv stem needs the instruction's tokens (B, L, D) and their mask"
+                )
             reads = self.reader(text, text_mask)
             text, query_text = reads[:, 0], reads[:, 1:]
         elif text.ndim == 3:
@@ -153,7 +173,9 @@ class GroundedConvStem(nn.Module):
         for block in self.blocks:
             x = block(x, text)
         keypoints = spatial_softmax(self.keypoint_logits(x)).flatten(1)  # (B, 2c)
-        queries = (self.queries(query_text) if self.reader is not None else self.queries(text)).view(b, self.n_queries, x.shape[1])
+        queries = (self.queries(query_text) if self.reader is not None else self.queries(text)).view(
+            b, self.n_queries, x.shape[1]
+        )
         scores = torch.einsum("bnc,bchw->bnhw", queries, x) / math.sqrt(x.shape[1])
         named = spatial_softmax(scores).flatten(1)  # (B, 2 * queries): where the instruction points
         keypoints = torch.cat([keypoints, named], 1)
@@ -165,38 +187,64 @@ class GroundedConvStem(nn.Module):
 class Grounding(nn.Module):
     """The stem, its readouts and how the policy uses them (``GroundingConfig``).
 
-    The backbone calls ``camera_tokens`` for every camera and appends them after that camera's encoder tokens, so
-    a camera's block in the prefix is ``tokens_per_image`` encoder tokens, ``tokens`` grid tokens, one keypoint
-    token. The policy asks ``condition`` for the head's condition and ``losses`` for the auxiliary losses."""
+    The backbone calls ``camera_tokens`` for every camera and appends them after that camera's encoder tokens,
+    so a camera's block in the prefix is ``tokens_per_image`` encoder tokens, ``tokens`` grid tokens, one
+    keypoint token. The policy asks ``condition`` for the head's condition and ``losses`` for the auxiliary
+    losses."""
 
-    def __init__(self, config: GroundingConfig, width: int, cameras: list[str], tokens_per_image: int, state_dim: int,
-                 target_names: list[str], horizon: int, action_dim: int):
+    def __init__(
+        self,
+        config: GroundingConfig,
+        width: int,
+        cameras: list[str],
+        tokens_per_image: int,
+        state_dim: int,
+        target_names: list[str],
+        horizon: int,
+        action_dim: int,
+    ):
         super().__init__()
         self.config, self.cameras, self.tokens_per_image = config, list(cameras), tokens_per_image
         self.horizon, self.action_dim = horizon, action_dim
         locates = bool(target_names) and config.locate_weight > 0
         if config.locate_condition and not locates:
-            raise ValueError("grounding.locate_condition needs grounding.locate_weight > 0 and a dataset with "
-                             f"privileged targets (data/targets); this dataset's targets: {list(target_names) or 'none'}")
+            raise ValueError(
+                "grounding.locate_condition needs grounding.locate_weight > 0 and a dataset with "
+                f"privileged targets (data/targets); this dataset's targets: {list(target_names) or 'none'}"
+            )
         if not config.head_gradient and not locates:
-            raise ValueError("grounding.head_gradient=false leaves the stem loss_locate alone to learn from: it needs "
-                             "grounding.locate_weight > 0 and a dataset with privileged targets (data/targets); "
-                             f"this dataset's targets: {list(target_names) or 'none'}")
-        self.stem = GroundedConvStem(config.channels, config.tokens, width, width, config.shift, text=config.text,
-                                     second_stride=config.second_stride)
+            raise ValueError(
+                "grounding.head_gradient=false leaves the stem loss_locate alone to learn from: it needs "
+                "grounding.locate_weight > 0 and a dataset with privileged targets (data/targets); "
+                f"this dataset's targets: {list(target_names) or 'none'}"
+            )
+        self.stem = GroundedConvStem(
+            config.channels,
+            config.tokens,
+            width,
+            width,
+            config.shift,
+            text=config.text,
+            second_stride=config.second_stride,
+        )
         keypoints = len(self.cameras) * width
-        # the head's condition: the normalized state, every camera's keypoint token, then (locate_condition) the
-        # located targets
+        # the head's condition: the normalized state, every camera's keypoint token, then (locate_condition)
+        # the located targets
         self.condition_dim = state_dim + keypoints + (len(target_names) if config.locate_condition else 0)
-        # the readouts are drawn after the head's weights (reset_readouts), the order a seed has always drawn them in
+        # the readouts are drawn after the head's weights (reset_readouts), the order a seed has always drawn
+        # them in
         with torch.random.fork_rng(devices=[]):
             hidden = 4 * width
-            # loss_ground: a mean-squared error cannot be lowered by heading for *a* block, only for the named one,
-            # so it pulls the stem's FiLM and queries to the instruction (a flow head alone can model "any of the
-            # blocks" as a multimodal chunk distribution and never needs the words)
-            self.action_readout = (nn.Sequential(nn.Linear(self.condition_dim, hidden), nn.SiLU(),
-                                                 nn.Linear(hidden, horizon * action_dim))
-                                   if config.action_weight > 0 else None)
+            # loss_ground: a mean-squared error cannot be lowered by heading for *a* block, only for the named
+            # one, so it pulls the stem's FiLM and queries to the instruction (a flow head alone can model
+            # "any of the blocks" as a multimodal chunk distribution and never needs the words)
+            self.action_readout = (
+                nn.Sequential(
+                    nn.Linear(self.condition_dim, hidden), nn.SiLU(), nn.Linear(hidden, horizon * action_dim)
+                )
+                if config.action_weight > 0
+                else None
+            )
             self.locate_readout = nn.Linear(keypoints, len(target_names)) if locates else None
 
     def reset_readouts(self) -> None:
@@ -221,11 +269,14 @@ class Grounding(nn.Module):
     def locate(self, prefix: torch.Tensor) -> torch.Tensor:
         """Where the stem reads the data's targets: (B, n_targets), in the data's units."""
         if self.locate_readout is None:
-            raise ValueError("this policy has no locate readout (trained without data/targets or locate_weight = 0)")
+            raise ValueError(
+                "this policy has no locate readout (trained without data/targets or locate_weight = 0)"
+            )
         return self.locate_readout(self.keypoint_tokens(prefix))
 
     def head_prefix(self, prefix: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The prefix the head trains on: with ``head_gradient=false`` the stem's tokens are cut from the graph."""
+        """The prefix the head trains on: with ``head_gradient=false`` the stem's tokens are cut from the
+        graph."""
         if self.config.head_gradient:
             return prefix
         block, tokens = self._block(), prefix[0]
@@ -234,19 +285,31 @@ class Grounding(nn.Module):
             stem[i * block + self.tokens_per_image : (i + 1) * block] = True
         return torch.where(stem[:, None], tokens.detach(), tokens), prefix[1]
 
-    def condition(self, prefix: torch.Tensor, state: torch.Tensor, targets: torch.Tensor | None = None,
-                  normalize: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-        """The head's condition: normalized state, keypoint tokens, then (``locate_condition``) the located targets:
-        ``targets`` when given (training: the data's), else the readout's; ``normalize`` maps them to the head's
-        scale (the readout itself predicts them raw)."""
+    def condition(
+        self,
+        prefix: torch.Tensor,
+        state: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The head's condition: normalized state, keypoint tokens, then (``locate_condition``) the located
+        targets: ``targets`` when given (training: the data's), else the readout's; ``normalize`` maps them to
+        the head's scale (the readout itself predicts them raw)."""
         keypoints = self.keypoint_tokens(prefix)
         if not self.config.locate_condition:
             return torch.cat([state, keypoints], -1)
         located = targets if targets is not None else self.locate_readout(keypoints)
         return torch.cat([state, keypoints, normalize(located) if normalize else located], -1)
 
-    def add_losses(self, losses: dict[str, torch.Tensor], prefix: torch.Tensor, condition: torch.Tensor,
-                   action: torch.Tensor, action_mask: torch.Tensor, targets: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def add_losses(
+        self,
+        losses: dict[str, torch.Tensor],
+        prefix: torch.Tensor,
+        condition: torch.Tensor,
+        action: torch.Tensor,
+        action_mask: torch.Tensor,
+        targets: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
         """The head's ``losses`` with the auxiliary ones added, each weighted into ``loss``. ``action``: the
         normalized chunk (B, H, A); ``prefix``: the backbone's tokens (the stem's not cut from the graph)."""
         if self.action_readout is not None:

@@ -38,7 +38,9 @@ class VLMBackbone(nn.Module):
         model = AutoModelForImageTextToText.from_pretrained(config.vlm_path)
         self.model = apply_finetune(model, config.finetune, config.lora_rank, self.lora_targets)
         mcfg = model.config
-        self.image_token_id = getattr(mcfg, "image_token_id", None) or getattr(mcfg, "image_token_index", None)
+        self.image_token_id = getattr(mcfg, "image_token_id", None) or getattr(
+            mcfg, "image_token_index", None
+        )
         if self.image_token_id is None:
             raise ValueError(f"{config.vlm_path}: the model config names no image token id")
         text_cfg = getattr(mcfg, "text_config", mcfg)
@@ -61,13 +63,17 @@ class VLMBackbone(nn.Module):
         return getattr(self.processor, "image_token", "<image>")
 
     def _encode(self, images: dict[str, torch.Tensor], instructions: list[str]):
-        per_sample = [[images[c][i].cpu().numpy().astype(np.uint8) for c in self.cameras] for i in range(len(instructions))]
+        per_sample = [
+            [images[c][i].cpu().numpy().astype(np.uint8) for c in self.cameras]
+            for i in range(len(instructions))
+        ]
         prompts = [self._placeholder() * len(self.cameras) + text for text in instructions]
         inputs = self.processor(text=prompts, images=per_sample, return_tensors="pt", padding=True)
         return inputs.to(self.proj.weight.device)
 
-    def forward(self, images: dict[str, torch.Tensor], instructions: list[str],
-                state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, images: dict[str, torch.Tensor], instructions: list[str], state: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = self._encode(images, instructions)
         out = self.model(**inputs, output_hidden_states=True)
         hidden = out.hidden_states[self.config.layer]
@@ -96,8 +102,9 @@ class VLMBackbone(nn.Module):
     def target_features(self, images: torch.Tensor, tokens: int) -> torch.Tensor:
         """The VLM's own image features (vision tower + connector) of (future) frames, pooled; no gradient."""
         with torch.no_grad():
-            pixels = self.processor.image_processor([[img.cpu().numpy().astype(np.uint8)] for img in images],
-                                                    return_tensors="pt").to(self.proj.weight.device)
+            pixels = self.processor.image_processor(
+                [[img.cpu().numpy().astype(np.uint8)] for img in images], return_tensors="pt"
+            ).to(self.proj.weight.device)
             keys = ("pixel_values", "pixel_attention_mask", "image_grid_thw")
             out = self.model.model.get_image_features(**{k: v for k, v in pixels.items() if k in keys})
             feats = getattr(out, "last_hidden_state", out)

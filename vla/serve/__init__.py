@@ -9,5 +9,21 @@ from .protocol import ProtocolError, packb, unpackb
 from .robot import Robot, SimRobot
 from .server import PolicyServer, serve
 
-__all__ = ["ControlLoop", "EpisodeLog", "PolicyServer", "ProtocolError", "Reply", "Robot", "RobotClient", "RobotConfig",
-           "ServeConfig", "ServerError", "ServerProcess", "SimRobot", "hold_action", "packb", "serve", "unpackb"]
+__all__ = [
+    "ControlLoop",
+    "EpisodeLog",
+    "PolicyServer",
+    "ProtocolError",
+    "Reply",
+    "Robot",
+    "RobotClient",
+    "RobotConfig",
+    "ServeConfig",
+    "ServerError",
+    "ServerProcess",
+    "SimRobot",
+    "hold_action",
+    "packb",
+    "serve",
+    "unpackb",
+]

@@ -28,8 +28,14 @@ class BatchInfo:
 
 
 class MicroBatcher:
-    def __init__(self, run_batch: Callable[[list[Any]], list[Any]], max_batch: int, max_wait_s: float,
-                 expected: Callable[[], int] = lambda: 1, on_batch: Callable[[int, float], None] | None = None):
+    def __init__(
+        self,
+        run_batch: Callable[[list[Any]], list[Any]],
+        max_batch: int,
+        max_wait_s: float,
+        expected: Callable[[], int] = lambda: 1,
+        on_batch: Callable[[int, float], None] | None = None,
+    ):
         self.run_batch, self.max_batch, self.max_wait_s = run_batch, max_batch, max_wait_s
         self.expected, self.on_batch = expected, on_batch
         self.queue: asyncio.Queue = asyncio.Queue()
@@ -83,7 +89,9 @@ class MicroBatcher:
                 batch.append(await asyncio.wait_for(self.queue.get(), remaining))
             except TimeoutError:
                 break
-        return [entry for entry in batch if not entry[1].done()]  # a cancelled request (client gone) is dropped
+        return [
+            entry for entry in batch if not entry[1].done()
+        ]  # a cancelled request (client gone) is dropped
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -38,8 +38,14 @@ class Reply:
 
 
 class RobotClient:
-    def __init__(self, url: str = "ws://127.0.0.1:8000", api_key: str | None = None, timeout_s: float = 2.0,
-                 connect_timeout_s: float = 5.0, retry_s: float = 0.5):
+    def __init__(
+        self,
+        url: str = "ws://127.0.0.1:8000",
+        api_key: str | None = None,
+        timeout_s: float = 2.0,
+        connect_timeout_s: float = 5.0,
+        retry_s: float = 0.5,
+    ):
         self.url = url if url.startswith(("ws://", "wss://")) else f"ws://{url}"
         self.api_key, self.timeout_s = api_key, timeout_s
         self.connect_timeout_s, self.retry_s = connect_timeout_s, retry_s
@@ -61,13 +67,23 @@ class RobotClient:
             raise ConnectionError(f"{self.url} was unreachable; next attempt in {wait:.2f} s")
         headers = {"Authorization": f"Api-Key {self.api_key}"} if self.api_key else None
         try:
-            self._ws = connect(self.url, additional_headers=headers, open_timeout=self.connect_timeout_s,
-                               compression=None, max_size=None, legacy=True)
+            self._ws = connect(
+                self.url,
+                additional_headers=headers,
+                open_timeout=self.connect_timeout_s,
+                compression=None,
+                max_size=None,
+                legacy=True,
+            )
             self.metadata = unpackb(self._ws.recv(timeout=self.connect_timeout_s))
         except InvalidStatus as e:
             self._failed()
             status = e.response.status_code
-            reason = "missing or wrong API key" if status == 401 else e.response.body.decode(errors="replace").strip()
+            reason = (
+                "missing or wrong API key"
+                if status == 401
+                else e.response.body.decode(errors="replace").strip()
+            )
             raise ConnectionError(f"{self.url} refused the connection (HTTP {status}): {reason}") from None
         except (OSError, TimeoutError, WebSocketException, ProtocolError) as e:
             self._failed()
@@ -100,20 +116,35 @@ class RobotClient:
     def check(self, meta: DatasetMeta) -> None:
         """Raise ValueError if the served policy does not fit this robot (cameras, sizes, dims)."""
         md = self.metadata if self.metadata is not None else self.connect()
-        theirs = {"cameras": list(md["cameras"]), "image_size": list(md["image_size"]), "state_dim": md["state_dim"],
-                  "action_dim": md["action_dim"]}
-        ours = {"cameras": list(meta.cameras), "image_size": list(meta.image_size), "state_dim": meta.state_dim,
-                "action_dim": meta.action_space.dim}
+        theirs = {
+            "cameras": list(md["cameras"]),
+            "image_size": list(md["image_size"]),
+            "state_dim": md["state_dim"],
+            "action_dim": md["action_dim"],
+        }
+        ours = {
+            "cameras": list(meta.cameras),
+            "image_size": list(meta.image_size),
+            "state_dim": meta.state_dim,
+            "action_dim": meta.action_space.dim,
+        }
         if md.get("obs_keys"):
             return  # the server translates this robot's layout; it checks every request itself
         diff = {k: (ours[k], theirs[k]) for k in ours if ours[k] != theirs[k]}
         if diff:
-            raise ValueError("the served policy does not fit this robot: "
-                             + "; ".join(f"{k}: robot {a}, policy {b}" for k, (a, b) in diff.items()))
+            raise ValueError(
+                "the served policy does not fit this robot: "
+                + "; ".join(f"{k}: robot {a}, policy {b}" for k, (a, b) in diff.items())
+            )
 
     # -- requests --------------------------------------------------------------------------------
-    def infer(self, obs: dict, seed: int | None = None, rtc: tuple[int, int] | None = None,
-              timeout_s: float | None = None) -> Reply:
+    def infer(
+        self,
+        obs: dict,
+        seed: int | None = None,
+        rtc: tuple[int, int] | None = None,
+        timeout_s: float | None = None,
+    ) -> Reply:
         """One chunk for ``obs``. ``rtc=(offset, delay)`` asks the server to continue the last chunk it
         sent on this connection (real-time chunking). Raises ServerError, TimeoutError, ConnectionError."""
         from websockets.exceptions import ConnectionClosed
@@ -144,6 +175,10 @@ class RobotClient:
         except (ConnectionClosed, OSError) as e:
             self._failed()
             raise ConnectionError(f"lost the connection to {self.url}: {e}") from None
-        return Reply(actions=np.asarray(reply["actions"], dtype=np.float32), chunk_id=reply.get("chunk_id"),
-                     guided=bool(reply.get("guided", False)), round_trip_ms=(time.perf_counter() - start) * 1e3,
-                     server_timing=dict(reply.get("server_timing", {})))
+        return Reply(
+            actions=np.asarray(reply["actions"], dtype=np.float32),
+            chunk_id=reply.get("chunk_id"),
+            guided=bool(reply.get("guided", False)),
+            round_trip_ms=(time.perf_counter() - start) * 1e3,
+            server_timing=dict(reply.get("server_timing", {})),
+        )

@@ -32,7 +32,9 @@ class ServeConfig:
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if self.max_batch < 1 or self.max_wait_ms < 0:
-            raise ValueError(f"need max_batch >= 1 and max_wait_ms >= 0, got {self.max_batch}, {self.max_wait_ms}")
+            raise ValueError(
+                f"need max_batch >= 1 and max_wait_ms >= 0, got {self.max_batch}, {self.max_wait_ms}"
+            )
         if self.max_message_mb <= 0:
             raise ValueError(f"max_message_mb must be > 0, got {self.max_message_mb}")
 
@@ -51,7 +53,9 @@ class RobotConfig:
     strategy: str = "receding"  # receding | ensemble | rtc
     execute_steps: int | None = None  # receding / rtc: actions per chunk (null = horizon // 2)
     ensemble_decay: float = 0.01
-    lead_steps: int | None = None  # request this many steps before a chunk runs out (null = from measured latency)
+    lead_steps: int | None = (
+        None  # request this many steps before a chunk runs out (null = from measured latency)
+    )
     hold: str = "auto"  # zero | last | auto (zero motion, keep the gripper) when no chunk covers a step
     request_timeout_s: float = 2.0
     out: str | None = None  # writes control.json (per-step timing) here when set

@@ -1,15 +1,13 @@
 """`ControlLoop`: run a robot at a fixed rate from chunks a policy server sends.
 
-Each tick (period ``1 / rate_hz``): take a reply that arrived; when the executor wants a new
-chunk, send the current observation in the background while the current chunk keeps running; send
-the executor's action for this step clamped to the action bounds; sleep to the next tick. Chunks
-are indexed from the step their observation was taken, and a new chunk takes over ``lead`` steps
-after its request (``lead``: the measured round trip in periods, rounded up, plus one), so the
-steps that pass during the round trip are never replayed and each chunk runs ``execute`` steps. The network is never waited on inside a
-tick: when no received chunk covers the step (server slow, gone, or erroring) the robot holds
-(zero motion, or the last action) in that same tick, and the loop keeps requesting until the
-server answers again.
-"""
+Each tick (period ``1 / rate_hz``): take a reply that arrived; when the executor wants a new chunk, send the
+current observation in the background while the current chunk keeps running; send the executor's action for
+this step clamped to the action bounds; sleep to the next tick. Chunks are indexed from the step their
+observation was taken, and a new chunk takes over ``lead`` steps after its request (``lead``: the measured
+round trip in periods, rounded up, plus one), so the steps that pass during the round trip are never replayed
+and each chunk runs ``execute`` steps. The network is never waited on inside a tick: when no received chunk
+covers the step (server slow, gone, or erroring) the robot holds (zero motion, or the last action) in that
+same tick, and the loop keeps requesting until the server answers again."""
 
 from __future__ import annotations
 
@@ -59,7 +57,9 @@ def _request_seed(episode_seed: int | None, request: int) -> int | None:
     return None if episode_seed is None else request_seed(episode_seed, request)
 
 
-def hold_action(mode: str, kind: str, low: np.ndarray, high: np.ndarray, last: np.ndarray | None) -> np.ndarray:
+def hold_action(
+    mode: str, kind: str, low: np.ndarray, high: np.ndarray, last: np.ndarray | None
+) -> np.ndarray:
     """What the robot does when no chunk covers a step. ``zero``: zero command (stop, for velocity
     and delta actions); ``last``: repeat the last action (for absolute targets); ``auto``: zero, but
     a ``...+gripper`` action keeps its gripper command, so a held object is not dropped."""
@@ -74,9 +74,18 @@ def hold_action(mode: str, kind: str, low: np.ndarray, high: np.ndarray, last: n
 
 
 class ControlLoop:
-    def __init__(self, robot: Robot, client: RobotClient, rate_hz: float | None = None, strategy: str = "receding",
-                 execute_steps: int | None = None, ensemble_decay: float = 0.01, lead_steps: int | None = None,
-                 hold: str = "auto", start_timeout_s: float = 30.0):
+    def __init__(
+        self,
+        robot: Robot,
+        client: RobotClient,
+        rate_hz: float | None = None,
+        strategy: str = "receding",
+        execute_steps: int | None = None,
+        ensemble_decay: float = 0.01,
+        lead_steps: int | None = None,
+        hold: str = "auto",
+        start_timeout_s: float = 30.0,
+    ):
         self.robot, self.client = robot, client
         self.rate_hz = rate_hz or robot.meta.fps
         self.period = 1.0 / self.rate_hz
@@ -102,7 +111,9 @@ class ControlLoop:
                 return reply.actions, reply.round_trip_ms
             except (ConnectionError, TimeoutError) as e:
                 if time.monotonic() > deadline:
-                    raise ConnectionError(f"no first chunk within {self.start_timeout_s} s; robot not started: {e}") from e
+                    raise ConnectionError(
+                        f"no first chunk within {self.start_timeout_s} s; robot not started: {e}"
+                    ) from e
                 time.sleep(min(0.2, self.period))
 
     def run_episode(self, seed: int | None = None, max_steps: int | None = None) -> EpisodeLog:
@@ -137,8 +148,13 @@ class ControlLoop:
                     episode.round_trip_ms.append(reply.round_trip_ms)
                     lead = self._lead(float(np.median(episode.round_trip_ms[-8:])))
                 except Exception as e:  # noqa: BLE001 - every failure mode means: hold and retry
-                    kind = getattr(e, "kind", None) or ("timeout" if isinstance(e, TimeoutError) else
-                                                       "connection" if isinstance(e, ConnectionError) else type(e).__name__)
+                    kind = getattr(e, "kind", None) or (
+                        "timeout"
+                        if isinstance(e, TimeoutError)
+                        else "connection"
+                        if isinstance(e, ConnectionError)
+                        else type(e).__name__
+                    )
                     episode.errors[kind] = episode.errors.get(kind, 0) + 1
                     if not failing:  # log the change, not every retry
                         log.warning("step %d: request failed (%s): %s; holding while retrying", k, kind, e)
@@ -179,7 +195,7 @@ class ControlLoop:
                 time.sleep(next_tick - now)
             elif now - next_tick > self.period:
                 episode.late_ticks += 1
-                start += (now - next_tick)  # re-anchor: late ticks are not made up by a burst of actions
+                start += now - next_tick  # re-anchor: late ticks are not made up by a burst of actions
         if pending is not None:  # the client is not shared across threads: let the last request finish
             wait([pending[0]])
         episode.steps, episode.success = k, self.robot.success
@@ -202,8 +218,16 @@ def run_robot(cfg) -> dict[str, Any]:
 
     robot = SimRobot(cfg.env, max_steps=cfg.max_steps)
     client = RobotClient(cfg.url, api_key=cfg.api_key, timeout_s=cfg.request_timeout_s)
-    loop = ControlLoop(robot, client, cfg.rate_hz, cfg.strategy, cfg.execute_steps, cfg.ensemble_decay,
-                       cfg.lead_steps, cfg.hold)
+    loop = ControlLoop(
+        robot,
+        client,
+        cfg.rate_hz,
+        cfg.strategy,
+        cfg.execute_steps,
+        cfg.ensemble_decay,
+        cfg.lead_steps,
+        cfg.hold,
+    )
     episodes = []
     try:
         bar = tqdm(range(cfg.episodes), desc=f"{cfg.env} @ {loop.rate_hz:g} Hz", unit="episode")
@@ -214,13 +238,22 @@ def run_robot(cfg) -> dict[str, Any]:
         loop.close()
         client.close()
         robot.close()
-    summary = {"env": cfg.env, "url": cfg.url, "rate_hz": loop.rate_hz, "strategy": cfg.strategy,
-               "server": {k: client.metadata.get(k) for k in ("model", "action_horizon", "fps")},
-               "episodes": len(episodes), "successes": sum(bool(e.success) for e in episodes),
-               "per_episode": [e.summary() for e in episodes]}
+    summary = {
+        "env": cfg.env,
+        "url": cfg.url,
+        "rate_hz": loop.rate_hz,
+        "strategy": cfg.strategy,
+        "server": {k: client.metadata.get(k) for k in ("model", "action_horizon", "fps")},
+        "episodes": len(episodes),
+        "successes": sum(bool(e.success) for e in episodes),
+        "per_episode": [e.summary() for e in episodes],
+    }
     if cfg.out:
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "control.json").write_text(json.dumps(summary | {"actions": [e.actions for e in episodes],
-                                                                 "sources": [e.sources for e in episodes]}))
+        (out / "control.json").write_text(
+            json.dumps(
+                summary | {"actions": [e.actions for e in episodes], "sources": [e.sources for e in episodes]}
+            )
+        )
     return summary

@@ -38,27 +38,39 @@ class ObservationParser:
     """``obs_keys`` maps a client's key to a contract path: ``images.<camera>``, ``state`` or
     ``instruction``; keys already in the contract layout need no entry."""
 
-    def __init__(self, meta: DatasetMeta, obs_keys: dict[str, str] | None = None, max_instruction_chars: int = 2000,
-                 horizon: int | None = None):
+    def __init__(
+        self,
+        meta: DatasetMeta,
+        obs_keys: dict[str, str] | None = None,
+        max_instruction_chars: int = 2000,
+        horizon: int | None = None,
+    ):
         self.meta, self.max_instruction_chars, self.horizon = meta, max_instruction_chars, horizon
         self.obs_keys = dict(obs_keys or {})
         targets = {"state", "instruction"} | {f"images.{c}" for c in meta.cameras}
         for src, dst in self.obs_keys.items():
             if dst not in targets:
-                raise ValueError(f"obs_keys[{src!r}] = {dst!r} is not a contract path; expected one of {sorted(targets)}")
+                raise ValueError(
+                    f"obs_keys[{src!r}] = {dst!r} is not a contract path; expected one of {sorted(targets)}"
+                )
         self.image_shape = (*meta.image_size, 3)
 
     def expected(self) -> str:
-        keys = [f"images: {{{', '.join(repr(c) for c in self.meta.cameras)}}} uint8 {self.image_shape}",
-                f"state float32 ({self.meta.state_dim},)", "instruction str"]
+        keys = [
+            f"images: {{{', '.join(repr(c) for c in self.meta.cameras)}}} uint8 {self.image_shape}",
+            f"state float32 ({self.meta.state_dim},)",
+            "instruction str",
+        ]
         if self.obs_keys:
             keys.append(f"or the mapped keys {sorted(self.obs_keys)}")
         return "; ".join(keys)
 
     def parse(self, message: Any) -> Request:
         if not isinstance(message, dict):
-            raise ProtocolError(f"a request must be a map (the observation dict), got {_describe(message)}; "
-                                f"expected {self.expected()}")
+            raise ProtocolError(
+                f"a request must be a map (the observation dict), got {_describe(message)}; "
+                f"expected {self.expected()}"
+            )
         images: dict[str, Any] = {}
         fields: dict[str, Any] = {}
         for key, value in message.items():
@@ -77,12 +89,21 @@ class ObservationParser:
             elif target in ("state", "instruction"):
                 fields[target] = value
             else:
-                raise ProtocolError(f"unknown key {key!r}; expected {self.expected()} "
-                                    f"(and optionally {', '.join(CONTROL_KEYS)})")
-        obs = {"images": self._images(images), "state": self._state(fields.get("state")),
-               "instruction": self._instruction(fields.get("instruction"))}
-        return Request(obs, seed=self._seed(fields.get("seed")), request_id=self._request_id(fields.get("request_id")),
-                       rtc=self._rtc(fields.get("rtc")))
+                raise ProtocolError(
+                    f"unknown key {key!r}; expected {self.expected()} "
+                    f"(and optionally {', '.join(CONTROL_KEYS)})"
+                )
+        obs = {
+            "images": self._images(images),
+            "state": self._state(fields.get("state")),
+            "instruction": self._instruction(fields.get("instruction")),
+        }
+        return Request(
+            obs,
+            seed=self._seed(fields.get("seed")),
+            request_id=self._request_id(fields.get("request_id")),
+            rtc=self._rtc(fields.get("rtc")),
+        )
 
     def _images(self, images: dict) -> dict[str, np.ndarray]:
         unknown = sorted(str(c) for c in set(images) - set(self.meta.cameras))
@@ -95,8 +116,10 @@ class ObservationParser:
         for cam in self.meta.cameras:
             img = images[cam]
             if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.shape != self.image_shape:
-                raise ProtocolError(f"images[{cam!r}]: expected a uint8 array of shape {self.image_shape} (H, W, RGB), "
-                                    f"got {_describe(img)}")
+                raise ProtocolError(
+                    f"images[{cam!r}]: expected a uint8 array of shape {self.image_shape} (H, W, RGB), "
+                    f"got {_describe(img)}"
+                )
             out[cam] = img
         return out
 
@@ -104,13 +127,22 @@ class ObservationParser:
         expected = f"float32 array of shape ({self.meta.state_dim},)"
         if state is None:
             raise ProtocolError(f"missing 'state': expected {expected}")
-        if isinstance(state, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in state):
+        if isinstance(state, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in state
+        ):
             state = np.asarray(state, dtype=np.float64)
-        if not isinstance(state, np.ndarray) or state.dtype.kind not in "iuf" or state.shape != (self.meta.state_dim,):
+        if (
+            not isinstance(state, np.ndarray)
+            or state.dtype.kind not in "iuf"
+            or state.shape != (self.meta.state_dim,)
+        ):
             raise ProtocolError(f"state: expected {expected}, got {_describe(state)}")
         state = state.astype(np.float32)
         if not np.isfinite(state).all():
-            raise ProtocolError(f"state has non-finite values (NaN or inf) at indices {np.flatnonzero(~np.isfinite(state)).tolist()}")
+            raise ProtocolError(
+                "state has non-finite values (NaN or inf) at indices "
+                f"{np.flatnonzero(~np.isfinite(state)).tolist()}"
+            )
         return state
 
     def _instruction(self, text: Any) -> str:
@@ -119,9 +151,13 @@ class ObservationParser:
         if isinstance(text, bytes):
             text = text.decode("utf-8", "replace")
         if not isinstance(text, str):
-            raise ProtocolError(f"instruction: expected a string, got {_describe(text) if text is not None else 'nothing'}")
+            raise ProtocolError(
+                f"instruction: expected a string, got {_describe(text) if text is not None else 'nothing'}"
+            )
         if len(text) > self.max_instruction_chars:
-            raise ProtocolError(f"instruction has {len(text)} characters; the limit is {self.max_instruction_chars}")
+            raise ProtocolError(
+                f"instruction has {len(text)} characters; the limit is {self.max_instruction_chars}"
+            )
         return text
 
     @staticmethod
@@ -138,18 +174,32 @@ class ObservationParser:
     def _request_id(request_id: Any) -> str | int | None:
         if request_id is None:
             return None
-        if not isinstance(request_id, _ID_TYPES) or isinstance(request_id, bool) or len(str(request_id)) > 128:
-            raise ProtocolError(f"request_id: expected a str or int (at most 128 characters), got {request_id!r}")
+        if (
+            not isinstance(request_id, _ID_TYPES)
+            or isinstance(request_id, bool)
+            or len(str(request_id)) > 128
+        ):
+            raise ProtocolError(
+                f"request_id: expected a str or int (at most 128 characters), got {request_id!r}"
+            )
         return request_id
 
     def _rtc(self, rtc: Any) -> tuple[int, int] | None:
         if rtc is None:
             return None
-        ok = isinstance(rtc, dict) and set(rtc) == {"offset", "delay"} and all(
-            isinstance(rtc[k], int) and not isinstance(rtc[k], bool) and rtc[k] >= 0 for k in ("offset", "delay"))
+        ok = (
+            isinstance(rtc, dict)
+            and set(rtc) == {"offset", "delay"}
+            and all(
+                isinstance(rtc[k], int) and not isinstance(rtc[k], bool) and rtc[k] >= 0
+                for k in ("offset", "delay")
+            )
+        )
         if not ok:
-            raise ProtocolError(f"rtc: expected {{'offset': int >= 0, 'delay': int >= 0}} (steps into the previous "
-                                f"chunk, steps until this answer is used), got {rtc!r}")
+            raise ProtocolError(
+                f"rtc: expected {{'offset': int >= 0, 'delay': int >= 0}} (steps into the previous "
+                f"chunk, steps until this answer is used), got {rtc!r}"
+            )
         if self.horizon is not None and rtc["delay"] > self.horizon:
             raise ProtocolError(f"rtc delay {rtc['delay']} exceeds the chunk length {self.horizon}")
         return rtc["offset"], rtc["delay"]

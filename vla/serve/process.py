@@ -19,9 +19,22 @@ class ServerProcess:
     ``kill()`` SIGKILL. ``VLA_API_KEY`` is not inherited: pass ``api_key=...`` as an override."""
 
     def __init__(self, checkpoint: str, *overrides: str, port: int = 0, timeout_s: float = 120.0):
-        cmd = [sys.executable, "-m", "vla.cli", "serve", f"checkpoint={checkpoint}", f"port={port}", *overrides]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={k: v for k, v in os.environ.items() if k != "VLA_API_KEY"} | {"PYTHONUNBUFFERED": "1"})
+        cmd = [
+            sys.executable,
+            "-m",
+            "vla.cli",
+            "serve",
+            f"checkpoint={checkpoint}",
+            f"port={port}",
+            *overrides,
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={k: v for k, v in os.environ.items() if k != "VLA_API_KEY"} | {"PYTHONUNBUFFERED": "1"},
+        )
         self.lines: list[str] = []
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

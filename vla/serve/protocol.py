@@ -59,12 +59,19 @@ def _unpack_hook(obj: dict) -> Any:
         dtype = _dtype(obj.get(b"dtype"))
         if not isinstance(data, bytes):
             raise ProtocolError("array 'data' must be raw bytes")
-        if (not isinstance(shape, (list, tuple)) or len(shape) > MAX_NDIM
-                or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
-            raise ProtocolError(f"array shape must be a list of at most {MAX_NDIM} non-negative ints, got {shape!r}")
+        if (
+            not isinstance(shape, (list, tuple))
+            or len(shape) > MAX_NDIM
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+        ):
+            raise ProtocolError(
+                f"array shape must be a list of at most {MAX_NDIM} non-negative ints, got {shape!r}"
+            )
         expected = math.prod(shape) * dtype.itemsize
         if len(data) != expected:
-            raise ProtocolError(f"array of shape {tuple(shape)} and dtype {dtype.str} needs {expected} bytes, got {len(data)}")
+            raise ProtocolError(
+                f"array of shape {tuple(shape)} and dtype {dtype.str} needs {expected} bytes, got {len(data)}"
+            )
         return np.frombuffer(data, dtype=dtype).reshape(shape)
     if b"__npgeneric__" in obj:
         dtype = _dtype(obj.get(b"dtype"))
@@ -88,12 +95,22 @@ def unpackb(data: bytes, max_bytes: int | None = None) -> Any:
         raise ProtocolError(f"message of {len(data)} bytes exceeds the limit of {max_bytes} bytes")
     limit = len(data)  # no container can declare more elements than there are bytes
     try:
-        return msgpack.unpackb(bytes(data), object_hook=_unpack_hook, raw=False, strict_map_key=False,
-                               max_bin_len=limit, max_str_len=limit, max_array_len=limit, max_map_len=limit,
-                               max_ext_len=0)
+        return msgpack.unpackb(
+            bytes(data),
+            object_hook=_unpack_hook,
+            raw=False,
+            strict_map_key=False,
+            max_bin_len=limit,
+            max_str_len=limit,
+            max_array_len=limit,
+            max_map_len=limit,
+            max_ext_len=0,
+        )
     except ProtocolError:
         raise
-    except Exception as e:  # msgpack raises ValueError, TypeError, StackError, ExtraData, UnicodeDecodeError...
+    except (
+        Exception
+    ) as e:  # msgpack raises ValueError, TypeError, StackError, ExtraData, UnicodeDecodeError...
         raise ProtocolError(f"not a valid msgpack message ({type(e).__name__}: {e})") from None
 
 

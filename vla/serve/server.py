@@ -63,14 +63,23 @@ class InferenceEngine:
             for i, j in enumerate(jobs):
                 if j.guide is not None:
                     guide[i], weights[i] = j.guide
-        chunks = self.policy.predict_chunk(obs, generator=generators, action_steps=self.action_steps,
-                                           vision_steps=self.vision_steps, guide=guide, guide_weights=weights)
+        chunks = self.policy.predict_chunk(
+            obs,
+            generator=generators,
+            action_steps=self.action_steps,
+            vision_steps=self.vision_steps,
+            guide=guide,
+            guide_weights=weights,
+        )
         return list(chunks)
 
     def warmup(self, batch_sizes: list[int]) -> None:
         meta = self.policy.meta
-        obs = {"images": {c: np.zeros((*meta.image_size, 3), np.uint8) for c in meta.cameras},
-               "state": np.zeros(meta.state_dim, np.float32), "instruction": "warm up"}
+        obs = {
+            "images": {c: np.zeros((*meta.image_size, 3), np.uint8) for c in meta.cameras},
+            "state": np.zeros(meta.state_dim, np.float32),
+            "instruction": "warm up",
+        }
         for n in sorted(set(batch_sizes)):
             self([Job(obs, seed=i) for i in range(n)])
 
@@ -98,7 +107,9 @@ class PolicyServer:
         self.policy = policy if policy is not None else load_policy(self.checkpoint, device=cfg.device)
         meta = self.policy.meta
         self.engine = InferenceEngine(self.policy, cfg.action_steps, cfg.vision_steps)
-        self.parser = ObservationParser(meta, cfg.obs_keys, cfg.max_instruction_chars, horizon=self.engine.horizon)
+        self.parser = ObservationParser(
+            meta, cfg.obs_keys, cfg.max_instruction_chars, horizon=self.engine.horizon
+        )
         self.metrics = ServerMetrics(cfg.max_batch)
         self.metadata = self._metadata()
         self.max_bytes = int(cfg.max_message_mb * 2**20)
@@ -117,14 +128,29 @@ class PolicyServer:
         if meta_file.is_file():
             versions = json.loads(meta_file.read_text()).get("versions", {})
         return {
-            "server": "vla", "vla_version": vla.__version__, "protocol": "openpi-websocket-msgpack",
-            "model": {"name": config.name, "head": config.head.kind, "checkpoint": self.checkpoint.name,
-                      "trained_with": versions},
-            "env": meta.env, "robot": meta.robot, "cameras": list(meta.cameras), "image_size": list(meta.image_size),
-            "state_dim": meta.state_dim, "action_dim": meta.action_space.dim, "action_horizon": config.horizon,
-            "fps": meta.fps, "action_low": list(meta.action_space.low), "action_high": list(meta.action_space.high),
-            "action_kind": meta.action_space.kind, "obs_keys": dict(self.cfg.obs_keys),
-            "supports_rtc": self.engine.supports_guide, "max_batch": self.cfg.max_batch,
+            "server": "vla",
+            "vla_version": vla.__version__,
+            "protocol": "openpi-websocket-msgpack",
+            "model": {
+                "name": config.name,
+                "head": config.head.kind,
+                "checkpoint": self.checkpoint.name,
+                "trained_with": versions,
+            },
+            "env": meta.env,
+            "robot": meta.robot,
+            "cameras": list(meta.cameras),
+            "image_size": list(meta.image_size),
+            "state_dim": meta.state_dim,
+            "action_dim": meta.action_space.dim,
+            "action_horizon": config.horizon,
+            "fps": meta.fps,
+            "action_low": list(meta.action_space.low),
+            "action_high": list(meta.action_space.high),
+            "action_kind": meta.action_space.kind,
+            "obs_keys": dict(self.cfg.obs_keys),
+            "supports_rtc": self.engine.supports_guide,
+            "max_batch": self.cfg.max_batch,
             "api_key_required": self.cfg.api_key is not None,
         }
 
@@ -148,22 +174,43 @@ class PolicyServer:
         if path == "/healthz" and not upgrade:
             if self.ready:
                 return self._respond(connection, path, HTTPStatus.OK, "ok\n", "text/plain")
-            return self._respond(connection, path, HTTPStatus.SERVICE_UNAVAILABLE, "not ready\n", "text/plain")
+            return self._respond(
+                connection, path, HTTPStatus.SERVICE_UNAVAILABLE, "not ready\n", "text/plain"
+            )
         if not self._authorized(request.headers):
             self.metrics.requests.labels("unauthorized").inc()
-            return self._respond(connection, path, HTTPStatus.UNAUTHORIZED,
-                                 "missing or wrong API key: send the header 'Authorization: Api-Key <key>'\n", "text/plain")
+            return self._respond(
+                connection,
+                path,
+                HTTPStatus.UNAUTHORIZED,
+                "missing or wrong API key: send the header 'Authorization: Api-Key <key>'\n",
+                "text/plain",
+            )
         if upgrade:
             if not self.ready:
-                return self._respond(connection, path, HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n", "text/plain")
+                return self._respond(
+                    connection, path, HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n", "text/plain"
+                )
             return None  # go on with the websocket handshake
         if path == "/metadata":
-            return self._respond(connection, path, HTTPStatus.OK, json.dumps(self.metadata, indent=2), "application/json")
+            return self._respond(
+                connection, path, HTTPStatus.OK, json.dumps(self.metadata, indent=2), "application/json"
+            )
         if path == "/metrics":
-            return self._respond(connection, path, HTTPStatus.OK, self.metrics.text(),
-                                 "text/plain; version=0.0.4; charset=utf-8")
-        return self._respond(connection, path, HTTPStatus.NOT_FOUND,
-                             f"no such path {path!r}: use /healthz, /metadata, /metrics or a websocket\n", "text/plain")
+            return self._respond(
+                connection,
+                path,
+                HTTPStatus.OK,
+                self.metrics.text(),
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+        return self._respond(
+            connection,
+            path,
+            HTTPStatus.NOT_FOUND,
+            f"no such path {path!r}: use /healthz, /metadata, /metrics or a websocket\n",
+            "text/plain",
+        )
 
     # -- websocket -----------------------------------------------------------------------------------
     async def _handle(self, ws) -> None:
@@ -189,13 +236,17 @@ class PolicyServer:
         start = time.perf_counter()
         try:
             if isinstance(message, str):
-                raise ProtocolError("text frames are not accepted: send the observation dict as a binary msgpack frame")
+                raise ProtocolError(
+                    "text frames are not accepted: send the observation dict as a binary msgpack frame"
+                )
             request = self.parser.parse(unpackb(message, self.max_bytes))
             guide = None
             if request.rtc is not None:
                 if not self.engine.supports_guide:
-                    raise ProtocolError(f"rtc needs a flow-matching head; this checkpoint's head is "
-                                        f"{self.policy.config.head.kind!r}: send the request without 'rtc'")
+                    raise ProtocolError(
+                        f"rtc needs a flow-matching head; this checkpoint's head is "
+                        f"{self.policy.config.head.kind!r}: send the request without 'rtc'"
+                    )
                 if conn.last_chunk is not None:
                     guide = rtc_guide(conn.last_chunk, request.rtc[0], self.engine.horizon, request.rtc[1])
             seed = request.seed if request.seed is not None else conn.next_seed()
@@ -213,10 +264,18 @@ class PolicyServer:
             return error_text("internal", f"inference failed: {type(e).__name__}: {e}")
         conn.last_chunk = chunk
         total_ms = (time.perf_counter() - start) * 1e3
-        reply = {"actions": np.ascontiguousarray(chunk, dtype=np.float32),
-                 "server_timing": {"infer_ms": batch.infer_ms, "queue_ms": batch.queue_ms, "total_ms": total_ms,
-                                   "prev_total_ms": conn.prev_total_ms, "batch_size": batch.size},
-                 "chunk_id": conn.requests - 1, "guided": guide is not None}
+        reply = {
+            "actions": np.ascontiguousarray(chunk, dtype=np.float32),
+            "server_timing": {
+                "infer_ms": batch.infer_ms,
+                "queue_ms": batch.queue_ms,
+                "total_ms": total_ms,
+                "prev_total_ms": conn.prev_total_ms,
+                "batch_size": batch.size,
+            },
+            "chunk_id": conn.requests - 1,
+            "guided": guide is not None,
+        }
         if request.request_id is not None:
             reply["request_id"] = request.request_id
         conn.prev_total_ms = total_ms
@@ -244,17 +303,32 @@ class PolicyServer:
                 loop.add_signal_handler(sig, self._stop.set)
             except (NotImplementedError, RuntimeError):  # not the main thread (tests, benchmarks)
                 pass
-        self.batcher = MicroBatcher(self.engine, self.cfg.max_batch, self.cfg.max_wait_ms / 1e3,
-                                    expected=lambda: self.active, on_batch=self._on_batch)
+        self.batcher = MicroBatcher(
+            self.engine,
+            self.cfg.max_batch,
+            self.cfg.max_wait_ms / 1e3,
+            expected=lambda: self.active,
+            on_batch=self._on_batch,
+        )
         self.batcher.start()
-        async with serve(self._handle, self.cfg.host, self.cfg.port, process_request=self._process_request,
-                         max_size=self.max_bytes, compression=None, ping_interval=self.cfg.ping_interval_s,
-                         server_header=None) as server:
+        async with serve(
+            self._handle,
+            self.cfg.host,
+            self.cfg.port,
+            process_request=self._process_request,
+            max_size=self.max_bytes,
+            compression=None,
+            ping_interval=self.cfg.ping_interval_s,
+            server_header=None,
+        ) as server:
             self.port = server.sockets[0].getsockname()[1]
             self.ready = True
             auth = "API key required" if self.cfg.api_key else "no API key"
-            print(f"vla serve: {self.checkpoint} on ws://{self.cfg.host}:{self.port} ({auth}; "
-                  f"/healthz /metadata /metrics)", flush=True)
+            print(
+                f"vla serve: {self.checkpoint} on ws://{self.cfg.host}:{self.port} ({auth}; "
+                f"/healthz /metadata /metrics)",
+                flush=True,
+            )
             if started is not None:
                 started.set()
             await self._stop.wait()

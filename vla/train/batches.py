@@ -12,8 +12,9 @@ from vla.data import WindowDataset
 from .errors import TrainError
 
 
-def global_batch_indices(n: int, batch: int, seed: int, epoch: int, index: int,
-                         weights: np.ndarray | None = None) -> np.ndarray:
+def global_batch_indices(
+    n: int, batch: int, seed: int, epoch: int, index: int, weights: np.ndarray | None = None
+) -> np.ndarray:
     """Indices of global batch ``index`` of ``epoch``: a seeded permutation (the last partial batch is
     dropped), or with ``weights`` (per-window probabilities) a seeded draw with replacement."""
     if weights is not None:
@@ -29,8 +30,10 @@ def task_balanced_weights(tasks: np.ndarray, shares: dict[str, float] | None = N
     shares = dict(shares or {})
     unknown = sorted(set(shares) - set(names))
     if unknown:
-        raise TrainError(f"trainer.task_weights names {unknown}, which are not tasks of this dataset; its tasks: "
-                         f"{names.tolist()}")
+        raise TrainError(
+            f"trainer.task_weights names {unknown}, which are not tasks of this dataset; its tasks: "
+            f"{names.tolist()}"
+        )
     if any(w <= 0 for w in shares.values()):
         raise TrainError(f"trainer.task_weights must be positive, got {shares}")
     weight = np.array([shares.get(name, 1.0) for name in names])
@@ -51,9 +54,25 @@ class StepBatches:
     """This process's slice of every global (micro-)batch from ``start`` on: a DataLoader batch sampler,
     so DataLoader workers prefetch while the order stays a pure function of (seed, step)."""
 
-    def __init__(self, n: int, batch: int, seed: int, start: int, stop: int, rank: int, world: int,
-                 weights: np.ndarray | None = None):
-        self.n, self.batch, self.seed, self.start, self.stop, self.weights = n, batch, seed, start, stop, weights
+    def __init__(
+        self,
+        n: int,
+        batch: int,
+        seed: int,
+        start: int,
+        stop: int,
+        rank: int,
+        world: int,
+        weights: np.ndarray | None = None,
+    ):
+        self.n, self.batch, self.seed, self.start, self.stop, self.weights = (
+            n,
+            batch,
+            seed,
+            start,
+            stop,
+            weights,
+        )
         self.per_epoch, self.local, self.rank = batches_per_epoch(n, batch), batch // world, rank
 
     def __len__(self) -> int:

@@ -1,5 +1,6 @@
-"""Checkpoints of a run: the EMA weights as a policy checkpoint, plus the trainer state that exact resume needs,
-written atomically and pruned to ``keep_last``; ``checkpoints/best/`` holds the best validation loss's."""
+"""Checkpoints of a run: the EMA weights as a policy checkpoint, plus the trainer state that exact resume
+needs, written atomically and pruned to ``keep_last``; ``checkpoints/best/`` holds the best validation
+loss's."""
 
 from __future__ import annotations
 
@@ -36,8 +37,18 @@ def ema_weights(policy: Policy, ema) -> Iterator[None]:
             ema.restore(params)
 
 
-def save_checkpoint(out: Path, step: int, policy: Policy, optimizer, scheduler, ema, best_val: float,
-                    keep_last: int, periodic: bool, best: bool) -> Path:
+def save_checkpoint(
+    out: Path,
+    step: int,
+    policy: Policy,
+    optimizer,
+    scheduler,
+    ema,
+    best_val: float,
+    keep_last: int,
+    periodic: bool,
+    best: bool,
+) -> Path:
     """A policy checkpoint (EMA weights) + trainer state, written atomically; prune to keep_last."""
     ckpt_dir = out / "checkpoints"
     raw_model = {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()}
@@ -49,8 +60,15 @@ def save_checkpoint(out: Path, step: int, policy: Policy, optimizer, scheduler, 
             policy.save(path)
     if not periodic:
         return ckpt_dir / "best"
-    state = {"step": step, "model": raw_model, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "ema": ema.state_dict() if ema is not None else None, "best_val": best_val, "torch_rng": torch.get_rng_state()}
+    state = {
+        "step": step,
+        "model": raw_model,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
+        "best_val": best_val,
+        "torch_rng": torch.get_rng_state(),
+    }
     tmp = path / f".{STATE_FILE}.tmp"
     torch.save(state, tmp)
     os.replace(tmp, path / STATE_FILE)  # a step directory counts for resume only once this exists

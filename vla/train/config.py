@@ -16,8 +16,8 @@ class TrainerConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 1e-4  # DUST defaults: AdamW lr 1e-4, betas (0.95, 0.999), weight decay 1e-5
     # learning-rate multipliers by parameter-name prefix, e.g. {grounding.stem: 3.0}: a small conv stem
-    # trained from scratch wants a higher rate than the transformer head beside it
-    # (typed Any: a hydra override replaces the whole mapping, as `trainer.lr_scale={grounding.stem:3}` expects)
+    # trained from scratch wants a higher rate than the transformer head beside it (typed Any: a hydra
+    # override replaces the whole mapping, as `trainer.lr_scale={grounding.stem:3}` expects)
     lr_scale: Any = None
     betas: list[float] = field(default_factory=lambda: [0.95, 0.999])
     weight_decay: float = 1e-5  # not applied to biases and norms (1-D parameters)
@@ -29,13 +29,16 @@ class TrainerConfig:
     keep_last: int = 3
     val_every: int = 250
     val_batches: int = 4
-    eval_episodes: int = 0  # > 0: evaluate each periodic checkpoint in the dataset's env (vla eval), log success
+    eval_episodes: int = (
+        0  # > 0: evaluate each periodic checkpoint in the dataset's env (vla eval), log success
+    )
     log_every: int = 10
     # multi-task data: draw windows so that every task gets the same share of each batch (short-episode
     # tasks are otherwise under-sampled: builtin/reach has 27% of the built-in suite's frames)
     balance_tasks: bool = False
     # with balance_tasks: each task's share of a batch in proportion to its weight (tasks not named: 1), e.g.
-    # {builtin/push: 3} puts push in 3/4 of the built-in suite's draws, where reach is learned long before push
+    # {builtin/push: 3} puts push in 3/4 of the built-in suite's draws, where reach is learned long before
+    # push
     task_weights: Any = None  # a mapping task name -> weight (typed Any, as lr_scale)
     seed: int = 0
     cpu: bool = False  # force CPU even when a GPU is visible

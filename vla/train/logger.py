@@ -1,4 +1,5 @@
-"""Training metrics: metrics.jsonl always; tensorboard scalars by default; wandb when installed and asked for."""
+"""Training metrics: metrics.jsonl always; tensorboard scalars by default; wandb when installed and asked
+for."""
 
 from __future__ import annotations
 

@@ -50,8 +50,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     store = check_setup(cfg, out)
     t = cfg.trainer
     # Pretrained encoders carry parts the prefix does not use (e.g. SigLIP's pooling head): let DDP skip them.
-    accelerator = Accelerator(cpu=t.cpu or not torch.cuda.is_available(), mixed_precision=t.mixed_precision,
-                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    accelerator = Accelerator(
+        cpu=t.cpu or not torch.cuda.is_available(),
+        mixed_precision=t.mixed_precision,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
     world, rank = accelerator.num_processes, accelerator.process_index
     if t.batch_size % world:
         raise TrainError(f"trainer.batch_size={t.batch_size} must divide evenly over {world} processes")
@@ -68,17 +71,25 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if cfg.data.cameras is not None:
         meta = type(meta)(**{**meta.__dict__, "cameras": list(cfg.data.cameras)})
     policy = Policy(cfg.policy, meta, normalizer)
-    cached = t.cache_features is True or (t.cache_features == "auto" and cfg.policy.backbone.kind == "composite"
-                                          and cfg.policy.backbone.finetune == "frozen" and not cfg.data.augment.enabled)
+    cached = t.cache_features is True or (
+        t.cache_features == "auto"
+        and cfg.policy.backbone.kind == "composite"
+        and cfg.policy.backbone.finetune == "frozen"
+        and not cfg.data.augment.enabled
+    )
     if cached:
         policy.backbone.cache_features(store.num_frames * len(meta.cameras))
-    # fused: one kernel over all parameters instead of a Python loop per parameter (which showed in a small-preset
-    # step's CPU profile); the EMA likewise
-    optimizer = torch.optim.AdamW(param_groups(policy, t.weight_decay, t.lr, t.lr_scale), lr=t.lr, betas=tuple(t.betas),
-                                  fused=True)
+    # fused: one kernel over all parameters instead of a Python loop per parameter (which showed in a
+    # small-preset step's CPU profile); the EMA likewise
+    optimizer = torch.optim.AdamW(
+        param_groups(policy, t.weight_decay, t.lr, t.lr_scale), lr=t.lr, betas=tuple(t.betas), fused=True
+    )
     scheduler = get_cosine_schedule_with_warmup(optimizer, t.warmup_steps, t.steps)
-    ema = (EMAModel([p for p in policy.parameters() if p.requires_grad], decay=t.ema_decay, foreach=True)
-           if t.ema_decay > 0 else None)
+    ema = (
+        EMAModel([p for p in policy.parameters() if p.requires_grad], decay=t.ema_decay, foreach=True)
+        if t.ema_decay > 0
+        else None
+    )
 
     start_step, best_val = 0, math.inf
     resume_from = latest_checkpoint(out)
@@ -96,20 +107,34 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         (out / "metrics.jsonl").unlink(missing_ok=True)
     if cached and (t.steps - start_step) * t.batch_size >= store.num_frames:
-        # the run will draw about every frame anyway: encode them all up front, in the encoder's fast batch size
+        # the run will draw about every frame anyway: encode them all up front, in the encoder's fast batch
+        # size
         prefill_features(policy, train_set, progress and accelerator.is_main_process)
     # The scheduler stays ours: accelerate would step it once per process (it assumes per-process batches).
     model, optimizer = accelerator.prepare(policy, optimizer)
     if ema is not None:
         ema.to(accelerator.device)
     logger = MetricsLogger(out, t.logger, enabled=accelerator.is_main_process, cfg=cfg)
-    bar = tqdm(total=t.steps, initial=start_step, desc=f"train {out.name}", unit="step",
-               disable=not (progress and accelerator.is_main_process))
+    bar = tqdm(
+        total=t.steps,
+        initial=start_step,
+        desc=f"train {out.name}",
+        unit="step",
+        disable=not (progress and accelerator.is_main_process),
+    )
     started, samples = time.perf_counter(), 0
     final = None
     weights = task_balanced_weights(train_set.window_tasks(), t.task_weights) if t.balance_tasks else None
-    sampler = StepBatches(len(train_set), t.batch_size, t.seed, start_step * t.grad_accum, t.steps * t.grad_accum, rank, world,
-                          weights)
+    sampler = StepBatches(
+        len(train_set),
+        t.batch_size,
+        t.seed,
+        start_step * t.grad_accum,
+        t.steps * t.grad_accum,
+        rank,
+        world,
+        weights,
+    )
     loader = iter(DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.data.num_workers))
     for step in range(start_step, t.steps):
         model.train()
@@ -117,7 +142,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         for micro in range(t.grad_accum):
             global_index = step * t.grad_accum + micro
             batch = next(loader)
-            noise = policy.draw_noise(t.batch_size, torch.Generator().manual_seed(t.seed * 1_000_003 + global_index))
+            noise = policy.draw_noise(
+                t.batch_size, torch.Generator().manual_seed(t.seed * 1_000_003 + global_index)
+            )
             noise = {k: v[rank * local : (rank + 1) * local] for k, v in noise.items()}
             with accelerator.autocast():
                 losses = model(batch, noise)
@@ -133,15 +160,21 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             ema.step([p for p in policy.parameters() if p.requires_grad])
         samples += t.batch_size * t.grad_accum
         done = step + 1
-        row = {"step": done, **{k: round(v, 6) for k, v in parts.items()}, "lr": scheduler.get_last_lr()[0],
-               "processes": world,
-               "samples_per_s": round(samples / (time.perf_counter() - started), 1)}
+        row = {
+            "step": done,
+            **{k: round(v, 6) for k, v in parts.items()},
+            "lr": scheduler.get_last_lr()[0],
+            "processes": world,
+            "samples_per_s": round(samples / (time.perf_counter() - started), 1),
+        }
         if val_set is not None and (done % t.val_every == 0 or done == t.steps):
             row["val_loss"] = validate_loss(policy, val_set, ema, t, accelerator)
         logger.log(row, force=done % t.log_every == 0 or "val_loss" in row or done == t.steps)
         bar.update(1)
-        bar.set_postfix({k: f"{v:.4f}" for k, v in parts.items()} | {"lr": f"{row['lr']:.1e}",
-                                                                        "sps": row["samples_per_s"]})
+        bar.set_postfix(
+            {k: f"{v:.4f}" for k, v in parts.items()}
+            | {"lr": f"{row['lr']:.1e}", "sps": row["samples_per_s"]}
+        )
         is_best = row.get("val_loss", math.inf) < best_val
         if is_best:
             best_val = row["val_loss"]
@@ -149,8 +182,18 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 periodic = done % t.checkpoint_every == 0 or done == t.steps
-                final = save_checkpoint(out, done, policy, optimizer, scheduler, ema, best_val, t.keep_last,
-                                        periodic=periodic, best=is_best)
+                final = save_checkpoint(
+                    out,
+                    done,
+                    policy,
+                    optimizer,
+                    scheduler,
+                    ema,
+                    best_val,
+                    t.keep_last,
+                    periodic=periodic,
+                    best=is_best,
+                )
                 if periodic and t.eval_episodes > 0:
                     logger.log(periodic_eval(final, done, t.eval_episodes, out), force=True)
     bar.close()
@@ -165,8 +208,9 @@ def prefill_features(policy: Policy, dataset: WindowDataset, progress: bool) -> 
     from tqdm import tqdm
 
     frames, count = dataset.arrays.images, dataset.store.num_frames  # numpy in RAM or Zarr arrays, per camera
-    with tqdm(total=count * len(frames), desc="encode frames (frozen encoder)", unit="frame",
-              disable=not progress) as bar:
+    with tqdm(
+        total=count * len(frames), desc="encode frames (frozen encoder)", unit="frame", disable=not progress
+    ) as bar:
         for cam_frames in frames.values():
             policy.backbone.prefill_features(cam_frames, count, bar=bar)
 
@@ -191,8 +235,15 @@ def periodic_eval(checkpoint: Path, step: int, episodes: int, out: Path) -> dict
     """Success rate of a checkpoint in the env its dataset names (vla eval, no videos)."""
     from vla.eval import EvalConfig, evaluate
 
-    report = evaluate(EvalConfig(checkpoint=str(checkpoint), episodes=episodes, videos=0,
-                                 out=str(out / "eval" / f"step_{step:06d}")), progress=False)
+    report = evaluate(
+        EvalConfig(
+            checkpoint=str(checkpoint),
+            episodes=episodes,
+            videos=0,
+            out=str(out / "eval" / f"step_{step:06d}"),
+        ),
+        progress=False,
+    )
     return {"step": step, **{f"success/{task}": r["success_rate"] for task, r in report["tasks"].items()}}
 
 

@@ -49,6 +49,14 @@ def staged_dataset(dst: str | os.PathLike, overwrite: bool = False) -> Iterator[
 
 def summarize(dst: str, source: str, fmt: str, started: float) -> dict[str, Any]:
     store = TrajectoryStore(dst)
-    return {"source": source, "from": fmt, "dataset": dst, "episodes": store.num_episodes,
-            "frames": store.num_frames, "cameras": store.meta.cameras, "fps": store.meta.fps,
-            "validated": True, "seconds": round(time.perf_counter() - started, 2)}
+    return {
+        "source": source,
+        "from": fmt,
+        "dataset": dst,
+        "episodes": store.num_episodes,
+        "frames": store.num_frames,
+        "cameras": store.meta.cameras,
+        "fps": store.meta.fps,
+        "validated": True,
+        "seconds": round(time.perf_counter() - started, 2),
+    }

@@ -74,7 +74,9 @@ def _task_strings(root: Path) -> dict[int, str]:
     df = pq.read_table(path).to_pandas()
     if "task" in df.columns:
         return dict(zip(df["task_index"].astype(int), df["task"].astype(str), strict=True))
-    return {int(i): str(t) for t, i in zip(df.index, df["task_index"], strict=True)}  # LeRobot: task string is the index
+    return {
+        int(i): str(t) for t, i in zip(df.index, df["task_index"], strict=True)
+    }  # LeRobot: task string is the index
 
 
 def _image_hw(feature: dict[str, Any]) -> tuple[int, int]:
@@ -115,11 +117,16 @@ def from_lerobot(
     info = json.loads(info_path.read_text())
     version = str(info.get("codebase_version", ""))
     if not version.startswith("v3"):
-        raise ConversionError(f"{src}: LeRobot codebase_version {version!r}; only v3.x is read (convert v2.x with lerobot's own converter first)")
+        raise ConversionError(
+            f"{src}: LeRobot codebase_version {version!r}; only v3.x is read (convert v2.x with lerobot's "
+            "own converter first)"
+        )
     features = info.get("features", {})
     camera_keys = [k for k, f in features.items() if f.get("dtype") in ("video", "image")]
     if not camera_keys:
-        raise ConversionError(f"{src}: no video or image features in meta/info.json (features: {sorted(features)})")
+        raise ConversionError(
+            f"{src}: no video or image features in meta/info.json (features: {sorted(features)})"
+        )
     if action_key not in features:
         raise ConversionError(f"{src}: no {action_key!r} feature (features: {sorted(features)})")
     episode_files = sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
@@ -134,7 +141,11 @@ def from_lerobot(
 
     action = np.stack(frames[action_key].to_numpy()).astype(np.float32)
     has_state = state_key in frames.columns
-    state = np.stack(frames[state_key].to_numpy()).astype(np.float32) if has_state else np.zeros((len(frames), 0), np.float32)
+    state = (
+        np.stack(frames[state_key].to_numpy()).astype(np.float32)
+        if has_state
+        else np.zeros((len(frames), 0), np.float32)
+    )
     hw = _image_hw(features[camera_keys[0]])
     low, high = action.min(0), action.max(0)
     stats_path = root / "meta" / "stats.json"
@@ -143,25 +154,36 @@ def from_lerobot(
         if "min" in stats and "max" in stats:
             low, high = np.minimum(low, stats["min"]), np.maximum(high, stats["max"])
     meta = DatasetMeta(
-        fps=fps, cameras=[k.removeprefix(IMAGE_PREFIX).replace("/", "_") for k in camera_keys], image_size=hw,
-        state_dim=state.shape[1], action_space=ActionSpace(dim=action.shape[1], low=low.tolist(), high=high.tolist()),
-        robot=str(info.get("robot_type") or "unknown"), extra={"source": "lerobot", "codebase_version": version},
+        fps=fps,
+        cameras=[k.removeprefix(IMAGE_PREFIX).replace("/", "_") for k in camera_keys],
+        image_size=hw,
+        state_dim=state.shape[1],
+        action_space=ActionSpace(dim=action.shape[1], low=low.tolist(), high=high.tolist()),
+        robot=str(info.get("robot_type") or "unknown"),
+        extra={"source": "lerobot", "codebase_version": version},
     )
     video_cache: dict[Path, np.ndarray] = {}
     with staged_dataset(dst, overwrite) as tmp, TrajectoryWriter(tmp, meta) as writer:
-        for _, ep in tqdm(episodes.iterrows(), total=len(episodes), desc="lerobot", unit="ep", disable=not progress):
+        for _, ep in tqdm(
+            episodes.iterrows(), total=len(episodes), desc="lerobot", unit="ep", disable=not progress
+        ):
             e = int(ep["episode_index"])
             rows = frames.index[frames["episode_index"] == e].to_numpy()
             length = int(ep.get("length", len(rows)))
             if len(rows) != length:
-                raise ConversionError(f"{src}: episode {e} has {len(rows)} data rows but meta/episodes says length {length}")
+                raise ConversionError(
+                    f"{src}: episode {e} has {len(rows)} data rows but meta/episodes says length {length}"
+                )
             images = {}
             for key, cam in zip(camera_keys, meta.cameras, strict=True):
                 if features[key]["dtype"] == "image":
                     images[cam] = np.stack([_decode_png(c) for c in frames.loc[rows, key]])
                     continue
-                path = root / video_template.format(video_key=key, chunk_index=int(ep[f"videos/{key}/chunk_index"]),
-                                                    file_index=int(ep[f"videos/{key}/file_index"]))
+                path = root / video_template.format(
+                    video_key=key,
+                    chunk_index=int(ep[f"videos/{key}/chunk_index"]),
+                    file_index=int(ep[f"videos/{key}/file_index"]),
+                )
                 if not path.exists():
                     raise ConversionError(f"{src}: episode {e} points at missing video {path}")
                 if path not in video_cache:
@@ -170,11 +192,20 @@ def from_lerobot(
                 first = int(round(float(ep[f"videos/{key}/from_timestamp"]) * fps))
                 clip = video_cache[path][first : first + length]
                 if len(clip) != length:
-                    raise ConversionError(f"{src}: video {path} has {len(clip)} frames for episode {e} from frame {first}, expected {length}")
+                    raise ConversionError(
+                        f"{src}: video {path} has {len(clip)} frames for episode {e} from frame {first}, "
+                        f"expected {length}"
+                    )
                 images[cam] = clip
             task = _episode_task(ep, frames.loc[rows[0]], tasks)
-            writer.add_episode(images=images, state=state[rows], action=action[rows],
-                               instruction=instruction or task, task=task, success=True)
+            writer.add_episode(
+                images=images,
+                state=state[rows],
+                action=action[rows],
+                instruction=instruction or task,
+                task=task,
+                success=True,
+            )
     return summarize(str(dst), str(src), "lerobot", started)
 
 
@@ -189,7 +220,9 @@ def _encode_video(path: Path, frames: np.ndarray, fps: float, codec: str) -> Non
         stream = container.add_stream(codec, rate=int(round(fps)))
         stream.width, stream.height = w, h
         stream.pix_fmt = "rgb24" if lossless else "yuv420p"
-        stream.options = {"crf": "0", "preset": "ultrafast"} if lossless else {"crf": "30" if "av1" in codec else "18"}
+        stream.options = (
+            {"crf": "0", "preset": "ultrafast"} if lossless else {"crf": "30" if "av1" in codec else "18"}
+        )
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
@@ -242,10 +275,15 @@ def to_lerobot(
             chunk, fidx = divmod(file_index, CHUNKS_SIZE)
             instruction = str(store.instructions[e])
             row: dict[str, Any] = {
-                "episode_index": e, "tasks": [instruction], "length": length,
-                "data/chunk_index": chunk, "data/file_index": fidx,
-                "dataset_from_index": sl.start, "dataset_to_index": sl.stop,
-                "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0,
+                "episode_index": e,
+                "tasks": [instruction],
+                "length": length,
+                "data/chunk_index": chunk,
+                "data/file_index": fidx,
+                "dataset_from_index": sl.start,
+                "dataset_to_index": sl.stop,
+                "meta/episodes/chunk_index": 0,
+                "meta/episodes/file_index": 0,
             }
             frames = file_frames.setdefault(file_index, [])
             images = {cam: np.asarray(store.images(cam)[sl]) for cam in meta.cameras}
@@ -255,14 +293,21 @@ def to_lerobot(
                 clips = file_videos.setdefault((cam, file_index), [])
                 offset = sum(len(c) for c in clips)
                 clips.append(images[cam])
-                row |= {f"videos/{key}/chunk_index": chunk, f"videos/{key}/file_index": fidx,
-                        f"videos/{key}/from_timestamp": offset / meta.fps,
-                        f"videos/{key}/to_timestamp": (offset + length) / meta.fps}
+                row |= {
+                    f"videos/{key}/chunk_index": chunk,
+                    f"videos/{key}/file_index": fidx,
+                    f"videos/{key}/from_timestamp": offset / meta.fps,
+                    f"videos/{key}/to_timestamp": (offset + length) / meta.fps,
+                }
             for t in range(length):
                 frame = {
-                    "observation.state": state_all[sl.start + t].tolist(), "action": action_all[sl.start + t].tolist(),
-                    "timestamp": np.float32(t / meta.fps), "frame_index": t, "episode_index": e,
-                    "index": sl.start + t, "task_index": task_index[instruction],
+                    "observation.state": state_all[sl.start + t].tolist(),
+                    "action": action_all[sl.start + t].tolist(),
+                    "timestamp": np.float32(t / meta.fps),
+                    "frame_index": t,
+                    "episode_index": e,
+                    "index": sl.start + t,
+                    "task_index": task_index[instruction],
                 }
                 if video_codec is None:
                     frame |= {key: _encode_png(images[cam][t]) for cam, key in cam_keys.items()}
@@ -275,43 +320,80 @@ def to_lerobot(
             pq.write_table(pa.Table.from_pylist(rows), path)
         for (cam, file_index), clips in file_videos.items():
             chunk, fidx = divmod(file_index, CHUNKS_SIZE)
-            _encode_video(tmp / VIDEO_PATH.format(video_key=cam_keys[cam], chunk_index=chunk, file_index=fidx),
-                          np.concatenate(clips), meta.fps, video_codec)
+            _encode_video(
+                tmp / VIDEO_PATH.format(video_key=cam_keys[cam], chunk_index=chunk, file_index=fidx),
+                np.concatenate(clips),
+                meta.fps,
+                video_codec,
+            )
         episodes_path = tmp / EPISODES_PATH.format(chunk_index=0, file_index=0)
         episodes_path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.Table.from_pylist(episode_rows), episodes_path)
-        pq.write_table(pa.table({"task_index": list(range(len(task_list))), "task": task_list}), tmp / "meta" / "tasks.parquet")
+        pq.write_table(
+            pa.table({"task_index": list(range(len(task_list))), "task": task_list}),
+            tmp / "meta" / "tasks.parquet",
+        )
         image_feature = {
-            "dtype": "video" if video_codec else "image", "shape": [h, w, 3], "names": ["height", "width", "channels"],
+            "dtype": "video" if video_codec else "image",
+            "shape": [h, w, 3],
+            "names": ["height", "width", "channels"],
         }
         if video_codec:
-            image_feature["info"] = {"video.height": h, "video.width": w, "video.codec": video_codec,
-                                     "video.pix_fmt": "rgb24" if video_codec == "libx264rgb" else "yuv420p",
-                                     "video.is_depth_map": False, "video.fps": meta.fps, "video.channels": 3,
-                                     "has_audio": False}
+            image_feature["info"] = {
+                "video.height": h,
+                "video.width": w,
+                "video.codec": video_codec,
+                "video.pix_fmt": "rgb24" if video_codec == "libx264rgb" else "yuv420p",
+                "video.is_depth_map": False,
+                "video.fps": meta.fps,
+                "video.channels": 3,
+                "has_audio": False,
+            }
         features = {key: image_feature for key in cam_keys.values()}
         features |= {
             "observation.state": {"dtype": "float32", "shape": [meta.state_dim], "names": None},
             "action": {"dtype": "float32", "shape": [meta.action_dim], "names": None},
             "timestamp": {"dtype": "float32", "shape": [1], "names": None},
-            **{k: {"dtype": "int64", "shape": [1], "names": None} for k in ("frame_index", "episode_index", "index", "task_index")},
+            **{
+                k: {"dtype": "int64", "shape": [1], "names": None}
+                for k in ("frame_index", "episode_index", "index", "task_index")
+            },
         }
         info = {
-            "codebase_version": "v3.0", "robot_type": meta.robot, "total_episodes": store.num_episodes,
-            "total_frames": store.num_frames, "total_tasks": len(task_list), "chunks_size": CHUNKS_SIZE,
-            "data_files_size_in_mb": 100, "video_files_size_in_mb": 200, "fps": meta.fps,
-            "splits": {"train": f"0:{store.num_episodes}"}, "data_path": DATA_PATH,
-            "video_path": VIDEO_PATH if video_codec else None, "features": features,
+            "codebase_version": "v3.0",
+            "robot_type": meta.robot,
+            "total_episodes": store.num_episodes,
+            "total_frames": store.num_frames,
+            "total_tasks": len(task_list),
+            "chunks_size": CHUNKS_SIZE,
+            "data_files_size_in_mb": 100,
+            "video_files_size_in_mb": 200,
+            "fps": meta.fps,
+            "splits": {"train": f"0:{store.num_episodes}"},
+            "data_path": DATA_PATH,
+            "video_path": VIDEO_PATH if video_codec else None,
+            "features": features,
         }
         (tmp / "meta" / "info.json").write_text(json.dumps(info, indent=2))
         stats = store.stats(allow_stale=False) or {}
-        lerobot_stats = {("observation.state" if k == "state" else k): {n: v.tolist() for n, v in s.items() if n in ("mean", "std", "min", "max")}
-                         for k, s in stats.items()}
+        lerobot_stats = {
+            ("observation.state" if k == "state" else k): {
+                n: v.tolist() for n, v in s.items() if n in ("mean", "std", "min", "max")
+            }
+            for k, s in stats.items()
+        }
         (tmp / "meta" / "stats.json").write_text(json.dumps(lerobot_stats, indent=2))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)  # a partial conversion never sits at dst
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"source": str(src), "to": "lerobot", "dataset": str(dst), "episodes": store.num_episodes,
-            "frames": store.num_frames, "video_codec": video_codec, "seconds": round(time.perf_counter() - started, 2)}
+    return {
+        "source": str(src),
+        "to": "lerobot",
+        "dataset": str(dst),
+        "episodes": store.num_episodes,
+        "frames": store.num_frames,
+        "video_codec": video_codec,
+        "seconds": round(time.perf_counter() - started, 2),
+    }

@@ -63,13 +63,18 @@ def from_robomimic(
             raise ConversionError(f"{src}: data/{demos[0]} has no 'obs' group")
         camera_keys = sorted(k for k in first_obs if k.endswith("_image"))
         if not camera_keys:
-            raise ConversionError(f"{src}: no '*_image' observation keys in data/{demos[0]}/obs (keys: {sorted(first_obs)})")
+            raise ConversionError(
+                f"{src}: no '*_image' observation keys in data/{demos[0]}/obs (keys: {sorted(first_obs)})"
+            )
         if state_keys is None:
             state_keys = [k for k in DEFAULT_STATE_KEYS if k in first_obs] or sorted(
-                k for k in first_obs if not k.endswith("_image") and first_obs[k].ndim == 2)
+                k for k in first_obs if not k.endswith("_image") and first_obs[k].ndim == 2
+            )
         missing = [k for k in state_keys if k not in first_obs]
         if missing:
-            raise ConversionError(f"{src}: state keys {missing} not in data/{demos[0]}/obs (keys: {sorted(first_obs)})")
+            raise ConversionError(
+                f"{src}: state keys {missing} not in data/{demos[0]}/obs (keys: {sorted(first_obs)})"
+            )
         image_shape = first_obs[camera_keys[0]].shape[1:3]
         actions_all = [np.asarray(data[d]["actions"]) for d in demos]
         amin, amax = np.min([a.min(0) for a in actions_all], 0), np.max([a.max(0) for a in actions_all], 0)
@@ -77,16 +82,25 @@ def from_robomimic(
         high = np.where(amax <= 1, 1.0, amax)
         robots = env_kwargs.get("robots") or ["unknown"]
         meta = DatasetMeta(
-            fps=fps or env_kwargs.get("control_freq", 20), cameras=[k[: -len("_image")] for k in camera_keys],
-            image_size=tuple(image_shape), state_dim=sum(int(first_obs[k].shape[1]) for k in state_keys),
-            action_space=ActionSpace(dim=actions_all[0].shape[1], low=low.tolist(), high=high.tolist(), kind="robomimic"),
-            robot=str(robots[0] if isinstance(robots, list) else robots).lower(), env=f"robosuite/{env_name}",
+            fps=fps or env_kwargs.get("control_freq", 20),
+            cameras=[k[: -len("_image")] for k in camera_keys],
+            image_size=tuple(image_shape),
+            state_dim=sum(int(first_obs[k].shape[1]) for k in state_keys),
+            action_space=ActionSpace(
+                dim=actions_all[0].shape[1], low=low.tolist(), high=high.tolist(), kind="robomimic"
+            ),
+            robot=str(robots[0] if isinstance(robots, list) else robots).lower(),
+            env=f"robosuite/{env_name}",
             extra={"source": "robomimic", "state_keys": list(state_keys)},
         )
         text = instruction or INSTRUCTIONS.get(env_name, f"perform the {env_name} task")
         with staged_dataset(dst, overwrite) as tmp, TrajectoryWriter(tmp, meta) as writer:
-            for name, actions in tqdm(list(zip(demos, actions_all, strict=True)), desc=f"robomimic {env_name}",
-                                      unit="demo", disable=not progress):
+            for name, actions in tqdm(
+                list(zip(demos, actions_all, strict=True)),
+                desc=f"robomimic {env_name}",
+                unit="demo",
+                disable=not progress,
+            ):
                 obs = data[name]["obs"]
                 length = len(actions)
                 for key in [*camera_keys, *state_keys]:
@@ -94,10 +108,15 @@ def from_robomimic(
                         raise ConversionError(f"{src}: data/{name}/obs has no {key!r}")
                     if len(obs[key]) != length:
                         raise ConversionError(
-                            f"{src}: data/{name}/obs/{key} has {len(obs[key])} frames but actions has {length}")
+                            f"{src}: data/{name}/obs/{key} has {len(obs[key])} frames but actions has "
+                            f"{length}"
+                        )
                 writer.add_episode(
                     images={k[: -len("_image")]: np.asarray(obs[k]) for k in camera_keys},
                     state=np.concatenate([np.asarray(obs[k], dtype=np.float64) for k in state_keys], axis=1),
-                    action=actions, instruction=text, task=env_name, success=True,
+                    action=actions,
+                    instruction=text,
+                    task=env_name,
+                    success=True,
                 )
     return summarize(str(dst), str(src), "robomimic", started)

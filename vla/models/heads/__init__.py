@@ -1,5 +1,5 @@
-"""Action heads, one interface: ``loss(prefix, batch) -> dict`` and ``sample(prefix, state, ...) -> chunk``, and
-the capabilities each declares (``needs_future_frames``, ``supports_guidance``)."""
+"""Action heads, one interface: ``loss(prefix, batch) -> dict`` and ``sample(prefix, state, ...) -> chunk``,
+and the capabilities each declares (``needs_future_frames``, ``supports_guidance``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,11 @@ from ..config import HeadConfig
 from .diffusion import DiffusionHead
 from .flow import DualStreamHead, FlowHead
 
-HEADS: dict[str, type[nn.Module]] = {"dual_stream": DualStreamHead, "flow": FlowHead, "diffusion": DiffusionHead}
+HEADS: dict[str, type[nn.Module]] = {
+    "dual_stream": DualStreamHead,
+    "flow": FlowHead,
+    "diffusion": DiffusionHead,
+}
 
 
 def head_class(kind: str) -> type[nn.Module]:
@@ -19,7 +23,9 @@ def head_class(kind: str) -> type[nn.Module]:
     return HEADS[kind]
 
 
-def build_head(config: HeadConfig, state_dim: int, action_dim: int, horizon: int, feature_dim: int) -> nn.Module:
+def build_head(
+    config: HeadConfig, state_dim: int, action_dim: int, horizon: int, feature_dim: int
+) -> nn.Module:
     return head_class(config.kind)(config, state_dim, action_dim, horizon, feature_dim)
 
 

@@ -22,8 +22,12 @@ class DiffusionHead(nn.Module):
         # One stream; its time embedding takes the discrete step (scale 1 instead of tau * 1000).
         self.net = FlowHead(config, state_dim, action_dim, horizon, feature_dim, time_scale=1.0)
         # clip_sample off: normalized actions may leave [-1, 1] (mean_std / quantile modes)
-        kwargs = dict(num_train_timesteps=config.diffusion_train_steps, beta_schedule="squaredcos_cap_v2",
-                      clip_sample=False, prediction_type="epsilon")
+        kwargs = dict(
+            num_train_timesteps=config.diffusion_train_steps,
+            beta_schedule="squaredcos_cap_v2",
+            clip_sample=False,
+            prediction_type="epsilon",
+        )
         self.train_scheduler = DDPMScheduler(**kwargs)
         self.sample_scheduler = DDIMScheduler(**kwargs)
 
@@ -31,10 +35,14 @@ class DiffusionHead(nn.Module):
         return self.net.prefix_cache(prefix)
 
     def draw_noise(self, n: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        return {"t": torch.randint(0, self.config.diffusion_train_steps, (n,), generator=generator),
-                "eps": torch.randn(n, self.net.horizon, self.net.action_dim, generator=generator)}
+        return {
+            "t": torch.randint(0, self.config.diffusion_train_steps, (n,), generator=generator),
+            "eps": torch.randn(n, self.net.horizon, self.net.action_dim, generator=generator),
+        }
 
-    def loss(self, prefix, batch: dict, noise: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    def loss(
+        self, prefix, batch: dict, noise: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
         x = batch["action"]
         noise = {k: v.to(x.device) for k, v in (noise or self.draw_noise(x.shape[0])).items()}
         t, eps = noise["t"], noise["eps"]
@@ -44,12 +52,22 @@ class DiffusionHead(nn.Module):
         return {"loss": loss, "loss_action": loss}
 
     @torch.no_grad()
-    def sample(self, prefix, state: torch.Tensor, action_steps: int | None = None, vision_steps: int | None = None,
-               cache: list | None = None, generator: Generators = None,
-               guide: torch.Tensor | None = None, guide_weights: torch.Tensor | None = None,
-               noise_scale: float = 1.0) -> torch.Tensor:
+    def sample(
+        self,
+        prefix,
+        state: torch.Tensor,
+        action_steps: int | None = None,
+        vision_steps: int | None = None,
+        cache: list | None = None,
+        generator: Generators = None,
+        guide: torch.Tensor | None = None,
+        guide_weights: torch.Tensor | None = None,
+        noise_scale: float = 1.0,
+    ) -> torch.Tensor:
         if guide is not None:
-            raise ValueError("real-time chunking (a guided prefix) is implemented for the flow heads, not diffusion")
+            raise ValueError(
+                "real-time chunking (a guided prefix) is implemented for the flow heads, not diffusion"
+            )
         # a scheduler per call: diffusers schedulers are stateful (set_timesteps) and must not be shared
         scheduler = DDIMScheduler.from_config(self.sample_scheduler.config)
         scheduler.set_timesteps(action_steps or self.config.diffusion_sample_steps)

@@ -31,7 +31,9 @@ def sincos_2d(tokens: int, width: int) -> torch.Tensor:
         raise ValueError(f"vision tokens must be a square number, got {tokens}")
     rows = sincos_1d(side, width // 2)
     cols = sincos_1d(side, width - width // 2)
-    return torch.cat([rows[:, None].expand(side, side, -1), cols[None].expand(side, side, -1)], -1).reshape(tokens, width)
+    return torch.cat([rows[:, None].expand(side, side, -1), cols[None].expand(side, side, -1)], -1).reshape(
+        tokens, width
+    )
 
 
 Generators = torch.Generator | list[torch.Generator] | None
@@ -62,15 +64,23 @@ class TimeEmbedding(nn.Module):
 
 class FlowHead(nn.Module):
     """``loss(prefix, batch)`` and ``sample(prefix, state)``: the ``flow`` baseline (actions only), and with
-    ``vision=True`` the dual stream. ``time_scale`` multiplies the time before its sinusoidal embedding (tau in
-    [0, 1] -> [0, 1000]; a diffusion step is already an integer)."""
+    ``vision=True`` the dual stream. ``time_scale`` multiplies the time before its sinusoidal embedding (tau
+    in [0, 1] -> [0, 1000]; a diffusion step is already an integer)."""
 
     # what a head declares to the policy, the trainer and the server
     needs_future_frames = False  # its training batch carries the frame `horizon` steps ahead (future_images)
     supports_guidance = True  # sample() takes guide / guide_weights (real-time chunking's frozen prefix)
 
-    def __init__(self, config: HeadConfig, state_dim: int, action_dim: int, horizon: int, feature_dim: int,
-                 vision: bool = False, time_scale: float = 1000.0):
+    def __init__(
+        self,
+        config: HeadConfig,
+        state_dim: int,
+        action_dim: int,
+        horizon: int,
+        feature_dim: int,
+        vision: bool = False,
+        time_scale: float = 1000.0,
+    ):
         super().__init__()
         w = config.width
         self.config, self.horizon, self.action_dim, self.vision = config, horizon, action_dim, vision
@@ -87,11 +97,15 @@ class FlowHead(nn.Module):
         streams = 1
         if vision:
             streams = 2
-            self.vision_in = nn.Sequential(nn.Linear(feature_dim, w), nn.SiLU(), nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
+            self.vision_in = nn.Sequential(
+                nn.Linear(feature_dim, w), nn.SiLU(), nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w)
+            )
             self.vision_out = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, feature_dim))
             self.register_buffer("vision_pos", sincos_2d(config.vision_tokens, w), persistent=False)
             self.vision_time = TimeEmbedding(w)
-        self.transformer = MultiStreamTransformer(w, config.heads, streams, config.mmdit_blocks, config.stream_blocks)
+        self.transformer = MultiStreamTransformer(
+            w, config.heads, streams, config.mmdit_blocks, config.stream_blocks
+        )
 
     # -- network ---------------------------------------------------------------------------------
     def prefix_cache(self, prefix: tuple[torch.Tensor, torch.Tensor]) -> list:
@@ -101,8 +115,15 @@ class FlowHead(nn.Module):
         token = self.state_token.expand(state.shape[0], -1, -1)
         return token + self.state_in(state)[:, None] if self.state_in is not None else token
 
-    def velocity(self, cache: list, state: torch.Tensor, actions: torch.Tensor, tau_a: torch.Tensor,
-                 vision: torch.Tensor | None = None, tau_o: torch.Tensor | None = None):
+    def velocity(
+        self,
+        cache: list,
+        state: torch.Tensor,
+        actions: torch.Tensor,
+        tau_a: torch.Tensor,
+        vision: torch.Tensor | None = None,
+        tau_o: torch.Tensor | None = None,
+    ):
         """Predicted velocities of the action chunk and, when given, of the future-vision tokens."""
         a = torch.cat([self._state_tokens(state), self.action_in(actions)], 1) + self.action_pos
         condition = self.condition_in(state) if self.condition_in is not None else 0.0
@@ -125,17 +146,26 @@ class FlowHead(nn.Module):
         """Every random draw of one training step for ``n`` samples (CPU tensors). A trainer draws them
         for the global batch from a seeded generator and gives each process its slice, so runs
         are reproducible and data-parallel runs match single-process ones."""
-        noise = {"tau_a": self.sample_tau(n, generator),
-                 "eps": torch.randn(n, self.horizon, self.action_dim, generator=generator)}
+        noise = {
+            "tau_a": self.sample_tau(n, generator),
+            "eps": torch.randn(n, self.horizon, self.action_dim, generator=generator),
+        }
         if self.vision:
             noise["tau_o"] = self.sample_tau(n, generator)
-            noise["eps_o"] = torch.randn(n, self.config.vision_tokens, self.vision_out[-1].out_features, generator=generator)
+            noise["eps_o"] = torch.randn(
+                n, self.config.vision_tokens, self.vision_out[-1].out_features, generator=generator
+            )
         return noise
 
-    def loss(self, prefix: tuple[torch.Tensor, torch.Tensor], batch: dict,
-             noise: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """batch: normalized ``action`` (B, H, A), ``state`` (B, S), ``action_mask`` (B, H); for the dual stream
-        ``future_features`` (B, K, D) and ``future_valid`` (B,). Independent tau and noise per stream."""
+    def loss(
+        self,
+        prefix: tuple[torch.Tensor, torch.Tensor],
+        batch: dict,
+        noise: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """batch: normalized ``action`` (B, H, A), ``state`` (B, S), ``action_mask`` (B, H); for the dual
+        stream ``future_features`` (B, K, D) and ``future_valid`` (B,). Independent tau and noise per
+        stream."""
         x = batch["action"]
         b = x.shape[0]
         noise = {k: v.to(x.device) for k, v in (noise or self.draw_noise(b)).items()}
@@ -147,7 +177,9 @@ class FlowHead(nn.Module):
             tau_o, eps_o = noise["tau_o"], noise["eps_o"]
             vision_tau = tau_o[:, None, None] * y + (1 - tau_o[:, None, None]) * eps_o
             vision_target = y - eps_o
-        v_action, v_vision = self.velocity(self.prefix_cache(prefix), batch["state"], x_tau, tau_a, vision_tau, tau_o)
+        v_action, v_vision = self.velocity(
+            self.prefix_cache(prefix), batch["state"], x_tau, tau_a, vision_tau, tau_o
+        )
         loss_action = masked_mse(v_action, x - eps, batch["action_mask"])
         out = {"loss_action": loss_action}
         loss = loss_action
@@ -162,20 +194,28 @@ class FlowHead(nn.Module):
 
     # -- sampling --------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, prefix: tuple[torch.Tensor, torch.Tensor] | None, state: torch.Tensor, action_steps: int | None = None,
-               vision_steps: int | None = None, cache: list | None = None, generator: Generators = None,
-               guide: torch.Tensor | None = None, guide_weights: torch.Tensor | None = None,
-               noise_scale: float = 1.0) -> torch.Tensor:
+    def sample(
+        self,
+        prefix: tuple[torch.Tensor, torch.Tensor] | None,
+        state: torch.Tensor,
+        action_steps: int | None = None,
+        vision_steps: int | None = None,
+        cache: list | None = None,
+        generator: Generators = None,
+        guide: torch.Tensor | None = None,
+        guide_weights: torch.Tensor | None = None,
+        noise_scale: float = 1.0,
+    ) -> torch.Tensor:
         """Euler from noise (scaled by ``noise_scale``: a sampling temperature; below 1 trades the chunks'
         diversity for precision). The vision stream advances every global step, the action stream every
         q-th (N_o = q * N_A: asynchronous test-time scaling); vision_steps = 0 samples actions alone.
 
-        ``guide`` (B, H, A) with ``guide_weights`` (H,) or (B, H) in [0, 1]: real-time chunking's frozen prefix,
-        as soft-masked inpainting. After every action update the chunk is pulled towards the guide's
-        noisy path ``tau * guide + (1 - tau) * eps0`` with those weights: weight 1 freezes a step
-        (the actions executed while this chunk is computed), weights decaying over the rest of the
-        overlap keep the new chunk continuous with the old one. This is the guidance-free variant
-        of RTC (arXiv 2506.07339), which uses pseudo-inverse guidance with the same weights."""
+        ``guide`` (B, H, A) with ``guide_weights`` (H,) or (B, H) in [0, 1]: real-time chunking's frozen
+        prefix, as soft-masked inpainting. After every action update the chunk is pulled towards the guide's
+        noisy path ``tau * guide + (1 - tau) * eps0`` with those weights: weight 1 freezes a step (the actions
+        executed while this chunk is computed), weights decaying over the rest of the overlap keep the new
+        chunk continuous with the old one. This is the guidance-free variant of RTC (arXiv 2506.07339), which
+        uses pseudo-inverse guidance with the same weights."""
         n_a = action_steps or self.config.action_steps
         n_o = self.config.vision_steps if vision_steps is None else vision_steps
         if not self.vision:
@@ -185,7 +225,12 @@ class FlowHead(nn.Module):
         cache = cache if cache is not None else self.prefix_cache(prefix)
         b, device = state.shape[0], state.device
         x = randn((b, self.horizon, self.action_dim), generator, device) * noise_scale
-        y = randn((b, self.config.vision_tokens, self.vision_out[-1].out_features), generator, device) * noise_scale if n_o else None
+        y = (
+            randn((b, self.config.vision_tokens, self.vision_out[-1].out_features), generator, device)
+            * noise_scale
+            if n_o
+            else None
+        )
         q = n_o // n_a if n_o else 1
         tau_a = torch.zeros(b, device=device)
         tau_o = torch.zeros(b, device=device)
@@ -207,8 +252,8 @@ class FlowHead(nn.Module):
 
 
 class DualStreamHead(FlowHead):
-    """DUST's dual stream: action tokens and future-vision tokens in one joint-attention transformer, independent
-    noise and time per stream, trained on the future frame's pooled encoder features as well."""
+    """DUST's dual stream: action tokens and future-vision tokens in one joint-attention transformer,
+    independent noise and time per stream, trained on the future frame's pooled encoder features as well."""
 
     needs_future_frames = True
 

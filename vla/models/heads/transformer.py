@@ -39,7 +39,9 @@ class StreamWeights(nn.Module):
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.qkv = nn.Linear(width, 3 * width)
         self.out = nn.Linear(width, width)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(approximate="tanh"), nn.Linear(4 * width, width))
+        self.mlp = nn.Sequential(
+            nn.Linear(width, 4 * width), nn.GELU(approximate="tanh"), nn.Linear(4 * width, width)
+        )
         self.adaln = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
         nn.init.zeros_(self.adaln[1].weight)  # AdaLN-Zero: every block starts as the identity
         nn.init.zeros_(self.adaln[1].bias)
@@ -76,7 +78,9 @@ class Block(nn.Module):
             attended = [_merge(F.scaled_dot_product_attention(q, k, v)) for q, k, v in qkvs]
         else:
             pk, pv, pmask = cache
-            attended = [_merge(F.scaled_dot_product_attention(q, pk, pv, attn_mask=pmask)) for q, _, _ in qkvs]
+            attended = [
+                _merge(F.scaled_dot_product_attention(q, pk, pv, attn_mask=pmask)) for q, _, _ in qkvs
+            ]
         out = []
         for x, a, (gate1, shift2, scale2, gate2), w in zip(xs, attended, mods, self.streams, strict=False):
             x = x + gate1 * w.out(a)
@@ -95,7 +99,9 @@ class MultiStreamTransformer(nn.Module):
         modes += [("self", "cross")[i % 2] for i in range(stream_blocks)]
         self.blocks = nn.ModuleList(Block(width, heads, streams, m) for m in modes)
         self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.final_adaln = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width)) for _ in range(streams))
+        self.final_adaln = nn.ModuleList(
+            nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width)) for _ in range(streams)
+        )
 
     def prefix_cache(self, prefix: torch.Tensor, mask: torch.Tensor) -> list:
         """Keys/values of every cross block: compute once per control step, reuse every denoising step."""
@@ -109,4 +115,3 @@ class MultiStreamTransformer(nn.Module):
             shift, scale = adaln(temb)[:, None].chunk(2, dim=-1)
             out.append(self.final_norm(x) * (1 + scale) + shift)
         return out
-
