@@ -29,8 +29,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 from policy_latency import builtin_push_meta, identity_normalizer, time_chunks  # noqa: E402
 
 from vla.config import compose, config_dir, to_object  # noqa: E402
+from vla.data.observation import stack_observations
 from vla.hardware import cpu_info
-from vla.models import Policy, PolicyConfig  # noqa: E402
+from vla.models import Policy, PolicyConfig, save_policy  # noqa: E402
 from vla.serve import RobotClient, ServerProcess  # noqa: E402
 
 
@@ -123,13 +124,9 @@ def main(argv: list[str]) -> dict:
             config.head.kind = cfg.head
             torch.manual_seed(0)
             policy = Policy(config, meta, identity_normalizer()).eval()
-            checkpoint = policy.save(os.path.join(tmp, preset))
+            checkpoint = save_policy(policy, os.path.join(tmp, preset))
             single = observation(0, cfg.image_size)
-            batched = {
-                "images": {"top": single["images"]["top"][None]},
-                "state": single["state"][None],
-                "instruction": [single["instruction"]],
-            }
+            batched = stack_observations([single])
             in_process = float(np.median(time_chunks(policy, batched, cfg.repeats)))
             del policy
             row = {"preset": preset, "head": cfg.head, "in_process_ms": round(in_process, 2)}

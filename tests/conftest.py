@@ -79,14 +79,14 @@ def make_random_checkpoint(path, head: str = "dual_stream", seed: int = 0) -> st
 
     import envs
     from vla.data import Normalizer
-    from vla.models import HeadConfig, Policy, PolicyConfig
+    from vla.models import HeadConfig, Policy, PolicyConfig, save_policy
 
     meta = envs.make("builtin/push", cameras=["top"], image_size=64).unwrapped.meta
     torch.manual_seed(seed)
     policy = Policy(
         PolicyConfig(head=HeadConfig(kind=head)), meta, Normalizer.identity({"state": 4, "action": 2})
     )
-    policy.eval().save(path)
+    save_policy(policy.eval(), path)
     return str(path)
 
 

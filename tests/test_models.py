@@ -13,7 +13,7 @@ from tqdm import tqdm
 from envs.collect import CollectConfig, collect
 from vla.config import config_dir, to_object
 from vla.data import Normalizer, SchemaError, TrajectoryStore, WindowConfig, WindowDataset, ensure_stats
-from vla.models import Policy, PolicyConfig, load_policy
+from vla.models import Policy, PolicyConfig, load_policy, save_policy
 from vla.models.backbone import pool_tokens
 
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -137,7 +137,7 @@ def test_cached_prefix_matches_recomputed(demo):
 @pytest.mark.parametrize("kind", ["dual_stream", "diffusion"])
 def test_checkpoint_round_trip_is_exact(demo, tmp_path, kind):
     policy = make_policy(demo, kind).eval()
-    policy.save(tmp_path / "ckpt")
+    save_policy(policy, tmp_path / "ckpt")
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
         "config.yaml",
         "meta.json",
@@ -155,7 +155,7 @@ def test_checkpoint_round_trip_is_exact(demo, tmp_path, kind):
 def test_mismatch_errors(demo, tmp_path):
     store = demo[0]
     policy = make_policy(demo).eval()
-    policy.save(tmp_path / "ckpt")
+    save_policy(policy, tmp_path / "ckpt")
     other = type(store.meta)(**{**store.meta.__dict__, "cameras": ["top", "wrist"]})
     with pytest.raises(SchemaError, match=r"cameras \['top', 'wrist'\] vs \['top'\]"):
         load_policy(tmp_path / "ckpt", expect=other)
@@ -270,7 +270,7 @@ def test_vlm_backbone_policy_trains_and_checkpoints(demo, tmp_path):
     out = policy.compute_loss(demo[2])
     out["loss"].backward()
     assert policy.backbone.model.model.text_model.layers[0].self_attn.q_proj.weight.grad is not None
-    policy.eval().save(tmp_path / "ckpt")
+    save_policy(policy.eval(), tmp_path / "ckpt")
     obs = obs_from(demo[2])
     np.testing.assert_array_equal(
         policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1)),
@@ -440,7 +440,7 @@ def test_bfloat16_vision_encoder_gives_float32_features_near_float32_and_round_t
     )
     error = float((features["bfloat16"] - features["float32"]).norm() / features["float32"].norm())
     assert 0 < error < 0.1, error  # bfloat16 arithmetic: close to, not equal to, float32
-    reloaded = load_policy(policies["bfloat16"].save(tmp_path / "bf16"))
+    reloaded = load_policy(save_policy(policies["bfloat16"], tmp_path / "bf16"))
     with torch.no_grad():
         torch.testing.assert_close(reloaded.backbone.encode_images(images), features["bfloat16"])
     cfg = PolicyConfig()
@@ -489,7 +489,7 @@ def test_policy_with_the_grounding_module_trains_and_round_trips(demo, tmp_path,
     assert grounding.stem.blocks[0].film.weight.grad.abs().sum() > 0
     if text == "attention":
         assert grounding.stem.reader.queries.grad.abs().sum() > 0
-    policy.save(tmp_path / "ckpt")
+    save_policy(policy, tmp_path / "ckpt")
     loaded = load_policy(tmp_path / "ckpt")
     obs = obs_from(batch)
     policy.eval()
@@ -520,7 +520,7 @@ def test_checkpoint_from_before_the_grounding_module_loads_the_same_policy(demo,
     store, normalizer, batch = demo
     torch.manual_seed(0)
     policy = Policy(grounded_config(locate_condition=True, second_stride=1), store.meta, normalizer).eval()
-    path = policy.save(tmp_path / "old")
+    path = save_policy(policy, tmp_path / "old")
     config = yaml.safe_load((path / "config.yaml").read_text())
     grounding = config.pop("grounding")
     config["backbone"] |= {
@@ -625,7 +625,7 @@ def test_locate_condition_teaches_the_head_on_true_targets_and_acts_on_located_o
     with pytest.raises(ValueError, match="grounding.second_stride must be 1 or 2, got 3"):
         Policy(cfg, store.meta, normalizer)
     cfg.grounding.second_stride = 1  # the policy above holds this config object
-    policy.eval().save(tmp_path / "ckpt")
+    save_policy(policy.eval(), tmp_path / "ckpt")
     obs = obs_from(batch)
     # acting: the stem's reading is what the head is given; other positions give other chunks
     prefix, state = policy.encode(obs)
@@ -670,7 +670,7 @@ def test_targets_normalization_feeds_the_head_normalized_targets_and_survives_a_
     mean, std = (torch.as_tensor(stats["targets"][k]) for k in ("mean", "std"))
     torch.testing.assert_close(taught[:, -4:], (targets - mean) / std)
     torch.testing.assert_close(acting[:, -4:], (policy.grounding.locate(prefix[0]) - mean) / std)
-    policy.save(tmp_path / "ckpt")
+    save_policy(policy, tmp_path / "ckpt")
     obs = obs_from(batch)
     np.testing.assert_array_equal(
         policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1)),

@@ -189,8 +189,8 @@ class Grounding(nn.Module):
 
     The backbone calls ``camera_tokens`` for every camera and appends them after that camera's encoder tokens,
     so a camera's block in the prefix is ``tokens_per_image`` encoder tokens, ``tokens`` grid tokens, one
-    keypoint token. The policy asks ``condition`` for the head's condition and ``losses`` for the auxiliary
-    losses."""
+    keypoint token. The policy asks ``condition`` for the head's condition and ``add_losses`` for the
+    auxiliary losses."""
 
     def __init__(
         self,
@@ -205,7 +205,6 @@ class Grounding(nn.Module):
     ):
         super().__init__()
         self.config, self.cameras, self.tokens_per_image = config, list(cameras), tokens_per_image
-        self.horizon, self.action_dim = horizon, action_dim
         locates = bool(target_names) and config.locate_weight > 0
         if config.locate_condition and not locates:
             raise ValueError(
@@ -231,8 +230,8 @@ class Grounding(nn.Module):
         # the head's condition: the normalized state, every camera's keypoint token, then (locate_condition)
         # the located targets
         self.condition_dim = state_dim + keypoints + (len(target_names) if config.locate_condition else 0)
-        # the readouts are drawn after the head's weights (reset_readouts), the order a seed has always drawn
-        # them in
+        # the readouts' initial weights are drawn after the head's (the policy calls reset_readouts), so a
+        # seed gives the same initial weights as when the readouts belonged to the policy
         with torch.random.fork_rng(devices=[]):
             hidden = 4 * width
             # loss_ground: a mean-squared error cannot be lowered by heading for *a* block, only for the named

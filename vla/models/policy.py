@@ -1,12 +1,10 @@
 """Policy = normalizer -> backbone (+ optional grounding) -> action head -> unnormalizer.
 
-Checkpoints (save / load) live in ``checkpoint.py``.
+Checkpoints (``save_policy`` / ``load_policy``) live in ``checkpoint.py``.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -240,9 +238,3 @@ class Policy(nn.Module):
             guide_weights,
             noise_scale,
         )
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the checkpoint directory (``checkpoint.save_policy``)."""
-        from .checkpoint import save_policy
-
-        return save_policy(self, path)

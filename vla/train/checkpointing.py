@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from vla.models import Policy
+from vla.models import Policy, save_policy
+from vla.models.checkpoint import load_weights
 
 STATE_FILE = "trainer_state.pt"
 
@@ -55,9 +56,9 @@ def save_checkpoint(
     path = ckpt_dir / f"step_{step:06d}"
     with ema_weights(policy, ema):
         if best:
-            policy.save(ckpt_dir / "best")
+            save_policy(policy, ckpt_dir / "best")
         if periodic:
-            policy.save(path)
+            save_policy(policy, path)
     if not periodic:
         return ckpt_dir / "best"
     state = {
@@ -78,6 +79,14 @@ def save_checkpoint(
     return path
 
 
-def load_trainer_state(path: Path) -> dict:
-    """A checkpoint's trainer state (tensors only: ``weights_only``, no pickled code runs)."""
-    return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+def restore(checkpoint: Path, policy: Policy, optimizer, scheduler, ema) -> tuple[int, float]:
+    """Resume from a checkpoint's trainer state (tensors only: ``weights_only``, no pickled code runs): the
+    raw weights, optimizer, scheduler, EMA and torch RNG. Returns (step, best validation loss)."""
+    state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)
+    load_weights(policy, state["model"], checkpoint)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["step"], state["best_val"]

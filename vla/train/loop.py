@@ -27,16 +27,15 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from vla.data import Normalizer, TrajectoryStore, WindowDataset, ensure_stats
+from vla.data import WindowDataset, ensure_stats
 from vla.models import Policy
-from vla.models.checkpoint import load_weights
 
 from .batches import StepBatches, batches_per_epoch, collate, task_balanced_weights
-from .checkpointing import ema_weights, latest_checkpoint, load_trainer_state, save_checkpoint
+from .checkpointing import ema_weights, latest_checkpoint, restore, save_checkpoint
 from .config import TrainConfig
 from .errors import TrainError
 from .logger import MetricsLogger
-from .setup import check_setup, make_datasets, param_groups, run_dir
+from .setup import build_policy, check_setup, make_datasets, param_groups, run_dir
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
@@ -65,20 +64,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if accelerator.is_main_process:
         ensure_stats(store.url)  # computed once, stored in the dataset
     accelerator.wait_for_everyone()
-    normalizer = Normalizer.from_stats(TrajectoryStore(store.url).stats(), cfg.policy.normalization)
-    torch.manual_seed(t.seed)  # identical initial weights on every process
-    meta = store.meta
-    if cfg.data.cameras is not None:
-        meta = type(meta)(**{**meta.__dict__, "cameras": list(cfg.data.cameras)})
-    policy = Policy(cfg.policy, meta, normalizer)
-    cached = t.cache_features is True or (
-        t.cache_features == "auto"
-        and cfg.policy.backbone.kind == "composite"
-        and cfg.policy.backbone.finetune == "frozen"
-        and not cfg.data.augment.enabled
-    )
-    if cached:
-        policy.backbone.cache_features(store.num_frames * len(meta.cameras))
+    policy, cached = build_policy(cfg, store)
     # fused: one kernel over all parameters instead of a Python loop per parameter (which showed in a
     # small-preset step's CPU profile); the EMA likewise
     optimizer = torch.optim.AdamW(
@@ -95,14 +81,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     resume_from = latest_checkpoint(out)
     resume = cfg.resume is True or (cfg.resume == "auto" and resume_from is not None)
     if resume:
-        state = load_trainer_state(resume_from)
-        load_weights(policy, state["model"], resume_from)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        start_step, best_val = state["step"], state["best_val"]
-        torch.set_rng_state(state["torch_rng"])
+        start_step, best_val = restore(resume_from, policy, optimizer, scheduler, ema)
     elif rank == 0:
         (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         (out / "metrics.jsonl").unlink(missing_ok=True)

@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from vla.data import TrajectoryStore, WindowConfig, WindowDataset, split_episodes
+from vla.data import Normalizer, TrajectoryStore, WindowConfig, WindowDataset, split_episodes
+from vla.models import Policy
 from vla.models.heads import head_class
 
 from .batches import task_balanced_weights
@@ -152,3 +153,24 @@ def param_groups(
         {"params": params, "lr": lr * scale, "weight_decay": weight_decay if decays else 0.0}
         for (scale, decays), params in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))
     ]
+
+
+def build_policy(cfg: TrainConfig, store: TrajectoryStore) -> tuple[Policy, bool]:
+    """The policy to train (its initial weights drawn from ``trainer.seed``, identical on every process), and
+    whether its frozen encoders' features are memoized (``trainer.cache_features``)."""
+    t = cfg.trainer
+    normalizer = Normalizer.from_stats(TrajectoryStore(store.url).stats(), cfg.policy.normalization)
+    torch.manual_seed(t.seed)
+    meta = store.meta
+    if cfg.data.cameras is not None:
+        meta = type(meta)(**{**meta.__dict__, "cameras": list(cfg.data.cameras)})
+    policy = Policy(cfg.policy, meta, normalizer)
+    cached = t.cache_features is True or (
+        t.cache_features == "auto"
+        and cfg.policy.backbone.kind == "composite"
+        and cfg.policy.backbone.finetune == "frozen"
+        and not cfg.data.augment.enabled
+    )
+    if cached:
+        policy.backbone.cache_features(store.num_frames * len(meta.cameras))
+    return policy, cached
