@@ -40,9 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 class Collection:
     env: str
     episodes: int = 100
-    overrides: list[str] = field(
-        default_factory=list
-    )  # extra `vla collect` overrides (cameras, image_size...)
+    # extra `vla collect` overrides (cameras, image_size...)
+    overrides: list[str] = field(default_factory=list)
     name: str | None = (
         None  # dataset file stem; null = <suite>_<task>-<episodes> (name two collections of one env)
     )
@@ -51,9 +50,8 @@ class Collection:
 @dataclass
 class Evaluation:
     name: str
-    overrides: list[str] = field(
-        default_factory=list
-    )  # `vla eval` overrides (episodes, instruction_swap, ...)
+    # `vla eval` overrides (episodes, instruction_swap, ...)
+    overrides: list[str] = field(default_factory=list)
     variants: list[str] | None = None  # only these variants (null = all), e.g. N_o scaling for dual_stream
 
 
@@ -65,9 +63,8 @@ class ExperimentConfig:
     description: str = ""
     collect: list[Collection] = field(default_factory=list)
     train: list[str] = field(default_factory=list)  # `vla train` overrides shared by every variant
-    variants: dict[str, list[str]] = field(
-        default_factory=dict
-    )  # name -> extra train overrides (empty: one run)
+    # name -> extra train overrides (empty: one run)
+    variants: dict[str, list[str]] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0])
     evals: list[Evaluation] = field(default_factory=list)
     smoke: bool = False
@@ -362,9 +359,8 @@ def main(argv: list[str]) -> dict[str, Any]:
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     if cfg.keep_saved and not cfg.smoke:
         rows += saved_rows(cfg, {(r["variant"], r["seed"]) for r in rows})
-        rows.sort(
-            key=lambda r: (list(cfg.variants).index(r["variant"]), r["seed"])
-        )  # per-seed columns in seed order
+        # per-seed columns in seed order
+        rows.sort(key=lambda r: (list(cfg.variants).index(r["variant"]), r["seed"]))
     summary = summarize(cfg, rows)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "table.md").write_text(markdown(summary))

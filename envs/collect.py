@@ -98,9 +98,8 @@ def _run_episode(seed: int) -> dict[str, Any]:
 def _save_video(path: Path, episode: dict[str, Any], fps: float) -> None:
     from vla.data.video import write_mp4
 
-    write_mp4(
-        path, np.concatenate([episode["images"][c] for c in episode["images"]], axis=2), fps
-    )  # cameras side by side
+    # cameras side by side
+    write_mp4(path, np.concatenate([episode["images"][c] for c in episode["images"]], axis=2), fps)
 
 
 def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:

@@ -30,9 +30,8 @@ def test_collect_builtin(tmp_path):
     assert all(i.startswith("push the ") for i in store.instructions)
     assert validate(out).ok and not validate(out).warnings
     video = iio.imread(summary["videos"][0])
-    assert (
-        video.shape[0] == store.episode_lengths[0] and video.shape[2] >= 2 * 64
-    )  # both cameras side by side
+    # both cameras side by side
+    assert video.shape[0] == store.episode_lengths[0] and video.shape[2] >= 2 * 64
 
 
 def test_workers_give_the_same_dataset(tmp_path):

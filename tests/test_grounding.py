@@ -116,10 +116,11 @@ def test_attention_reading_binds_words_to_their_place_in_the_instruction():
         baseline = (target - target.mean(0)).pow(2).mean().item()
         if text == "attention":
             assert errors[text] < 0.25 * baseline, (errors, baseline)
+            # the same words, other order: the other square
             assert swapped > 3 * errors[text], (
                 swapped,
                 errors,
-            )  # the same words, other order: the other square
+            )
     assert errors["mean"] > 2 * errors["attention"], errors
 
 

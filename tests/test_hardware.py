@@ -29,9 +29,8 @@ def test_auto_picks_bfloat16_only_where_the_cpu_has_native_bf16():
     native = hardware.native_bf16_flags()
     assert dtype == ("bfloat16" if native else "float32")
     assert hardware.cpu_model() in why
-    assert (
-        hardware.pick_vision_dtype("auto", trainable=True)[0] == "float32"
-    )  # a trained encoder needs float32
+    # a trained encoder needs float32
+    assert hardware.pick_vision_dtype("auto", trainable=True)[0] == "float32"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU rule")

@@ -601,9 +601,8 @@ def test_locate_condition_teaches_the_head_on_true_targets_and_acts_on_located_o
     acting = policy.condition(prefix, state)
     assert taught.shape == acting.shape == (len(targets), store.meta.state_dim + cfg.head.width + 4)
     torch.testing.assert_close(taught[:, -4:], targets)  # training: the true positions
-    torch.testing.assert_close(
-        acting[:, -4:], policy.grounding.locate_readout(keypoints)
-    )  # acting: the reading
+    # acting: the reading
+    torch.testing.assert_close(acting[:, -4:], policy.grounding.locate_readout(keypoints))
     torch.testing.assert_close(taught[:, :-4], acting[:, :-4])
     losses = policy.compute_loss(batch)
     losses["loss"].backward()

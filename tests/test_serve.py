@@ -92,9 +92,8 @@ def _fuzz_cases(rng) -> list:
         obs = observation(i)
         kind = i % 12
         if kind == 0:
-            obs["images"]["top"] = rng.integers(
-                0, 255, (int(rng.integers(65, 300)), 64, 3), dtype=np.uint8
-            )  # oversized
+            # oversized
+            obs["images"]["top"] = rng.integers(0, 255, (int(rng.integers(65, 300)), 64, 3), dtype=np.uint8)
         elif kind == 1:
             obs["images"][f"cam_{i}"] = obs["images"]["top"]
         elif kind == 2:

@@ -63,9 +63,8 @@ def test_few_steps_give_a_loadable_checkpoint(dataset, tmp_path):
         "instruction": "push the red block onto the blue pad",
     }
     assert policy.predict_chunk(obs).shape == (1, 8, 2)
-    saved = to_object(
-        compose("train", []), TrainConfig
-    )  # the resolved config in the run dir is a TrainConfig
+    # the resolved config in the run dir is a TrainConfig
+    saved = to_object(compose("train", []), TrainConfig)
     assert type(saved) is TrainConfig
 
 
@@ -226,9 +225,8 @@ def test_bad_configs_fail_before_any_compute(dataset, tmp_path):
     with pytest.raises(
         TrainError, match="cache_features=true needs a composite backbone with finetune=frozen"
     ):
-        train(
-            config(*overrides(dataset, tmp_path / "g"), "trainer.cache_features=true"), progress=False
-        )  # tiny: full
+        # tiny: full
+        train(config(*overrides(dataset, tmp_path / "g"), "trainer.cache_features=true"), progress=False)
     with pytest.raises(TrainError, match="cache_features must be true, false or auto"):
         train(config(*overrides(dataset, tmp_path / "h"), "trainer.cache_features=sometimes"), progress=False)
     with pytest.raises(TrainError, match="task_weights .* needs trainer.balance_tasks=true"):

@@ -161,9 +161,8 @@ class TextEncoder(nn.Module):
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModel.from_pretrained(path)
         else:
-            self.tokenizer = (
-                ByT5Tokenizer()
-            )  # byte-level, needs no files: works offline with a random-init encoder
+            # byte-level, needs no files: works offline with a random-init encoder
+            self.tokenizer = ByT5Tokenizer()
             self.model = BertModel(
                 BertConfig(
                     vocab_size=len(self.tokenizer),

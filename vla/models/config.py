@@ -72,9 +72,8 @@ class HeadConfig:
     stream_blocks: int = 1  # per-stream blocks after them
     vision_tokens: int = 16  # K future-vision tokens (a square number)
     lambda_wm: float = 1.0
-    tau_beta: list[float] = field(
-        default_factory=lambda: [1.5, 1.0]
-    )  # tau = 0.999 * (1 - Beta(a, b)): more weight near noise
+    # tau = 0.999 * (1 - Beta(a, b)): more weight near noise
+    tau_beta: list[float] = field(default_factory=lambda: [1.5, 1.0])
     action_steps: int = 4  # N_A Euler steps
     vision_steps: int = 4  # N_o = q * N_A; 0 = action-only sampling
     diffusion_train_steps: int = 100  # diffusion head: DDPM training timesteps

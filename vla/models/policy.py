@@ -96,9 +96,8 @@ class Policy(nn.Module):
     def _prefix(self, images: dict, state: torch.Tensor, instructions: list[str]) -> Prefix:
         if self.grounding is None:
             return self.backbone(images, instructions, state)
-        return self.backbone(
-            images, instructions, state, self.grounding.camera_tokens
-        )  # composite backbones only
+        # composite backbones only
+        return self.backbone(images, instructions, state, self.grounding.camera_tokens)
 
     def encode(self, obs: dict) -> tuple[Prefix, torch.Tensor]:
         """An observation (single or batched, the DESIGN.md contract) -> the prefix and the normalized
@@ -163,9 +162,8 @@ class Policy(nn.Module):
             primary = self.meta.cameras[0]  # the world-model target is the primary camera's future frame
             future = torch.as_tensor(batch["future_images"][primary]).to(self.device)
             target = self.backbone.target_features(future, self.config.head.vision_tokens)
-            head_batch["future_features"] = F.layer_norm(
-                target, target.shape[-1:]
-            )  # per-token normalized target
+            # per-token normalized target
+            head_batch["future_features"] = F.layer_norm(target, target.shape[-1:])
             head_batch["future_valid"] = torch.as_tensor(batch["future_valid"]).to(self.device)
         losses = self.head.loss(head_prefix, head_batch, noise)
         if self.grounding is not None:
