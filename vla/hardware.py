@@ -8,13 +8,10 @@ AMD EPYC (issue 28). Every timing the project publishes names the CPU it was mea
 from __future__ import annotations
 
 import functools
-import logging
 import platform
 from pathlib import Path
 
 import torch
-
-log = logging.getLogger("vla")
 
 # /proc/cpuinfo flags (x86 `flags`, Arm `Features`) that mean native bfloat16 arithmetic
 BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")

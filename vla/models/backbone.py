@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 import math
 from collections import OrderedDict
 from collections.abc import Callable
@@ -26,10 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vla.hardware import log, pick_vision_dtype
+from vla.hardware import pick_vision_dtype
 
 from .config import BackboneConfig
 from .finetune import apply_finetune
+
+log = logging.getLogger("vla.models")
 
 
 def pool_tokens(features: torch.Tensor, tokens: int) -> torch.Tensor:
