@@ -211,28 +211,13 @@ class Policy(nn.Module):
 
     @torch.no_grad()
     def predict_chunk(
-        self,
-        obs: dict,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        action_steps: int | None = None,
-        vision_steps: int | None = None,
-        guide: np.ndarray | None = None,
-        guide_weights: np.ndarray | None = None,
-        noise_scale: float = 1.0,
+        self, obs: dict, generator: torch.Generator | list[torch.Generator] | None = None, **sampling: Any
     ) -> np.ndarray:
         """Observation dict (DESIGN.md contract; batched or single) -> (B, H, D_action) float32 in env units.
         ``generator``: one, or a list with one per sample (batch-independent noise, as the server uses).
-        ``guide`` (B or 1, H, D_action) in env units + ``guide_weights`` (H,) or (B, H): real-time
-        chunking's prefix (heads with ``supports_guidance``). ``noise_scale``: the sampling temperature (the
-        initial noise's scale; 0 = deterministic)."""
+        ``sampling``: ``sample_chunk``'s options: ``action_steps`` / ``vision_steps`` (the head's defaults
+        when absent); ``guide`` (B or 1, H, D_action) in env units + ``guide_weights`` (H,) or (B, H),
+        real-time chunking's prefix (heads with ``supports_guidance``); ``noise_scale``, the sampling
+        temperature (the initial noise's scale; 0 = deterministic)."""
         prefix, state = self.encode(obs)
-        return self.sample_chunk(
-            prefix,
-            self.condition(prefix, state),
-            generator,
-            action_steps,
-            vision_steps,
-            guide,
-            guide_weights,
-            noise_scale,
-        )
+        return self.sample_chunk(prefix, self.condition(prefix, state), generator, **sampling)
