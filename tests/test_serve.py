@@ -78,6 +78,46 @@ def test_auth_is_enforced(server):
     assert server.http("/nope", KEY)[0] == 404
 
 
+def raw_http(server, path: str, headers: list[tuple[str, str]]) -> tuple[int, str]:
+    """A GET with exactly these header lines (repeats kept, which urllib would merge)."""
+    import http.client
+
+    connection = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    connection.putrequest("GET", path, skip_accept_encoding=True)
+    for name, value in headers:
+        connection.putheader(name, value)
+    connection.endheaders()
+    response = connection.getresponse()
+    status, body = response.status, response.read().decode()
+    connection.close()
+    return status, body
+
+
+def test_repeated_authorization_headers_are_unauthorized_and_log_no_traceback(server):
+    lines_before = len(server.lines)
+    for _ in range(5):  # even the right key, twice: one header or none
+        status, body = raw_http(server, "/metadata", [("Authorization", f"Api-Key {KEY}")] * 2)
+        assert status == 401 and "API key" in body
+    assert raw_http(server, "/metadata", [("Authorization", f"Api-Key {KEY}")])[0] == 200
+    time.sleep(0.2)  # the server's log reaches us through a pipe
+    logged = "".join(server.lines[lines_before:])
+    assert "Traceback" not in logged and "500" not in logged
+
+
+def test_http_metrics_label_a_fixed_set_of_paths_and_404s_quote_a_short_excerpt(server):
+    for i in range(30):  # random paths, no key needed for the attempt
+        status, body = server.http(f"/probe-{i}-" + "x" * 2000, KEY if i % 2 else None)
+        assert status in (401, 404) and len(body) < 300
+    metrics = server.http("/metrics", KEY)[1]
+    paths = {
+        line.split('path="')[1].split('"')[0]
+        for line in metrics.splitlines()
+        if "vla_http_requests" in line and 'path="' in line
+    }
+    assert paths and paths <= {"/", "/healthz", "/metadata", "/metrics", "other"}, paths
+    assert "probe" not in metrics and len(metrics) < 100_000
+
+
 def _fuzz_cases(rng) -> list:
     """≥ 200 malformed requests: garbage bytes, truncations, wrong types/shapes/dtypes, NaN/inf,
     oversized frames, unknown cameras, bad array headers, text frames."""

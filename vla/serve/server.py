@@ -33,6 +33,8 @@ from .protocol import ProtocolError, error_text, packb, unpackb
 
 log = logging.getLogger("vla.serve")
 
+ROUTES = ("/", "/healthz", "/metadata", "/metrics")  # the paths the HTTP metrics label by name
+
 
 @dataclass
 class Job:
@@ -158,14 +160,20 @@ class PolicyServer:
     def _authorized(self, headers) -> bool:
         if self.cfg.api_key is None:
             return True
-        given = headers.get("Authorization", "")
-        return hmac.compare_digest(given.encode(), f"Api-Key {self.cfg.api_key}".encode())
+        # every value, not headers.get(): with two Authorization headers that raises (a 500 and a logged
+        # traceback per request, without a key); anything but exactly one header is unauthorized
+        given = headers.get_all("Authorization")
+        if len(given) != 1:
+            return False
+        return hmac.compare_digest(given[0].encode(), f"Api-Key {self.cfg.api_key}".encode())
 
     def _respond(self, connection, path: str, status: HTTPStatus, body: str | bytes, content_type: str):
         response = connection.respond(status, body if isinstance(body, str) else body.decode())
         del response.headers["Content-Type"]
         response.headers["Content-Type"] = content_type
-        self.metrics.http.labels(path, str(int(status))).inc()
+        # a label per route from a fixed set: a label per requested path would let anyone, without a key,
+        # grow the registry (and every /metrics scrape) without bound
+        self.metrics.http.labels(path if path in ROUTES else "other", str(int(status))).inc()
         return response
 
     def _process_request(self, connection, request):
@@ -208,7 +216,7 @@ class PolicyServer:
             connection,
             path,
             HTTPStatus.NOT_FOUND,
-            f"no such path {path!r}: use /healthz, /metadata, /metrics or a websocket\n",
+            f"no such path {path[:80]!r}: use /healthz, /metadata, /metrics or a websocket\n",
             "text/plain",
         )
 
