@@ -137,3 +137,46 @@ def test_loop_reconnects_when_the_server_comes_back(random_checkpoint):
     first_hold = sources.index("hold")
     assert "policy" in sources[first_hold:], "the loop never resumed after the server came back"
     assert client.reconnects >= 1 and episode.late_ticks <= 2
+
+
+def test_the_robot_side_refuses_non_finite_and_misshapen_chunks(server):
+    """A server (ours is fixed, a peer may not be) that answers with NaN or wrong-shape chunks after the
+    first: the client refuses them, the loop holds and counts them, and no NaN reaches the robot."""
+    from websockets.sync.server import serve
+
+    from vla.serve import ServerError, packb, unpackb
+
+    with RobotClient(server.url, timeout_s=5) as real:
+        metadata = dict(real.connect())
+    horizon, dim = metadata["action_horizon"], metadata["action_dim"]
+    replies = [
+        np.zeros((horizon, dim), np.float32),
+        np.full((horizon, dim), np.nan, np.float32),
+        np.zeros((horizon + 1, dim), np.float32),
+        np.array([[np.inf] * dim] * horizon, np.float32),
+    ]
+
+    def lying(ws):
+        ws.send(packb(metadata))
+        for i, message in enumerate(ws):
+            request = unpackb(message)
+            ws.send(packb({"actions": replies[min(i, 1 + i % 3)], "request_id": request.get("request_id")}))
+
+    with serve(lying, "127.0.0.1", 0) as fake:
+        threading.Thread(target=fake.serve_forever, daemon=True).start()
+        url = f"ws://127.0.0.1:{fake.socket.getsockname()[1]}"
+        robot = SimRobot("builtin/push")
+        acted = []
+        real_act = robot.act
+        robot.act = lambda action: acted.append(np.asarray(action)) or real_act(action)
+        with RobotClient(url, timeout_s=2) as client:
+            loop = ControlLoop(robot, client, rate_hz=RATE, strategy="receding", execute_steps=2)
+            episode = loop.run_episode(seed=1, max_steps=16)
+            loop.close()
+            for _ in replies[1:]:  # the client alone refuses each of them
+                with pytest.raises(ServerError, match="bad_chunk"):
+                    client.infer(robot.observe())
+        fake.shutdown()
+        robot.close()
+    assert episode.errors.get("bad_chunk", 0) >= 3 and episode.held_steps > 0
+    assert len(acted) == 16 and all(np.isfinite(a).all() and a.shape == (dim,) for a in acted)

@@ -118,6 +118,28 @@ def test_http_metrics_label_a_fixed_set_of_paths_and_404s_quote_a_short_excerpt(
     assert "probe" not in metrics and len(metrics) < 100_000
 
 
+def test_a_non_finite_chunk_is_an_error_never_an_ok_reply(server, policy):
+    """A finite but extreme state (1e30) drives this policy's chunk to NaN; the server answers with an error,
+    counts it, and keeps serving."""
+    huge = dict(observation(0), state=np.full(4, 1e30, np.float32))
+    assert not np.isfinite(expected(policy, huge, 1)).all()  # the policy itself does produce NaN here
+    client = RobotClient(server.url, api_key=KEY, timeout_s=10)
+    with pytest.raises(ServerError, match="non_finite_action") as error:
+        client.infer(huge, seed=1)
+    assert error.value.kind == "non_finite_action"
+    np.testing.assert_allclose(
+        client.infer(observation(1), seed=1).actions, expected(policy, observation(1), 1), atol=1e-5
+    )
+    client.close()
+    metrics = server.http("/metrics", KEY)[1]
+    counted = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith('vla_requests_total{outcome="non_finite_action"}')
+    ]
+    assert counted and float(counted[0].split()[-1]) >= 1
+
+
 def _fuzz_cases(rng) -> list:
     """≥ 200 malformed requests: garbage bytes, truncations, wrong types/shapes/dtypes, NaN/inf,
     oversized frames, unknown cameras, bad array headers, text frames."""

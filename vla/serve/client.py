@@ -138,6 +138,27 @@ class RobotClient:
             )
 
     # -- requests --------------------------------------------------------------------------------
+    def _checked_actions(self, actions: Any) -> np.ndarray:
+        """A reply's chunk, refused (``ServerError`` of kind ``bad_chunk``: the caller holds) unless it is a
+        finite (horizon, action_dim) array, as the server's metadata declares."""
+        md = self.metadata or {}
+        expected = (md.get("action_horizon"), md.get("action_dim"))
+        try:
+            chunk = np.asarray(actions, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ServerError(
+                "bad_chunk", f"the reply's actions are not a numeric array: {type(actions)}"
+            ) from None
+        if chunk.ndim != 2 or any(
+            e is not None and n != e for n, e in zip(chunk.shape, expected, strict=True)
+        ):
+            raise ServerError(
+                "bad_chunk", f"the reply's actions have shape {chunk.shape}, expected {expected}"
+            )
+        if not np.isfinite(chunk).all():
+            raise ServerError("bad_chunk", "the reply's actions hold NaN or inf: not one of them is executed")
+        return chunk
+
     def infer(
         self,
         obs: dict,
@@ -176,7 +197,7 @@ class RobotClient:
             self._failed()
             raise ConnectionError(f"lost the connection to {self.url}: {e}") from None
         return Reply(
-            actions=np.asarray(reply["actions"], dtype=np.float32),
+            actions=self._checked_actions(reply.get("actions")),
             chunk_id=reply.get("chunk_id"),
             guided=bool(reply.get("guided", False)),
             round_trip_ms=(time.perf_counter() - start) * 1e3,

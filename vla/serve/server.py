@@ -270,6 +270,15 @@ class PolicyServer:
             log.exception("inference failed")
             self.metrics.requests.labels("internal").inc()
             return error_text("internal", f"inference failed: {type(e).__name__}: {e}")
+        if not np.isfinite(chunk).all():
+            # np.clip and torch.clamp keep NaN: an extreme (finite) observation can make the policy emit NaN,
+            # and a robot must never receive it as a command
+            self.metrics.requests.labels("non_finite_action").inc()
+            return error_text(
+                "non_finite_action",
+                "the policy produced non-finite actions (NaN or inf) for this observation, and none is sent; "
+                "the observation is probably far outside the training data (check the state's scale)",
+            )
         conn.last_chunk = chunk
         total_ms = (time.perf_counter() - start) * 1e3
         reply = {
