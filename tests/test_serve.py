@@ -140,6 +140,38 @@ def test_a_non_finite_chunk_is_an_error_never_an_ok_reply(server, policy):
     assert counted and float(counted[0].split()[-1]) >= 1
 
 
+def test_error_replies_stay_small_whatever_the_request_held(server):
+    """A 900 kB seed and a 4000-character key are refused with replies of a few hundred bytes (they were
+    echoed back whole: 5x amplification)."""
+    with connect(server.url, additional_headers={"Authorization": f"Api-Key {KEY}"}, open_timeout=10) as ws:
+        ws.recv(timeout=10)  # metadata
+        for bad in (dict(observation(0), seed=b"\0" * 900_000), dict(observation(0), **{"k" * 4000: 1})):
+            ws.send(packb(bad))
+            reply = ws.recv(timeout=10)
+            assert isinstance(reply, str) and len(reply) < 1200 and parse_error(reply)[0] == "bad_request"
+        ws.send(packb(dict(observation(0), seed=1)))
+        assert unpackb(ws.recv(timeout=10))["actions"].shape == (8, 2)  # and it keeps serving
+
+
+def test_connections_over_the_cap_are_refused_with_a_reason(random_checkpoint):
+    srv = ServerProcess(random_checkpoint, "max_connections=2", "warmup=false")
+    try:
+        first, second = (connect(srv.url, open_timeout=10) for _ in range(2))
+        for ws in (first, second):
+            ws.recv(timeout=10)
+        with pytest.raises(InvalidStatus) as refused:
+            connect(srv.url, open_timeout=10)
+        assert refused.value.response.status_code == 503
+        assert b"too many connections" in refused.value.response.body
+        first.close()
+        time.sleep(0.3)  # the server sees the close
+        with connect(srv.url, open_timeout=10) as third:  # a freed slot is taken again
+            assert unpackb(third.recv(timeout=10))["max_batch"] >= 1
+        second.close()
+    finally:
+        srv.stop()
+
+
 def _fuzz_cases(rng) -> list:
     """≥ 200 malformed requests: garbage bytes, truncations, wrong types/shapes/dtypes, NaN/inf,
     oversized frames, unknown cameras, bad array headers, text frames."""

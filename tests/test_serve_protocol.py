@@ -74,13 +74,13 @@ def _ndarray(data=b"\0" * 8, dtype="<f4", shape=(2,)):
         (_ndarray(shape=[1] * 9, data=b"\0" * 4), "at most 8"),
         (_ndarray(shape="2"), "shape must be"),
         (_ndarray(data="text"), "raw bytes"),
-        (b"\xc1", "not a valid msgpack"),
+        (b"\xc1", "msgpack type 0xc1 is not accepted"),
         (b"", "not a valid msgpack"),
         (packb({"x": 1})[:-1], "not a valid msgpack"),
         (packb({"x": 1}) + b"\x00", "not a valid msgpack"),
-        (msgpack.packb(msgpack.ExtType(1, b"abc")), "not a valid msgpack"),
-        (b"\x91" * 100_000 + b"\xc0", "not a valid msgpack"),  # nesting far deeper than any decoder allows
-        (b"\xdd\xff\xff\xff\xff", "not a valid msgpack"),  # an array claiming 4 billion elements
+        (msgpack.packb(msgpack.ExtType(1, b"abc")), "0xc7 is not accepted .*extension types"),
+        (b"\x91" * 100_000 + b"\xc0", "deeper than 8 levels"),  # nesting far deeper than any decoder allows
+        (b"\xdd\xff\xff\xff\xff", "more than 4096 values"),  # an array claiming 4 billion elements
     ],
 )
 def test_malformed_messages_raise_protocol_error(raw, expect):
@@ -228,3 +228,56 @@ def test_batched_prediction_with_per_sample_generators_matches_single(random_che
     batched = policy.predict_chunk(batch, generator=[torch.Generator().manual_seed(10 + i) for i in range(3)])
     np.testing.assert_allclose(batched, np.stack(singles), atol=1e-5)
     assert not np.allclose(singles[0], singles[1])
+
+
+BOMB = 15 * 2**20  # the size of the frames that blocked the server for 7-9 s (issue 25)
+
+
+@pytest.mark.parametrize(
+    "bomb, expect",
+    [
+        (b"\xdd" + BOMB.to_bytes(4, "big") + b"\xc0" * BOMB, "more than 4096 values"),  # array of nils
+        (b"\xdf" + (BOMB // 2).to_bytes(4, "big") + b"\xa0\x80" * (BOMB // 2), "more than 4096"),  # map of {}
+        (b"\x91" * BOMB + b"\xc0", "deeper than 8 levels"),
+        (b"\x81\xa4seed\xdb" + BOMB.to_bytes(4, "big") + b"7" * BOMB, "string of 15728640 bytes"),
+        (b"\xdc" + (4000).to_bytes(2, "big") + (b"\x9f" + b"\xc0" * 15) * 4000, "more than 4096 values"),
+    ],
+    ids=["array", "map-of-maps", "nesting", "huge-string", "many-values"],
+)
+def test_decoding_bombs_are_refused_before_msgpack_builds_anything(bomb, expect, monkeypatch):
+    """The frame's headers are walked first: the limit is hit after at most 4096 values, and msgpack, which
+    would allocate every declared element, never runs."""
+    import vla.serve.protocol as protocol
+
+    def never(*args, **kwargs):
+        raise AssertionError("msgpack.unpackb ran on a bomb")
+
+    monkeypatch.setattr(protocol.msgpack, "unpackb", never)
+    with pytest.raises(ProtocolError, match=expect) as error:
+        unpackb(bomb)
+    assert len(str(error.value)) < 200
+
+
+def test_error_messages_quote_a_bounded_excerpt_of_what_was_sent():
+    from vla.serve.protocol import MAX_ERROR_CHARS, error_text
+
+    parser = ObservationParser(make_meta(cameras=["top"], image_size=(8, 8), state_dim=2))
+    good = {
+        "images": {"top": np.zeros((8, 8, 3), np.uint8)},
+        "state": np.zeros(2, np.float32),
+        "instruction": "x",
+    }
+    huge = "9" * 4000  # the longest string a frame may hold
+    for bad in (
+        dict(good, seed=huge),
+        dict(good, seed=b"\x00" * 10_000_000),
+        dict(good, request_id=huge),
+        dict(good, rtc=[huge, 1]),
+        dict(good, **{huge: 1}),
+        dict(good, images={"top": np.zeros((8, 8, 3), np.uint8), huge: 1}),
+    ):
+        with pytest.raises(ProtocolError) as error:
+            parser.parse(unpackb(packb(bad)))
+        assert len(str(error.value)) < 400, str(error.value)[:100]
+    reply = error_text("bad_request", "x" * 10_000_000)
+    assert len(reply) < MAX_ERROR_CHARS + 100  # whatever a check quotes, the reply stays small

@@ -19,6 +19,10 @@ class ServeConfig:
     vision_steps: int | None = None  # N_o (null = the checkpoint's; 0 = actions only, fastest)
     obs_keys: dict[str, str] = field(default_factory=dict)  # client key -> images.<cam> | state | instruction
     max_message_mb: float = 16.0  # larger websocket messages close the connection (1009)
+    max_connections: int = 64  # more websocket clients at once are refused with HTTP 503
+    max_queued_messages: int = (
+        2  # frames read ahead per connection (each up to max_message_mb) before it waits
+    )
     max_instruction_chars: int = 2000
     seed: int = 0  # requests without a seed draw noise from (seed, connection, request count)
     device: str = "cpu"
@@ -37,6 +41,11 @@ class ServeConfig:
             )
         if self.max_message_mb <= 0:
             raise ValueError(f"max_message_mb must be > 0, got {self.max_message_mb}")
+        if self.max_connections < 1 or self.max_queued_messages < 1:
+            raise ValueError(
+                "max_connections and max_queued_messages must be >= 1, got "
+                f"{self.max_connections} and {self.max_queued_messages}"
+            )
 
 
 @dataclass

@@ -12,7 +12,7 @@ import numpy as np
 
 from vla.data.schema import DatasetMeta
 
-from .protocol import ProtocolError
+from .protocol import ProtocolError, excerpt
 
 # request fields that are not observation: the sampling seed, an id echoed in the reply (lets a
 # client drop a late reply), and real-time chunking against this connection's previous chunk
@@ -75,7 +75,7 @@ class ObservationParser:
         fields: dict[str, Any] = {}
         for key, value in message.items():
             if not isinstance(key, str):
-                raise ProtocolError(f"request keys must be strings, got {key!r}")
+                raise ProtocolError(f"request keys must be strings, got {excerpt(key)}")
             target = self.obs_keys.get(key, key)
             if target in CONTROL_KEYS:
                 fields[target] = value
@@ -90,7 +90,7 @@ class ObservationParser:
                 fields[target] = value
             else:
                 raise ProtocolError(
-                    f"unknown key {key!r}; expected {self.expected()} "
+                    f"unknown key {excerpt(key)}; expected {self.expected()} "
                     f"(and optionally {', '.join(CONTROL_KEYS)})"
                 )
         obs = {
@@ -108,7 +108,9 @@ class ObservationParser:
     def _images(self, images: dict) -> dict[str, np.ndarray]:
         unknown = sorted(str(c) for c in set(images) - set(self.meta.cameras))
         if unknown:
-            raise ProtocolError(f"unknown cameras {unknown}; this policy takes {self.meta.cameras}")
+            raise ProtocolError(
+                f"unknown cameras {excerpt(unknown, 200)}; this policy takes {self.meta.cameras}"
+            )
         missing = [c for c in self.meta.cameras if c not in images]
         if missing:
             raise ProtocolError(f"missing cameras {missing}; expected images for {self.meta.cameras}")
@@ -167,7 +169,7 @@ class ObservationParser:
         if isinstance(seed, np.integer):
             seed = int(seed)
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
-            raise ProtocolError(f"seed: expected an int in [0, 2**63), got {seed!r}")
+            raise ProtocolError(f"seed: expected an int in [0, 2**63), got {excerpt(seed)}")
         return seed
 
     @staticmethod
@@ -180,7 +182,7 @@ class ObservationParser:
             or len(str(request_id)) > 128
         ):
             raise ProtocolError(
-                f"request_id: expected a str or int (at most 128 characters), got {request_id!r}"
+                f"request_id: expected a str or int (at most 128 characters), got {excerpt(request_id)}"
             )
         return request_id
 
@@ -198,7 +200,7 @@ class ObservationParser:
         if not ok:
             raise ProtocolError(
                 f"rtc: expected {{'offset': int >= 0, 'delay': int >= 0}} (steps into the previous "
-                f"chunk, steps until this answer is used), got {rtc!r}"
+                f"chunk, steps until this answer is used), got {excerpt(rtc)}"
             )
         if self.horizon is not None and rtc["delay"] > self.horizon:
             raise ProtocolError(f"rtc delay {rtc['delay']} exceeds the chunk length {self.horizon}")

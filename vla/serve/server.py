@@ -199,6 +199,16 @@ class PolicyServer:
                 return self._respond(
                     connection, path, HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n", "text/plain"
                 )
+            if self.active >= self.cfg.max_connections:
+                self.metrics.requests.labels("too_many_connections").inc()
+                return self._respond(
+                    connection,
+                    path,
+                    HTTPStatus.SERVICE_UNAVAILABLE,
+                    f"too many connections: this server takes {self.cfg.max_connections} at once "
+                    "(max_connections); try again later\n",
+                    "text/plain",
+                )
             return None  # go on with the websocket handshake
         if path == "/metadata":
             return self._respond(
@@ -334,6 +344,9 @@ class PolicyServer:
             self.cfg.port,
             process_request=self._process_request,
             max_size=self.max_bytes,
+            # frames read ahead per connection: a client that sends without reading its replies holds at most
+            # this many (its send then waits on TCP), not websockets' default of 16 frames of max_size each
+            max_queue=self.cfg.max_queued_messages,
             compression=None,
             ping_interval=self.cfg.ping_interval_s,
             server_header=None,
