@@ -156,3 +156,32 @@ def test_sigkill_at_an_arbitrary_moment(tmp_path, delay):
         TrajectoryWriter(url).add_episode(**make_episode(store.num_episodes, 3, start, store.meta))
     assert TrajectoryStore(url).num_episodes == store.num_episodes + 1
     assert validate(url).ok
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("episode_chunk", [1024, 2], ids=["its-only-chunk", "first-of-three-chunks"])
+def test_a_lost_episode_ends_chunk_is_damage_not_a_partial_tail(tmp_path, episode_chunk, capsys):
+    """Issue 25: with meta/episode_ends/c/0 deleted, every entry read back as the fill value, the reader saw 0
+    episodes and the next writer "repaired" the whole dataset away. Now each of them refuses, and no file
+    changes."""
+    from conftest import write_dataset
+
+    from vla.cli import main
+    from vla.data import SchemaError
+
+    url = tmp_path / "demo.zarr"
+    write_dataset(url, episode_chunk=episode_chunk)  # 5 episodes
+    (url / "meta" / "episode_ends" / "c" / "0").unlink()
+    before = _files(url)
+    with pytest.raises(SchemaError, match="is damaged, and nothing was changed: meta/episode_ends"):
+        TrajectoryStore(url)
+    with pytest.raises(SchemaError, match="is damaged, and nothing was changed"):
+        TrajectoryWriter(url)  # what `vla collect` opens to append
+    report = validate(url)
+    assert not report.ok and any(f.where == "meta/episode_ends" for f in report.errors)
+    assert main(["data", "validate", str(url)]) == 1
+    assert "episode_ends" in capsys.readouterr().out
+    assert _files(url) == before  # not one byte of the committed episodes was touched

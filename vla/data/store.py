@@ -65,6 +65,8 @@ class CommitState:
     uncommitted_episodes: int = 0  # episode_ends entries resized but never written
     extra_rows: dict[str, int] = field(default_factory=dict)  # array path -> rows past the commit point
     short_rows: dict[str, int] = field(default_factory=dict)  # array path -> rows missing (corruption)
+    # what an interrupted write cannot explain (a lost episode_ends chunk, say): nothing may be dropped then
+    inconsistencies: list[str] = field(default_factory=list)
 
     @property
     def num_episodes(self) -> int:
@@ -94,6 +96,17 @@ class CommitState:
         return "; ".join(parts)
 
 
+def damage_message(url: str, state: CommitState) -> str:
+    """Why a dataset's commit point cannot be trusted, and how to recover; nothing has been changed."""
+    return (
+        f"{url} is damaged, and nothing was changed: {'; '.join(state.inconsistencies)}. Its frames are "
+        "probably intact: `vla data validate` names the missing or unreadable chunk files; restore them (or "
+        "the "
+        "dataset) from a copy. Until then no writer appends to it, since that would drop the episodes the "
+        "damaged commit record no longer lists."
+    )
+
+
 def frame_array_paths(meta: DatasetMeta) -> list[str]:
     targets = [schema.TARGETS] if meta.target_names else []
     return [f"{schema.IMAGES}/{cam}" for cam in meta.cameras] + [schema.STATE, schema.ACTION] + targets
@@ -107,6 +120,28 @@ def read_commit_state(group: zarr.Group, meta: DatasetMeta) -> CommitState:
     while len(raw) and raw[-1] == schema.UNCOMMITTED:
         raw = raw[:-1]
     state = CommitState(episode_ends=raw, uncommitted_episodes=n_raw - len(raw))
+    # A writer appends one episode at a time and writes its episode_ends entry last, so a crash leaves at most
+    # one unwritten entry, and per-episode rows at most one past the commit. More than that is damage (a lost
+    # or truncated chunk reads back as the fill value), and treating it as a partial tail would drop committed
+    # episodes.
+    if state.uncommitted_episodes > 1:
+        state.inconsistencies.append(
+            f"{schema.EPISODE_ENDS} has {state.uncommitted_episodes} trailing unwritten entries (a crash "
+            "leaves at "
+            "most 1): a chunk of it is probably missing or unreadable"
+        )
+    if (raw == schema.UNCOMMITTED).any():
+        state.inconsistencies.append(
+            f"{schema.EPISODE_ENDS} has unwritten entries among written ones (first at index "
+            f"{int(np.argmax(raw == schema.UNCOMMITTED))}): a chunk of it is probably missing"
+        )
+    for path in schema.EPISODE_ARRAYS:
+        if path in group and group[path].shape[0] > state.num_episodes + 1:
+            state.inconsistencies.append(
+                f"{path} has {group[path].shape[0]} rows but only {state.num_episodes} episodes are "
+                "committed "
+                "(an interrupted write leaves at most 1 more)"
+            )
     expected = {path: state.num_frames for path in frame_array_paths(meta)}
     expected |= {
         path: state.num_episodes for path in (*schema.EPISODE_ARRAYS, *schema.OPTIONAL_EPISODE_ARRAYS)
@@ -136,6 +171,8 @@ class TrajectoryStore:
             if path not in self.group:
                 raise SchemaError(f"dataset {self.url} is missing array {path!r}")
         self.commit = read_commit_state(self.group, self.meta)
+        if self.commit.inconsistencies:
+            raise SchemaError(damage_message(self.url, self.commit))
         if self.commit.has_partial_tail:
             warnings.warn(
                 f"{self.url}: ignoring a partial tail left by an interrupted write "

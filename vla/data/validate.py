@@ -10,7 +10,7 @@ import numpy as np
 
 from . import schema
 from .schema import DatasetMeta, SchemaError
-from .store import dataset_exists, normalize_url, open_group
+from .store import dataset_exists, normalize_url, open_group, read_commit_state
 
 
 @dataclass
@@ -114,7 +114,11 @@ def validate(url: str | os.PathLike, check_images: bool = True, chunk_frames: in
     if report.errors:
         return report
 
-    # episode_ends: commit point, monotone
+    # episode_ends: commit point, monotone, and what an interrupted write can explain
+    for problem in read_commit_state(group, meta).inconsistencies:
+        report.error(schema.EPISODE_ENDS, problem)
+    if report.errors:
+        return report
     raw_ends = np.asarray(group[schema.EPISODE_ENDS][:], dtype=np.int64)
     ends = raw_ends
     while len(ends) and ends[-1] == schema.UNCOMMITTED:

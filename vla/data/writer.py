@@ -24,6 +24,7 @@ from . import schema
 from .schema import DatasetMeta, SchemaError
 from .store import (
     PartialTailWarning,
+    damage_message,
     dataset_exists,
     is_local,
     normalize_url,
@@ -120,6 +121,8 @@ class TrajectoryWriter:
 
     def _repair_tail(self) -> None:
         state = read_commit_state(self.group, self.meta)
+        if state.inconsistencies:  # never drop rows on evidence a crash cannot explain
+            raise SchemaError(damage_message(self.url, state))
         if state.short_rows:
             raise SchemaError(
                 f"{self.url} is corrupt: arrays shorter than the committed episodes {state.short_rows}; "
