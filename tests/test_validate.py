@@ -1,6 +1,7 @@
 """`validate` catches each corruption it claims to, naming the array and index; a clean dataset passes."""
 
 import numpy as np
+import pytest
 import zarr
 from conftest import make_episode, make_meta, write_dataset
 
@@ -135,3 +136,72 @@ def test_cli_validate_exit_codes(dataset, capsys):
     out = capsys.readouterr().out
     assert "ERROR data/action: non-finite value nan at row 3 (episode 0, frame 3), dim 0" in out
     assert "INVALID" in out
+
+
+def _chunk(url, path):
+    """The dataset's first chunk file of ``path`` (every array here has one chunk per dimension)."""
+    chunk = next(p for p in sorted((url / path / "c").rglob("*")) if p.is_file())
+    return chunk
+
+
+def test_every_chunk_that_should_exist_does(tmp_path, capsys):
+    """Issue 25: a deleted state or action chunk read back as zeros and validate said OK. A dataset written by
+    this writer stores every chunk, so a missing one is an error naming the array, the rows and the file."""
+    url = tmp_path / "demo.zarr"
+    write_dataset(url)
+    assert zarr.open_group(str(url), mode="r").attrs["all_chunks_written"] is True
+    for path in ("data/state", "data/action", "data/images/front", "meta/success"):
+        victim = _chunk(url, path)
+        kept = victim.read_bytes()
+        victim.unlink()
+        report = validate(url)
+        assert not report.ok, path
+        (finding,) = report.errors
+        assert finding.where == path and "is missing" in finding.message and str(victim) in finding.message
+        assert main(["data", "validate", str(url)]) == 1
+        assert main(["data", "info", str(url)]) == 1  # info says it is invalid instead of summarizing it
+        capsys.readouterr()
+        victim.write_bytes(kept)
+        assert validate(url).ok
+    # an all-zero chunk is stored too (zarr would skip it): not taken for a missing one
+    zeros = tmp_path / "zeros.zarr"
+    meta = make_meta(cameras=["front"])
+    write_dataset(zeros, lengths=(3,), meta=meta)
+    assert validate(zeros).ok
+
+
+@pytest.mark.parametrize(
+    "damage, where, expect",
+    [
+        ("truncate", "data/state", r"chunk \(0, 0\) \(.*data/state/c/0/0\) cannot be read"),
+        ("garbage", "data/images/front", r"chunk \(0, 0, 0, 0\) \(.*front/c/0/0/0/0\) cannot be read"),
+        ("garbage", "meta/episode_ends", r"chunk \(0,\) \(.*episode_ends/c/0\) cannot be read"),
+        (
+            "metadata",
+            "data/action",
+            r"array metadata .*data/action/zarr.json cannot be read: JSONDecodeError",
+        ),
+        ("metadata", "", r"zarr.json cannot be read"),
+    ],
+)
+def test_corrupt_chunks_and_metadata_are_named_with_exit_1_and_nothing_else(tmp_path, damage, where, expect):
+    import subprocess
+    import sys
+
+    url = tmp_path / "demo.zarr"
+    write_dataset(url)
+    target = url / where / "zarr.json" if damage == "metadata" else _chunk(url, where)
+    if damage == "truncate":
+        target.write_bytes(target.read_bytes()[:20])
+    else:
+        target.write_bytes(b"{broken" if damage == "metadata" else b"garbage, not blosc")
+    report = validate(url)
+    assert not report.ok and any(__import__("re").search(expect, f.message) for f in report.errors), (
+        report.errors
+    )
+    for verb in ("validate", "info"):
+        run = subprocess.run(
+            [sys.executable, "-m", "vla.cli", "data", verb, str(url)], capture_output=True, text=True
+        )
+        assert run.returncode == 1, (verb, run.stdout, run.stderr)
+        assert "Traceback" not in run.stderr and "Task was destroyed" not in run.stderr, run.stderr[-2000:]

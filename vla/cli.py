@@ -94,9 +94,21 @@ def _list_envs(args: argparse.Namespace) -> int:
 
 
 def _data_info(args: argparse.Namespace) -> int:
-    from vla.data import TrajectoryStore
-    from vla.data.display import print_info
+    from vla.data import TrajectoryStore, validate
+    from vla.data.display import print_info, print_validation
+    from vla.data.store import dataset_exists
 
+    if not dataset_exists(args.path):
+        TrajectoryStore(args.path)  # raises the error that names the path
+    # the checks of `validate` but the blank-frame scan first: a damaged dataset is reported, not summarized
+    report = validate(args.path, check_images=False, decode_images=True)
+    if not report.ok:
+        if args.json:
+            print(json.dumps(report.to_dict(), indent=2))
+        else:
+            print_validation(report)
+            print(f"{args.path} is not a valid dataset: `vla data validate {args.path}` for the full check")
+        return 1
     summary = TrajectoryStore(args.path).summary()
     if args.json:
         print(json.dumps(summary, indent=2))

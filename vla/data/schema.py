@@ -51,6 +51,9 @@ STAT_NAMES = ("mean", "std", "min", "max", "q01", "q99")
 # An episode_ends entry still holding the fill value was resized into existence
 # but its value never written: the writer died between the two.
 UNCOMMITTED = -1
+# group attribute set by writers that store every chunk, fill-valued ones included (zarr skips those by
+# default): in such a dataset a missing chunk file is always damage
+ALL_CHUNKS_WRITTEN = "all_chunks_written"
 
 
 class SchemaError(ValueError):

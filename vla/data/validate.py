@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import zarr
 
 from . import schema
 from .schema import DatasetMeta, SchemaError
-from .store import dataset_exists, normalize_url, open_group, read_commit_state
+from .store import dataset_exists, is_local, normalize_url, open_group, read_commit_state
 
 
 @dataclass
@@ -70,28 +72,89 @@ def _locate(frame: int, ends: np.ndarray) -> str:
     return f"episode {ep}, frame {frame - start}"
 
 
-def validate(url: str | os.PathLike, check_images: bool = True, chunk_frames: int = 2048) -> ValidationReport:
-    """Schema, episode_ends monotonicity, array lengths, dtypes, NaN/inf, action bounds, blank images,
-    stats."""
+def _check_chunks(
+    url: str,
+    arr: zarr.Array,
+    path: str,
+    rows: int,
+    report: ValidationReport,
+    strict: bool,
+    decode: bool,
+    ends: np.ndarray | None,
+) -> None:
+    """Each chunk of ``arr`` that holds one of its first ``rows`` rows: its file exists (local stores) and it
+    decodes, read one chunk at a time so a failure names the chunk and its file."""
+    chunk_rows = arr.chunks[0]
+    grid = [range(-(-size // chunk)) for size, chunk in zip(arr.shape[1:], arr.chunks[1:], strict=True)]
+    for i in range(-(-rows // chunk_rows)):
+        first = i * chunk_rows
+        where = f"rows {first}-{min(first + chunk_rows, rows) - 1}" + (
+            f" ({_locate(first, ends)})" if ends is not None and len(ends) else ""
+        )
+        for rest in itertools.product(*grid):
+            index = (i, *rest)
+            file = os.path.join(url, path, arr.metadata.encode_chunk_key(index))
+            if is_local(url) and not os.path.exists(file):
+                message = f"chunk {index} is missing ({file}): {where} read back as the fill value"
+                if strict:
+                    report.error(path, message, first)
+                else:  # an older writer skipped chunks that were all fill value: maybe not damage
+                    report.warn(
+                        path, message + " (or were all fill value, which older writers did not store)", first
+                    )
+                continue
+            if decode:
+                block = tuple(slice(k * c, (k + 1) * c) for k, c in zip(index, arr.chunks, strict=True))
+                try:
+                    arr[block]
+                except Exception as e:  # noqa: BLE001 - zarr and its codecs raise many kinds
+                    report.error(
+                        path,
+                        f"chunk {index} ({file}) cannot be read: {type(e).__name__}: {str(e)[:200]}",
+                        first,
+                    )
+
+
+def validate(
+    url: str | os.PathLike,
+    check_images: bool = True,
+    chunk_frames: int = 2048,
+    decode_images: bool | None = None,
+) -> ValidationReport:
+    """Schema, episode_ends monotonicity, array lengths, dtypes, every chunk stored and readable, NaN/inf,
+    action bounds, blank images, stats. ``check_images``: the blank-frame scan, and by default
+    (``decode_images``) decoding every image chunk; without it image chunks are only checked to exist."""
     url = normalize_url(url)
     report = ValidationReport(url)
     if not dataset_exists(url):
         report.error("/", "no Zarr dataset here (expected zarr.json)")
         return report
-    group = open_group(url, mode="r")
     try:
-        meta = DatasetMeta.from_attrs(group.attrs.asdict())
-    except (SchemaError, TypeError) as e:
-        report.error("attrs", str(e))
+        group = open_group(url, mode="r")
+        attrs = group.attrs.asdict()
+    except Exception as e:  # noqa: BLE001 - a broken zarr.json: JSONDecodeError, zarr's own errors...
+        report.error(
+            "/", f"{os.path.join(url, 'zarr.json')} cannot be read: {type(e).__name__}: {str(e)[:200]}"
+        )
+        return report
+    try:
+        meta = DatasetMeta.from_attrs(attrs)
+    except (SchemaError, TypeError, ValueError, KeyError) as e:
+        report.error("attrs", str(e)[:500])
         return report
 
     frame_paths = {f"{schema.IMAGES}/{c}": (*meta.image_size, 3) for c in meta.cameras}
     frame_paths |= {schema.STATE: (meta.state_dim,), schema.ACTION: (meta.action_dim,)}
     required = [*frame_paths, schema.EPISODE_ENDS, *schema.EPISODE_ARRAYS]
-    missing = [p for p in required if p not in group]
-    for p in missing:
-        report.error(p, "required array is missing")
-    if missing:
+    for p in required:
+        try:
+            group[p]
+        except KeyError:
+            report.error(p, "required array is missing")
+        except Exception as e:  # noqa: BLE001 - its zarr.json is unreadable
+            file = os.path.join(url, p, "zarr.json")
+            report.error(p, f"array metadata {file} cannot be read: {type(e).__name__}: {str(e)[:200]}")
+    if report.errors:
         return report
 
     # dtypes and trailing shapes
@@ -114,7 +177,11 @@ def validate(url: str | os.PathLike, check_images: bool = True, chunk_frames: in
     if report.errors:
         return report
 
-    # episode_ends: commit point, monotone, and what an interrupted write can explain
+    # episode_ends: readable, then the commit point, monotone, and what an interrupted write can explain
+    episode_ends = group[schema.EPISODE_ENDS]
+    _check_chunks(url, episode_ends, schema.EPISODE_ENDS, episode_ends.shape[0], report, True, True, None)
+    if report.errors:
+        return report
     for problem in read_commit_state(group, meta).inconsistencies:
         report.error(schema.EPISODE_ENDS, problem)
     if report.errors:
@@ -168,6 +235,19 @@ def validate(url: str | os.PathLike, check_images: bool = True, chunk_frames: in
                 f"{rows - len(ends)} rows past the last committed episode (partial tail, ignored)",
                 len(ends),
             )
+    if report.errors:
+        return report
+
+    # every chunk that holds committed rows is stored and decodes (a lost chunk file reads back as the fill
+    # value: zeros, silently)
+    strict = bool(group.attrs.get(schema.ALL_CHUNKS_WRITTEN, False))
+    for path in [*frame_paths, *(p for p in [schema.TARGETS] if p in group)]:
+        decode = (check_images if decode_images is None else decode_images) or not path.startswith(
+            schema.IMAGES
+        )
+        _check_chunks(url, group[path], path, n_frames, report, strict, decode, ends)
+    for path in schema.EPISODE_ARRAYS:
+        _check_chunks(url, group[path], path, len(ends), report, strict, True, None)
     if report.errors:
         return report
 

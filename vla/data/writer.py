@@ -80,7 +80,7 @@ class TrajectoryWriter:
                 meta.created_with = _version()
             self.group = zarr.open_group(self.url, mode="w", zarr_format=3)
             self._create_arrays(image_chunk_frames, lowdim_chunk_frames, episode_chunk, compression_level)
-            self.group.attrs.update(meta.to_attrs())
+            self.group.attrs.update(meta.to_attrs() | {schema.ALL_CHUNKS_WRITTEN: True})
         ends = np.asarray(self.group[schema.EPISODE_ENDS][:], dtype=np.int64)
         self.num_episodes = len(ends)
         self.num_frames = int(ends[-1]) if len(ends) else 0
@@ -193,9 +193,12 @@ class TrajectoryWriter:
         return e
 
     def _append_rows(self, path: str, start: int, rows: np.ndarray) -> None:
-        arr = self.group[path]
-        arr.resize((start + len(rows), *arr.shape[1:]))
-        arr[start : start + len(rows)] = rows
+        # every chunk is stored, all-zero ones too: `validate` can then tell a lost chunk file from a chunk
+        # that zarr chose not to write
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            arr = self.group[path]
+            arr.resize((start + len(rows), *arr.shape[1:]))
+            arr[start : start + len(rows)] = rows
 
     def _check_episode(
         self, images: Mapping[str, np.ndarray], state: np.ndarray, action: np.ndarray, instruction: str
