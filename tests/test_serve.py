@@ -3,6 +3,7 @@ garbage gets error replies while another client keeps being served, auth is enfo
 clients are batched, HTTP endpoints answer, SIGTERM shuts down cleanly."""
 
 import json
+import socket
 import threading
 import time
 
@@ -170,6 +171,25 @@ def test_connections_over_the_cap_are_refused_with_a_reason(random_checkpoint):
         second.close()
     finally:
         srv.stop()
+
+
+def test_http_methods_other_than_get_and_head_get_405_and_head_gets_no_body(server):
+    import http.client
+
+    for method in ("PUT", "DELETE", "TRACE", "POST", "PATCH"):
+        connection = http.client.HTTPConnection(server.host, server.port, timeout=10)
+        connection.request(method, "/metadata", headers={"Authorization": f"Api-Key {KEY}"})
+        response = connection.getresponse()
+        assert response.status == 405 and response.getheader("Allow") == "GET, HEAD"
+        assert "not allowed" in response.read().decode()
+        connection.close()
+    with socket.create_connection((server.host, server.port), timeout=10) as raw:  # what HEAD really sends
+        raw.sendall(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := raw.recv(4096):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 3" in head and body == b""
 
 
 def _fuzz_cases(rng) -> list:

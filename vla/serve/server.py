@@ -10,6 +10,7 @@ stop the server or reach another client's reply.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import logging
@@ -178,7 +179,24 @@ class PolicyServer:
 
     def _process_request(self, connection, request):
         path = request.path.split("?", 1)[0]
-        upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+        method = getattr(request, "method", "GET")
+        if method not in ("GET", "HEAD"):
+            response = self._respond(
+                connection,
+                path,
+                HTTPStatus.METHOD_NOT_ALLOWED,
+                f"method {method[:16]!r} is not allowed: this server answers GET (and HEAD)\n",
+                "text/plain",
+            )
+            response.headers["Allow"] = "GET, HEAD"
+            return response
+        upgrade = method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket"
+        response = self._route(connection, request, path, upgrade)
+        if method == "HEAD" and response is not None:  # the GET's status and headers, without the body
+            response = dataclasses.replace(response, body=b"")
+        return response
+
+    def _route(self, connection, request, path: str, upgrade: bool):
         if path == "/healthz" and not upgrade:
             if self.ready:
                 return self._respond(connection, path, HTTPStatus.OK, "ok\n", "text/plain")
