@@ -250,3 +250,18 @@ def test_results_rebuilds_a_stale_merged_dataset(tmp_path, monkeypatch):
     assert results.collect_data(config(2)) == merged
     store = TrajectoryStore(merged)
     assert store.num_episodes == 4 and sorted(set(store.tasks)) == ["builtin/push", "builtin/reach"]
+
+
+@pytest.mark.slow
+def test_serve_attack_keeps_honest_answers_correct_and_memory_flat():
+    """Issue 25's attack: 8 honest clients beside one attacker of each kind (bomb, echo, garbage, flood, NaN,
+    never-reading), each in its own process, against `vla serve`: every honest answer is exact, and the bounds
+    are generous (the benchmark's own run, quoted in docs/serving.md, is the measurement)."""
+    result = run_benchmark("serve_attack", "rounds=2", "seconds=2")
+    assert result["honest_wrong"] == 0 and result["honest_failed"] == 0
+    for r in result["rounds"]:
+        assert r["server_alive"] and r["attacked"]["requests"] > 0
+        assert all(n > 0 for n in r["attacker_frames"].values()), r["attacker_frames"]
+        assert all(code == 0 for code in r["attacker_exit_codes"].values()), r["attacker_exit_codes"]
+    assert result["worst_p99_ratio"] < 10
+    assert result["rss_growth_after_round_1_mb"] < 100

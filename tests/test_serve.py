@@ -24,7 +24,10 @@ KEY = "test-key-123"
 
 @pytest.fixture(scope="module")
 def server(random_checkpoint):
-    srv = ServerProcess(random_checkpoint, f"api_key={KEY}", "max_wait_ms=50", "max_message_mb=1")
+    # no error backoff: the fuzz test sends hundreds of refused requests on one connection
+    srv = ServerProcess(
+        random_checkpoint, f"api_key={KEY}", "max_wait_ms=50", "max_message_mb=1", "error_backoff_max_s=0"
+    )
     yield srv
     srv.stop()
 
@@ -192,6 +195,28 @@ def test_http_methods_other_than_get_and_head_get_405_and_head_gets_no_body(serv
     assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 3" in head and body == b""
 
 
+def test_a_client_that_keeps_sending_refused_frames_is_read_ever_more_slowly(random_checkpoint):
+    """The error backoff (default on): after each refused frame the connection's next one is read 50 ms later,
+    doubling; an answered request resets it. Lower bounds only: a slow machine only adds time."""
+    srv = ServerProcess(random_checkpoint, "warmup=false")
+    try:
+        with connect(srv.url, open_timeout=10) as ws:
+            ws.recv(timeout=10)
+            started = time.perf_counter()
+            for _ in range(6):
+                ws.send(b"\xc1 not msgpack")
+                assert parse_error(ws.recv(timeout=30))[0] == "bad_request"
+            assert time.perf_counter() - started >= 0.05 + 0.1 + 0.2 + 0.4 + 0.8  # waits after the first five
+            ws.send(packb(dict(observation(0), seed=1)))  # read after the sixth wait, then answered
+            assert unpackb(ws.recv(timeout=30))["actions"].shape == (8, 2)
+            started = time.perf_counter()
+            ws.send(packb(dict(observation(1), seed=1)))
+            assert unpackb(ws.recv(timeout=30))["actions"].shape == (8, 2)
+            assert time.perf_counter() - started < 1.0  # the answer reset the backoff
+    finally:
+        srv.stop()
+
+
 def _fuzz_cases(rng) -> list:
     """≥ 200 malformed requests: garbage bytes, truncations, wrong types/shapes/dtypes, NaN/inf,
     oversized frames, unknown cameras, bad array headers, text frames."""
@@ -245,6 +270,21 @@ def _fuzz_cases(rng) -> list:
         arr = header | bad
         cases.append(packb(dict(observation(1), state=arr)))
         cases.append(msgpack.packb({"images": {"top": arr}, "state": [0, 0, 0, 0], "instruction": "x"}))
+    # issue 25's attacks, under this server's 1 MB frame limit: bombs, values that used to come back whole
+    n = 400_000
+    cases += [
+        b"\xdf" + n.to_bytes(4, "big") + b"\xa0\x80" * n,  # a map of 400k empty maps
+        b"\xdd" + (2 * n).to_bytes(4, "big") + b"\xc0" * (2 * n),  # an array of 800k nils
+        b"\x91" * (2 * n) + b"\xc0",  # nesting 800k deep
+        packb(dict(observation(2), seed="7" * 5000)),  # strings over 4096 bytes
+        packb(dict(observation(2), seed=b"\x00" * 900_000)),  # echoed whole before
+        packb(dict(observation(2), request_id="r" * 4000)),
+        packb(dict(observation(2), rtc=["x" * 4000, 1])),
+        packb(dict(observation(2), **{"k" * 4000: 1})),
+        packb(dict(observation(2), images={"top": observation(2)["images"]["top"], "c" * 4000: 1})),
+        packb(dict(observation(2), seed=1)) + b"\x00" * 1000,  # trailing bytes
+        msgpack.packb({"images": msgpack.ExtType(7, b"\x00" * 1000)}),
+    ]
     return cases
 
 
@@ -284,6 +324,9 @@ def test_fuzzed_requests_get_errors_while_another_client_is_served(server, polic
             assert isinstance(reply, str), f"no error for {case[:60]!r}"
             kind, message = parse_error(reply)
             assert kind == "bad_request" and len(message) > 10
+            assert len(reply) < 1200, (
+                f"a {len(reply)}-character reply to {case[:60]!r}"
+            )  # bounded, never an echo
             kinds[message.split(":")[0]] = kinds.get(message.split(":")[0], 0) + 1
         ws.send(packb(dict(observation(5), seed=5)))  # the fuzzed connection still works
         np.testing.assert_allclose(

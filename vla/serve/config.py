@@ -20,9 +20,10 @@ class ServeConfig:
     obs_keys: dict[str, str] = field(default_factory=dict)  # client key -> images.<cam> | state | instruction
     max_message_mb: float = 16.0  # larger websocket messages close the connection (1009)
     max_connections: int = 64  # more websocket clients at once are refused with HTTP 503
-    max_queued_messages: int = (
-        2  # frames read ahead per connection (each up to max_message_mb) before it waits
-    )
+    max_queued_messages: int = 2  # frames read ahead per connection (each <= max_message_mb) before it waits
+    # after an error reply, a connection's next message is read 50 ms later, doubling per error in a row up to
+    # this many seconds (0 = off): a client that keeps sending what is refused cannot keep the server busy
+    error_backoff_max_s: float = 1.0
     max_instruction_chars: int = 2000
     seed: int = 0  # requests without a seed draw noise from (seed, connection, request count)
     device: str = "cpu"
@@ -41,6 +42,8 @@ class ServeConfig:
             )
         if self.max_message_mb <= 0:
             raise ValueError(f"max_message_mb must be > 0, got {self.max_message_mb}")
+        if self.error_backoff_max_s < 0:
+            raise ValueError(f"error_backoff_max_s must be >= 0, got {self.error_backoff_max_s}")
         if self.max_connections < 1 or self.max_queued_messages < 1:
             raise ValueError(
                 "max_connections and max_queued_messages must be >= 1, got "

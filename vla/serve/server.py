@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hmac
 import json
 import logging
@@ -95,10 +96,15 @@ class _Connection:
         self.requests = 0
         self.last_chunk: np.ndarray | None = None
         self.prev_total_ms = 0.0
+        self.errors_in_a_row = 0
 
-    def next_seed(self) -> int:
-        seq = np.random.SeedSequence([self.base_seed, self.index, self.requests])
-        return int(seq.generate_state(1, np.uint64)[0] >> np.uint64(1))
+    def error_backoff_s(self, replied_with_error: bool, most_s: float) -> float:
+        """How long to wait before reading this client's next message: 0 after an answer; after errors, 50 ms
+        doubling up to ``most_s``. A client that keeps sending what the server refuses (bombs, garbage,
+        observations that make NaN) is read at most about once a second, and its socket fills instead of the
+        event loop."""
+        self.errors_in_a_row = self.errors_in_a_row + 1 if replied_with_error else 0
+        return min(most_s, 0.05 * 2 ** (self.errors_in_a_row - 1)) if self.errors_in_a_row else 0.0
 
 
 class PolicyServer:
@@ -262,11 +268,15 @@ class PolicyServer:
             async for message in ws:
                 reply = await self._answer(conn, message)
                 await ws.send(reply)
+                backoff = conn.error_backoff_s(isinstance(reply, str), self.cfg.error_backoff_max_s)
+                if backoff:
+                    await asyncio.sleep(backoff)
         except ConnectionClosed:
             pass  # the client left (maybe mid-request): its reply, if any, is dropped
         finally:
             self.active -= 1
             self.metrics.clients.dec()
+            release_memory()
 
     async def _answer(self, conn: _Connection, message: str | bytes) -> str | bytes:
         start = time.perf_counter()
@@ -392,7 +402,37 @@ class PolicyServer:
             self._stop.set()
 
 
+@functools.cache
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def bound_malloc() -> None:
+    """glibc raises its mmap threshold to the size of the largest block freed (up to 32 MB): after one 15 MB
+    frame, every later large frame comes from the heap, whose fragments are never given back (RSS grew by tens
+    of MB per round of attacks and stayed). A fixed threshold keeps large buffers in their own mappings, which
+    free returns to the system. No-op off glibc."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB, fixed (disables the dynamic threshold)
+
+
+def release_memory() -> None:
+    """Return the heap's free pages to the system (glibc ``malloc_trim``), e.g. when a client leaves."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 def serve(cfg: ServeConfig) -> None:
     """Blocking entry point of `vla serve`."""
+    bound_malloc()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     asyncio.run(PolicyServer(cfg).run())
