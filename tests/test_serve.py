@@ -217,6 +217,21 @@ def test_a_client_that_keeps_sending_refused_frames_is_read_ever_more_slowly(ran
         srv.stop()
 
 
+def test_requests_without_a_seed_draw_fresh_noise_from_the_server(server):
+    """openpi's client sends no seed: the server draws one per (server seed, connection, request count), so a
+    connection's requests differ from each other and every reply is a valid chunk."""
+    with connect(server.url, additional_headers={"Authorization": f"Api-Key {KEY}"}, open_timeout=10) as ws:
+        ws.recv(timeout=10)
+        chunks = []
+        for _ in range(2):
+            ws.send(packb(observation(0)))  # no seed
+            reply = ws.recv(timeout=30)
+            assert not isinstance(reply, str), reply
+            chunks.append(unpackb(reply)["actions"])
+    assert chunks[0].shape == (8, 2) and np.isfinite(chunks[0]).all()
+    assert np.abs(chunks[0] - chunks[1]).max() > 1e-4  # another request, another draw
+
+
 def _fuzz_cases(rng) -> list:
     """≥ 200 malformed requests: garbage bytes, truncations, wrong types/shapes/dtypes, NaN/inf,
     oversized frames, unknown cameras, bad array headers, text frames."""

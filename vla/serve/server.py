@@ -106,6 +106,10 @@ class _Connection:
         self.errors_in_a_row = self.errors_in_a_row + 1 if replied_with_error else 0
         return min(most_s, 0.05 * 2 ** (self.errors_in_a_row - 1)) if self.errors_in_a_row else 0.0
 
+    def next_seed(self) -> int:
+        seq = np.random.SeedSequence([self.base_seed, self.index, self.requests])
+        return int(seq.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
 
 class PolicyServer:
     def __init__(self, cfg: ServeConfig, policy=None):
