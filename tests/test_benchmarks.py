@@ -35,6 +35,7 @@ def test_bench_list(capsys):
         "push_oracle",
         "push_outcomes",
         "results",
+        "serve_attack",
         "serve_latency",
         "train_throughput",
     ]
