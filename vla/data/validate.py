@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -81,9 +82,12 @@ def _check_chunks(
     strict: bool,
     decode: bool,
     ends: np.ndarray | None,
+    on_rows: Callable[[int, np.ndarray], None] | None = None,
 ) -> None:
     """Each chunk of ``arr`` that holds one of its first ``rows`` rows: its file exists (local stores) and it
-    decodes, read one chunk at a time so a failure names the chunk and its file."""
+    decodes, read one chunk at a time so a failure names the chunk and its file. ``on_rows(first, rows)``
+    receives each decoded chunk's committed rows when a chunk spans whole rows (the images' blank-frame scan
+    then reads nothing twice)."""
     chunk_rows = arr.chunks[0]
     grid = [range(-(-size // chunk)) for size, chunk in zip(arr.shape[1:], arr.chunks[1:], strict=True)]
     for i in range(-(-rows // chunk_rows)):
@@ -106,13 +110,16 @@ def _check_chunks(
             if decode:
                 block = tuple(slice(k * c, (k + 1) * c) for k, c in zip(index, arr.chunks, strict=True))
                 try:
-                    arr[block]
+                    data = arr[block]
                 except Exception as e:  # noqa: BLE001 - zarr and its codecs raise many kinds
                     report.error(
                         path,
                         f"chunk {index} ({file}) cannot be read: {type(e).__name__}: {str(e)[:200]}",
                         first,
                     )
+                    continue
+                if on_rows is not None and all(len(r) == 1 for r in grid):
+                    on_rows(first, np.asarray(data)[: rows - first])
 
 
 def validate(
@@ -241,11 +248,23 @@ def validate(
     # every chunk that holds committed rows is stored and decodes (a lost chunk file reads back as the fill
     # value: zeros, silently)
     strict = bool(group.attrs.get(schema.ALL_CHUNKS_WRITTEN, False))
+    blank: dict[str, list[int]] = {}  # image array -> its blank (single-colour) frames, found while decoding
+
+    def find_blank(path: str) -> Callable[[int, np.ndarray], None]:
+        def scan(first: int, frames: np.ndarray) -> None:
+            flat = frames.reshape(len(frames), -1)
+            blank[path] += (first + np.flatnonzero(flat.min(axis=1) == flat.max(axis=1))).tolist()
+
+        blank[path] = []
+        return scan
+
     for path in [*frame_paths, *(p for p in [schema.TARGETS] if p in group)]:
-        decode = (check_images if decode_images is None else decode_images) or not path.startswith(
-            schema.IMAGES
+        image = path.startswith(schema.IMAGES)
+        decode = (check_images if decode_images is None else decode_images) or not image
+        scan = find_blank(path) if image and check_images else None
+        _check_chunks(
+            url, group[path], path, n_frames, report, strict, decode or scan is not None, ends, scan
         )
-        _check_chunks(url, group[path], path, n_frames, report, strict, decode, ends)
     for path in schema.EPISODE_ARRAYS:
         _check_chunks(url, group[path], path, len(ends), report, strict, True, None)
     if report.errors:
@@ -282,24 +301,14 @@ def validate(
             first_oob,
         )
 
-    if check_images:
-        for cam in meta.cameras:
-            path = f"{schema.IMAGES}/{cam}"
-            arr, blank, first_blank = group[path], 0, None
-            for lo in range(0, n_frames, chunk_frames):
-                x = np.asarray(arr[lo : min(lo + chunk_frames, n_frames)])
-                flat = x.reshape(len(x), -1)
-                is_blank = flat.min(axis=1) == flat.max(axis=1)
-                if is_blank.any() and first_blank is None:
-                    first_blank = lo + int(np.argmax(is_blank))
-                blank += int(is_blank.sum())
-            if blank:
-                report.warn(
-                    path,
-                    f"{blank} blank (single-colour) frames, e.g. a failed render; first at row "
-                    f"{first_blank} ({_locate(first_blank, ends)})",
-                    first_blank,
-                )
+    for path, frames in blank.items():
+        if frames:
+            report.warn(
+                path,
+                f"{len(frames)} blank (single-colour) frames, e.g. a failed render; first at row "
+                f"{frames[0]} ({_locate(frames[0], ends)})",
+                frames[0],
+            )
 
     instructions = np.asarray(group[schema.INSTRUCTION][: len(ends)], dtype=object)
     empty = [i for i, s in enumerate(instructions) if not str(s).strip()]
