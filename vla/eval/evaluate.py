@@ -46,6 +46,7 @@ class EvalConfig:
     )
     max_steps: int | None = None
     videos: int = 2  # first episodes per task saved as mp4
+    record_actions: bool = False  # each episode's executed actions (per step) in its result row
     out: str | None = None  # null = <checkpoint>/../../eval or runs/eval-expert
 
     def __post_init__(self) -> None:
@@ -167,6 +168,7 @@ def rollout_task(
         steps = [0] * n
         active = [True] * n
         frames: list[list[np.ndarray]] = [[] for _ in range(n)]
+        executed: list[list[list[float]]] = [[] for _ in range(n)]
         swapped = _swaps(vec, seeds, cfg) if cfg.instruction_swap else None
         for i in range(n):
             actor.reset(i)
@@ -192,6 +194,8 @@ def rollout_task(
                     executors[i].add_chunk(actor.chunk(i, o, gen, guide), steps[i])
                     latencies.append((time.perf_counter() - t0) * 1000)
                 actions[i] = executors[i].action(steps[i])
+                if cfg.record_actions:
+                    executed[i].append(actions[i].tolist())
                 if video_dir is not None and seeds[i] < cfg.seed + cfg.videos:
                     frames[i].append(np.concatenate([obs["images"][c][i] for c in obs["images"]], axis=1))
             obs, _, terminated, truncated, info = vec.step(actions)
@@ -209,7 +213,9 @@ def rollout_task(
                             "length": steps[i],
                             "instruction": swapped[i] if swapped else None,
                         }
+                        | ({"actions": executed[i]} if cfg.record_actions else {})
                     )
+                    executed[i] = []
                     bar.update(1)
                     bar.set_postfix(success=f"{sum(r['success'] for r in results) / len(results):.0%}")
                     if frames[i] and video_dir is not None:

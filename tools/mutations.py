@@ -1,0 +1,127 @@
+"""Break the code on purpose, once per claim, and check that the test named for that claim fails.
+
+Each mutation replaces one exact snippet of a source file, runs the tests that guard it, and restores the
+file (also on Ctrl-C). A mutation whose tests still pass is a test that cannot see what its name says.
+
+    python tools/mutations.py            # every mutation; prints a markdown table, exits 1 if one survives
+    python tools/mutations.py cache seed  # only those (by id)
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mutation:
+    id: str
+    what: str  # the deliberate breakage, in words
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+MUTATIONS = [
+    Mutation(
+        "cache",
+        "the flow head samples with a corrupted prefix KV cache (keys zeroed)",
+        "vla/models/heads/flow.py",
+        "        cache = cache if cache is not None else self.prefix_cache(prefix)\n",
+        "        cache = cache if cache is not None else self.prefix_cache(prefix)\n"
+        "        cache = [c if c is None else (c[0] * 0, *c[1:]) for c in cache]\n",
+        ("tests/test_models.py::test_cached_prefix_matches_recomputed",),
+    ),
+    Mutation(
+        "weights",
+        "load_policy skips the backbone's weights",
+        "vla/models/checkpoint.py",
+        "        result = policy.load_state_dict(state, strict=False)\n",
+        "        result = policy.load_state_dict(\n"
+        "            {k: v for k, v in state.items() if not k.startswith('backbone.')}, strict=False\n"
+        "        )\n"
+        "        result.missing_keys.clear()\n",
+        ("tests/test_models.py::test_checkpoint_round_trip_is_exact",),
+    ),
+    Mutation(
+        "padding",
+        "the text encoder attends to its batch's padding tokens (attention mask dropped)",
+        "vla/models/backbone.py",
+        "        out = self.model(**enc, output_hidden_states=self.layer != -1)\n",
+        "        out = self.model(input_ids=enc['input_ids'], output_hidden_states=self.layer != -1)\n",
+        ("tests/test_serve_protocol.py::test_batched_prediction_with_per_sample_generators_matches_single",),
+    ),
+    Mutation(
+        "episode-seed",
+        "eval seeds chunk noise by env slot, not episode seed (results would depend on num_envs)",
+        "vla/eval/evaluate.py",
+        "                    gen = _generator(seeds[i], steps[i])\n",
+        "                    gen = _generator(i, steps[i])\n",
+        ("tests/test_eval.py::test_random_tiny_policy_end_to_end_and_repeatable",),
+    ),
+    Mutation(
+        "swap",
+        "instruction_swap records the swapped instruction but gives the policy the original",
+        "vla/eval/evaluate.py",
+        '                        o["instruction"] = swapped[i]\n',
+        "                        pass\n",
+        ("tests/test_eval.py::test_instruction_swap_gives_another_target_and_judges_the_original",),
+    ),
+    Mutation(
+        "rtc-guide",
+        "eval's RTC executor's guide never reaches the policy",
+        "vla/eval/evaluate.py",
+        "            guide=None if g is None else g[None],\n",
+        "            guide=None,\n",
+        ("tests/test_eval.py::test_rtc_eval_guides_each_new_chunk_with_the_old_plan",),
+    ),
+]
+
+
+def run(mutation: Mutation) -> tuple[bool, float, str]:
+    """Apply, test, restore. Returns (caught, seconds, the first failing test)."""
+    path = ROOT / mutation.path
+    source = path.read_text()
+    if source.count(mutation.old) != 1:
+        raise SystemExit(f"{mutation.id}: the snippet to replace occurs {source.count(mutation.old)} times")
+    t0 = time.perf_counter()
+    try:
+        path.write_text(source.replace(mutation.old, mutation.new))
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutation.tests],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        path.write_text(source)
+    failed = next((line.split()[1] for line in proc.stdout.splitlines() if line.startswith("FAILED ")), "")
+    return proc.returncode == 1 and bool(failed), time.perf_counter() - t0, failed
+
+
+def main(ids: list[str]) -> int:
+    chosen = [m for m in MUTATIONS if not ids or m.id in ids]
+    print("| mutation | what was broken | failing test | caught |\n| --- | --- | --- | --- |")
+    survivors = []
+    for mutation in chosen:
+        caught, seconds, failed = run(mutation)
+        print(
+            f"| {mutation.id} | {mutation.what} | `{failed or mutation.tests[0]}` | "
+            f"{'yes' if caught else '**NO**'} ({seconds:.0f} s) |",
+            flush=True,
+        )
+        if not caught:
+            survivors.append(mutation.id)
+    if survivors:
+        print(f"survived (tests that cannot see the breakage): {survivors}", file=sys.stderr)
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
