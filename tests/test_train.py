@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from envs.collect import CollectConfig, collect
 from vla.config import ConfigError, compose, to_object
@@ -63,9 +64,102 @@ def test_few_steps_give_a_loadable_checkpoint(dataset, tmp_path):
         "instruction": "push the red block onto the blue pad",
     }
     assert policy.predict_chunk(obs).shape == (1, 8, 2)
-    # the resolved config in the run dir is a TrainConfig
-    saved = to_object(compose("train", []), TrainConfig)
-    assert type(saved) is TrainConfig
+    # the run directory's resolved config reads back as the TrainConfig that trained it
+    saved = to_object(OmegaConf.load(tmp_path / "run" / "config.yaml"), TrainConfig)
+    expected = config(*overrides(dataset, tmp_path / "run", "trainer.steps=6", "trainer.checkpoint_every=3"))
+    assert type(saved) is TrainConfig and saved == expected and saved.trainer.steps == 6
+
+
+def tensors(path) -> dict:
+    import safetensors.torch
+
+    return safetensors.torch.load_file(str(path / "model.safetensors"))
+
+
+def assert_same_tensors(a: dict, b: dict, what: str, atol: float = 0.0) -> None:
+    import torch
+
+    assert a.keys() == b.keys(), what
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=atol, msg=f"{what}: {name}")
+
+
+def test_checkpoints_export_ema_weights_keep_the_best_and_prune(dataset, tmp_path):
+    """Checkpoints hold the EMA weights (not the raw ones the trainer state keeps), ``best/`` the EMA
+    weights of the lowest validation loss, and only the last ``keep_last`` step directories stay."""
+    import torch
+
+    def run(name, *extra):
+        train(
+            config(
+                *overrides(
+                    dataset,
+                    tmp_path / name,
+                    "trainer.steps=8",
+                    "trainer.checkpoint_every=2",
+                    "trainer.val_every=2",
+                    "trainer.ema_decay=0.9",
+                    "trainer.lr=3e-3",
+                    *extra,
+                )
+            ),
+            progress=False,
+        )
+        return tmp_path / name / "checkpoints"
+
+    every = run("all", "trainer.keep_last=0")
+    assert sorted(p.name for p in every.iterdir()) == ["best"] + [f"step_{s:06d}" for s in (2, 4, 6, 8)]
+    state = torch.load(every / "step_000008" / "trainer_state.pt", weights_only=True)
+    exported = tensors(every / "step_000008")
+    trained = [n for n, p in load_policy(every / "step_000008").named_parameters() if p.requires_grad]
+    shadow = dict(zip(trained, state["ema"]["shadow_params"], strict=True))
+    assert_same_tensors({n: exported[n] for n in trained}, shadow, "exported vs EMA")
+    assert any((state["model"][n] - shadow[n]).abs().max() > 1e-4 for n in trained)  # EMA is not raw
+    rows = [json.loads(line) for line in (every.parent / "metrics.jsonl").read_text().splitlines()]
+    val = {r["step"]: r["val_loss"] for r in rows if "val_loss" in r}
+    assert sorted(val) == [2, 4, 6, 8]
+    best_step = min(val, key=val.get)
+    assert_same_tensors(tensors(every / "best"), tensors(every / f"step_{best_step:06d}"), "best/")
+
+    kept = run("kept", "trainer.keep_last=2")
+    assert sorted(p.name for p in kept.iterdir()) == ["best", "step_000006", "step_000008"]
+    for name in ("best", "step_000008"):  # pruning changes which directories stay, not what they hold
+        assert_same_tensors(tensors(kept / name), tensors(every / name), name)
+
+
+def test_grad_accum_takes_micro_batches_and_grad_clip_bounds_the_step(dataset, tmp_path, monkeypatch):
+    import torch
+    from accelerate import Accelerator
+
+    from vla.models import Policy
+
+    calls, norms = [], []
+    compute_loss, clip = Policy.compute_loss, Accelerator.clip_grad_norm_
+
+    def counting(self, batch, noise=None):
+        if self.training:
+            calls.append(len(batch["action"]))
+        return compute_loss(self, batch, noise)
+
+    def clipping(self, parameters, max_norm, *args, **kwargs):
+        parameters = [p for p in parameters if p.grad is not None]
+        before = clip(self, parameters, max_norm, *args, **kwargs)
+        after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters]))
+        norms.append((float(before), float(after), max_norm))
+        return before
+
+    monkeypatch.setattr(Policy, "compute_loss", counting)
+    monkeypatch.setattr(Accelerator, "clip_grad_norm_", clipping)
+    args = ["trainer.steps=3", "trainer.checkpoint_every=3", "trainer.batch_size=4"]
+    train(
+        config(*overrides(dataset, tmp_path / "a", *args, "trainer.grad_accum=2", "trainer.grad_clip=0.01")),
+        progress=False,
+    )
+    assert calls == [4] * 6  # 3 steps of 2 micro-batches of 4
+    assert len(norms) == 3 and all(b > 0.01 and a <= 0.01 * 1.001 and m == 0.01 for b, a, m in norms), norms
+    calls.clear(), norms.clear()
+    train(config(*overrides(dataset, tmp_path / "b", *args, "trainer.grad_clip=0")), progress=False)
+    assert calls == [4] * 3 and norms == []  # no accumulation, no clipping
 
 
 def test_periodic_evaluation_logs_success(dataset, tmp_path):
@@ -111,6 +205,10 @@ def test_loss_decreases(dataset, tmp_path):
 
 
 def test_sigkill_then_resume_reproduces_the_uninterrupted_run(dataset, tmp_path):
+    """Losses, exported EMA weights, ``best/``, the kept checkpoints and their trainer state: all those of the
+    run that was never killed."""
+    import torch
+
     args = overrides(
         dataset, tmp_path / "full", "head=flow", "trainer.steps=30", "trainer.checkpoint_every=6"
     )
@@ -143,6 +241,26 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(dataset, tmp_path)
     np.testing.assert_allclose(
         [resumed[s] for s in range(1, 31)], [reference[s] for s in range(1, 31)], rtol=1e-5
     )
+    full_dir, killed_dir = tmp_path / "full" / "checkpoints", killed / "checkpoints"
+    names = sorted(p.name for p in full_dir.iterdir())
+    assert names == ["best", "step_000018", "step_000024", "step_000030"]  # keep_last=3, and best/
+    assert sorted(p.name for p in killed_dir.iterdir()) == names
+    for name in names:
+        a, b = full_dir / name, killed_dir / name
+        assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir()), name
+        assert_same_tensors(tensors(a), tensors(b), f"{name} exported (EMA) weights", atol=1e-5)
+        for file in ("config.yaml", "meta.json", "norm_stats.json"):
+            assert (a / file).read_text() == (b / file).read_text(), f"{name}/{file}"
+    state_a, state_b = (
+        torch.load(d / "step_000030" / "trainer_state.pt", weights_only=True) for d in (full_dir, killed_dir)
+    )
+    assert state_a["step"] == state_b["step"] == 30 and state_a["best_val"] == pytest.approx(
+        state_b["best_val"], rel=1e-5
+    )
+    assert state_a["ema"]["optimization_step"] == state_b["ema"]["optimization_step"] == 30
+    for x, y in zip(state_a["ema"]["shadow_params"], state_b["ema"]["shadow_params"], strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-5)
+    assert_same_tensors(state_a["model"], state_b["model"], "raw weights", atol=1e-5)
 
 
 def test_prefilled_feature_memo_trains_like_the_uncached_run(dataset, tmp_path, monkeypatch):

@@ -81,6 +81,54 @@ MUTATIONS = [
         "            guide=None,\n",
         ("tests/test_eval.py::test_rtc_eval_guides_each_new_chunk_with_the_old_plan",),
     ),
+    Mutation(
+        "ema-resume",
+        "resume restores the raw weights, optimizer and RNG but not the EMA",
+        "vla/train/checkpointing.py",
+        '        ema.load_state_dict(state["ema"])\n',
+        "        pass\n",
+        ("tests/test_train.py::test_sigkill_then_resume_reproduces_the_uninterrupted_run",),
+    ),
+    Mutation(
+        "ema-export",
+        "checkpoints export the raw weights instead of the EMA weights",
+        "vla/train/checkpointing.py",
+        "    with ema_weights(policy, ema):\n",
+        "    with ema_weights(policy, None):\n",
+        ("tests/test_train.py::test_checkpoints_export_ema_weights_keep_the_best_and_prune",),
+    ),
+    Mutation(
+        "keep-last",
+        "pruning keeps one step directory too many",
+        "vla/train/checkpointing.py",
+        "    for old in steps[:-keep_last] if keep_last > 0 else []:\n",
+        "    for old in steps[: -keep_last - 1] if keep_last > 0 else []:\n",
+        ("tests/test_train.py::test_checkpoints_export_ema_weights_keep_the_best_and_prune",),
+    ),
+    Mutation(
+        "grad-accum",
+        "grad_accum is ignored (one micro-batch per step)",
+        "vla/train/loop.py",
+        "        for micro in range(t.grad_accum):\n",
+        "        for micro in range(1):\n",
+        ("tests/test_train.py::test_grad_accum_takes_micro_batches_and_grad_clip_bounds_the_step",),
+    ),
+    Mutation(
+        "grad-clip",
+        "grad_clip is ignored",
+        "vla/train/loop.py",
+        "        if t.grad_clip > 0:\n",
+        "        if False:\n",
+        ("tests/test_train.py::test_grad_accum_takes_micro_batches_and_grad_clip_bounds_the_step",),
+    ),
+    Mutation(
+        "saved-config",
+        "the run directory's config.yaml is the default config, not the run's",
+        "vla/train/loop.py",
+        '        (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))\n',
+        '        (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(type(cfg)())))\n',
+        ("tests/test_train.py::test_few_steps_give_a_loadable_checkpoint",),
+    ),
 ]
 
 
@@ -94,7 +142,7 @@ def run(mutation: Mutation) -> tuple[bool, float, str]:
     try:
         path.write_text(source.replace(mutation.old, mutation.new))
         proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutation.tests],
+            [sys.executable, "-m", "pytest", "-q", "-x", "-rf", "-p", "no:cacheprovider", *mutation.tests],
             cwd=ROOT,
             capture_output=True,
             text=True,
