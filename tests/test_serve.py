@@ -244,7 +244,7 @@ def _fuzz_cases(rng) -> list:
     cases += [f"text frame {i}" for i in range(10)]
     for i in range(72):
         obs = observation(i)
-        kind = i % 12
+        kind, draw = i % 12, i // 12  # every kind 6 times, each time the next of its variants
         if kind == 0:
             # oversized
             obs["images"]["top"] = rng.integers(0, 255, (int(rng.integers(65, 300)), 64, 3), dtype=np.uint8)
@@ -253,17 +253,18 @@ def _fuzz_cases(rng) -> list:
         elif kind == 2:
             obs["images"]["top"] = obs["images"]["top"].astype(np.float32)
         elif kind == 3:
-            obs["state"] = np.full(4, [np.nan, np.inf, -np.inf][i % 3], np.float32)
+            obs["state"] = np.full(4, [np.nan, np.inf, -np.inf][draw % 3], np.float32)
         elif kind == 4:
             obs["state"] = np.zeros(int(rng.integers(5, 50)), np.float32)
         elif kind == 5:
-            del obs[["images", "state", "instruction"][i % 3]]
+            del obs[["images", "state", "instruction"][draw % 3]]
         elif kind == 6:
-            obs["instruction"] = [None, 5, ["a"], {"x": 1}][i % 4]
+            obs["instruction"] = [None, 5, ["a"], {"x": 1}, 3.5, "x" * 5000][draw]
         elif kind == 7:
-            obs["seed"] = [-5, "x", 2**70, 1.5][i % 4]
+            # msgpack's widest ints (2**70 cannot be framed at all); True is an int to Python, not a seed
+            obs["seed"] = [-5, "x", 2**64 - 1, 1.5, True, -(2**63)][draw]
         elif kind == 8:
-            obs["rtc"] = [{"offset": -1, "delay": 0}, "rtc", {"offset": 0, "delay": 100}][i % 3]
+            obs["rtc"] = [{"offset": -1, "delay": 0}, "rtc", {"offset": 0, "delay": 100}][draw % 3]
         elif kind == 9:
             obs[f"unexpected_{i}"] = 1
         elif kind == 10:
@@ -301,6 +302,26 @@ def _fuzz_cases(rng) -> list:
         msgpack.packb({"images": msgpack.ExtType(7, b"\x00" * 1000)}),
     ]
     return cases
+
+
+def test_fuzz_cases_draw_every_variant():
+    """Each malformed kind cycles through its variants (not one fixed element per kind)."""
+    decoded = []
+    for case in _fuzz_cases(np.random.default_rng(0)):
+        try:
+            decoded.append(unpackb(case))
+        except Exception:  # noqa: BLE001 - garbage and bombs: not what this test counts
+            continue
+    maps = [d for d in decoded if isinstance(d, dict)]
+    seeds = {repr(d["seed"]) for d in maps if "seed" in d}
+    assert {"-5", "'x'", str(2**64 - 1), "1.5", "True", str(-(2**63))} <= seeds, seeds
+    states = [d["state"] for d in maps if isinstance(d.get("state"), np.ndarray) and d["state"].shape == (4,)]
+    assert {"nan", "inf", "-inf"} <= {str(x[0]) for x in states}
+    assert {k for k in ("images", "state", "instruction") if any(k not in d for d in maps)} == {
+        "images",
+        "state",
+        "instruction",
+    }
 
 
 def test_fuzzed_requests_get_errors_while_another_client_is_served(server, policy):
@@ -403,7 +424,13 @@ def test_batching_serves_8_concurrent_clients_correctly(server, policy):
     sizes = [reply.server_timing["batch_size"] for reply in results.values()]
     assert max(sizes) > 1, sizes  # requests that arrived together shared a forward pass
     after = server.http("/metrics", KEY)[1]
-    assert "vla_batch_size_bucket" in after and after != before
+
+    def sample(text: str, name: str) -> float:
+        return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+
+    # the histogram counts every request once, in fewer forward passes than requests
+    assert sample(after, "vla_batch_size_sum") - sample(before, "vla_batch_size_sum") == rounds * n
+    assert 0 < sample(after, "vla_batch_size_count") - sample(before, "vla_batch_size_count") < rounds * n
 
 
 def test_rtc_continues_the_connection_previous_chunk(server):

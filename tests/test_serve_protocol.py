@@ -281,3 +281,32 @@ def test_error_messages_quote_a_bounded_excerpt_of_what_was_sent():
         assert len(str(error.value)) < 400, str(error.value)[:100]
     reply = error_text("bad_request", "x" * 10_000_000)
     assert len(reply) < MAX_ERROR_CHARS + 100  # whatever a check quotes, the reply stays small
+
+
+def test_a_failed_batch_is_rerun_request_by_request():
+    """One request that makes the forward pass raise fails alone; its batch mates get their own results."""
+    import asyncio
+
+    from vla.serve.batcher import MicroBatcher
+
+    calls = []
+
+    def run_batch(items):
+        calls.append(list(items))
+        if "bad" in items:
+            raise ValueError("this request breaks the model")
+        return [item.upper() for item in items]
+
+    async def main():
+        batcher = MicroBatcher(run_batch, max_batch=8, max_wait_s=1.0, expected=lambda: 3)
+        batcher.start()
+        try:
+            jobs = asyncio.gather(*(batcher.submit(x) for x in ("a", "bad", "c")), return_exceptions=True)
+            return await asyncio.wait_for(jobs, 30)
+        finally:
+            await batcher.stop()
+
+    (a, a_info), bad, (c, c_info) = asyncio.run(main())
+    assert (a, c) == ("A", "C") and a_info.size == c_info.size == 3
+    assert isinstance(bad, ValueError) and "breaks the model" in str(bad)
+    assert calls == [["a", "bad", "c"], ["a"], ["bad"], ["c"]]  # one batch, then each request alone

@@ -129,6 +129,30 @@ MUTATIONS = [
         '        (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(type(cfg)())))\n',
         ("tests/test_train.py::test_few_steps_give_a_loadable_checkpoint",),
     ),
+    Mutation(
+        "batch-images",
+        "batch mates' images are stacked in reverse order (a mix-up between requests)",
+        "vla/data/observation.py",
+        "for o in observations]) for c in cameras},\n",
+        "for o in observations[::-1]]) for c in cameras},\n",
+        ("tests/test_serve.py::test_batching_serves_8_concurrent_clients_correctly",),
+    ),
+    Mutation(
+        "padding-served",
+        "the text encoder attends to its batch's padding tokens, seen through the server's batches",
+        "vla/models/backbone.py",
+        "        out = self.model(**enc, output_hidden_states=self.layer != -1)\n",
+        "        out = self.model(input_ids=enc['input_ids'], output_hidden_states=self.layer != -1)\n",
+        ("tests/test_serve.py::test_batching_serves_8_concurrent_clients_correctly",),
+    ),
+    Mutation(
+        "batch-rerun",
+        "a failed batch fails every request in it",
+        "vla/serve/batcher.py",
+        "            except Exception:\n",
+        "            except ZeroDivisionError:\n",
+        ("tests/test_serve_protocol.py::test_a_failed_batch_is_rerun_request_by_request",),
+    ),
 ]
 
 
@@ -146,7 +170,10 @@ def run(mutation: Mutation) -> tuple[bool, float, str]:
             cwd=ROOT,
             capture_output=True,
             text=True,
+            timeout=900,
         )
+    except subprocess.TimeoutExpired:
+        return False, time.perf_counter() - t0, "(timed out)"
     finally:
         path.write_text(source)
     failed = next((line.split()[1] for line in proc.stdout.splitlines() if line.startswith("FAILED ")), "")
