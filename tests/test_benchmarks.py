@@ -183,8 +183,21 @@ def test_push_oracle_regresses_the_expert_and_rolls_it_out():
         for n in (0.0, 0.05)
         for e, kind in ((1, "none"), (8, "none"), (1, "per_step"), (1, "per_episode"))
     ]
-    assert all(r["final_loss"] > 0 and r["success_rate"] in (0.0, 0.5, 1.0) for r in rows)
+    assert all(r["final_loss"] > 0 and 0 <= r["success_rate"] <= 1 for r in rows)
     assert rows[0]["final_loss"] != rows[4]["final_loss"]  # the jittered inputs change the fit
+
+
+def test_push_oracle_counts_no_success_for_a_regressor_that_never_moves(monkeypatch):
+    """The success column can read 0: a regressor whose chunks are all zeros pushes nothing."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import push_oracle
+
+    cfg = push_oracle.BenchConfig(episodes=2)
+    still = torch.nn.Linear(8, cfg.horizon * 2)
+    torch.nn.init.zeros_(still.weight), torch.nn.init.zeros_(still.bias)
+    assert push_oracle.rollout_success(still, cfg, execute=8) == 0.0
 
 
 @pytest.mark.slow

@@ -52,9 +52,18 @@ def test_config_errors_and_cfg_printing(capsys, monkeypatch):
     assert "nonsense" in capsys.readouterr().err
     monkeypatch.setenv("VLA_API_KEY", "from-env")
     assert main(["serve", "--cfg", "port=9000"]) == 0
-    cfg = yaml.safe_load(capsys.readouterr().out)
+    printed = capsys.readouterr().out
+    cfg = yaml.safe_load(printed)
     assert cfg["port"] == 9000 and cfg["host"] == "127.0.0.1"
+    assert "from-env" not in printed  # --cfg shows where the key comes from, never the key
+    from vla.serve import ServeConfig
+
+    assert to_object(compose("serve", ["checkpoint=x"]), ServeConfig).api_key == "from-env"
+    assert to_object(compose("serve", ["checkpoint=x", "api_key=given"]), ServeConfig).api_key == "given"
+    monkeypatch.setenv("VLA_API_KEY", "")
+    assert to_object(compose("serve", ["checkpoint=x"]), ServeConfig).api_key is None  # empty: no key
     monkeypatch.delenv("VLA_API_KEY")
+    assert to_object(compose("serve", ["checkpoint=x"]), ServeConfig).api_key is None
     assert main(["train", "--cfg", "data.horizon=4", "out=runs/x", "policy=small"]) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["data"]["horizon"] == 4 and cfg["out"] == "runs/x" and cfg["policy"]["name"] == "small"

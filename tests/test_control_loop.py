@@ -33,10 +33,11 @@ def test_loop_follows_the_served_policy_at_a_fixed_rate(server, random_checkpoin
         loop.close()
     assert episode.steps == 30 and not episode.errors
     assert episode.held_steps <= 2  # only a badly delayed reply on a loaded machine makes the robot wait
-    # a tick never waits for the server's reply (round trip plus inference); its own work is a small
-    # fraction of a period, bounded at two periods so that a scheduler hiccup on a loaded CI box passes
-    assert episode.requests >= 30 // 4 and episode.max_tick_ms < 2e3 / RATE
-    assert 30 / RATE * 0.9 < episode.wall_s < 30 / RATE * 1.6  # a fixed rate, not as fast as possible
+    # a tick never waits for the server's reply (round trip plus inference): its own work is a small
+    # fraction of a period. The median, as a share of the period: a scheduler hiccup on a loaded box moves
+    # one tick, not the median (tick timings as figures: benchmarks/serve_latency.py)
+    assert episode.requests >= 30 // 4 and np.median(episode.tick_ms) < 0.25 * 1e3 / RATE
+    assert episode.wall_s >= 30 / RATE * 0.95  # a fixed rate, not as fast as possible (late ticks only add)
     # the first chunk is the policy's answer to the reset observation with the loop's request seed
     robot.reset(3)
     chunk = load_policy(random_checkpoint).predict_chunk(
@@ -74,9 +75,11 @@ def test_loop_holds_safely_when_the_server_is_killed(server):
     held = np.asarray(episode.actions[first_hold:])
     np.testing.assert_array_equal(held, np.zeros_like(held))  # planar velocity: hold = zero motion
     # holding never blocks a tick: a tick that waited on the dead server (retry every 0.2 s, timeout
-    # 0.5 s) would take at least 200 ms and put the loop a period behind on every failed request; a
-    # loaded CI box's scheduler alone has stretched a tick past one period (55 ms), not to 150
-    assert episode.max_tick_ms < 150 and episode.late_ticks <= 3
+    # 0.5 s) would take at least 200 ms on every failed request; one such tick is a scheduler hiccup
+    errors = sum(episode.errors.values())
+    blocked = sum(t >= 200 for t in episode.tick_ms)
+    assert blocked <= 1 < errors, (blocked, errors)
+    assert np.median(episode.tick_ms) < 0.25 * 1e3 / RATE
     robot.close()
 
 
@@ -120,10 +123,20 @@ def test_loop_reconnects_when_the_server_comes_back(random_checkpoint):
     loop = ControlLoop(robot, client, rate_hz=RATE, execute_steps=4)
     servers = [first]
 
+    failures = []
+
     def restart():
+        # the same port on purpose: the robot reconnects to the URL it knows. asyncio binds with SO_REUSEADDR
+        # (no TIME_WAIT wait); should another process take the port in the gap, retry, then say so
         time.sleep(1.0)
         first.kill()
-        servers.append(ServerProcess(random_checkpoint, port=port, timeout_s=60))
+        for _ in range(3):
+            try:
+                servers.append(ServerProcess(random_checkpoint, port=port, timeout_s=60))
+                return
+            except RuntimeError as e:
+                failures.append(str(e)[-300:])
+                time.sleep(0.5)
 
     restarter = threading.Thread(target=restart)
     restarter.start()
@@ -133,6 +146,7 @@ def test_loop_reconnects_when_the_server_comes_back(random_checkpoint):
     for srv in servers:
         if srv.alive():
             srv.kill()
+    assert len(servers) == 2, f"the server could not restart on port {port}: {failures}"
     sources = episode.sources
     first_hold = sources.index("hold")
     assert "policy" in sources[first_hold:], "the loop never resumed after the server came back"

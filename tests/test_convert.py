@@ -59,6 +59,15 @@ def make_robomimic(path, lengths=(5, 3, 6), names=("demo_0", "demo_1", "demo_10"
     return demos
 
 
+def assert_stats_match_the_data(store) -> None:
+    stats = store.stats()
+    for key in ("state", "action"):
+        values = store.load(key).astype(np.float64)
+        np.testing.assert_allclose(stats[key]["mean"], values.mean(0), rtol=1e-5, atol=1e-6, err_msg=key)
+        np.testing.assert_allclose(stats[key]["min"], values.min(0), rtol=1e-6, err_msg=key)
+        np.testing.assert_allclose(stats[key]["max"], values.max(0), rtol=1e-6, err_msg=key)
+
+
 def test_robomimic_round_trip(tmp_path):
     src, dst = tmp_path / "lift.hdf5", tmp_path / "lift.zarr"
     demos = make_robomimic(src)
@@ -80,7 +89,7 @@ def test_robomimic_round_trip(tmp_path):
         np.testing.assert_array_equal(ep["state"], expected_state)
         np.testing.assert_array_equal(ep["action"], actions)
         assert ep["instruction"] == "lift the red cube" and ep["task"] == "Lift"
-    assert store.stats() is not None  # computed at the end
+    assert_stats_match_the_data(store)  # computed at the end, over every frame
     assert not list(tmp_path.glob(".*converting*"))
 
 
@@ -239,7 +248,8 @@ def test_merge_keeps_every_episode_and_names_the_suite(tmp_path, capsys):
     src = TrajectoryStore(b).episode(0)
     np.testing.assert_array_equal(merged.episode(2)["images"]["front"], src["images"]["front"])
     np.testing.assert_array_equal(merged.episode(2)["action"], src["action"])
-    assert merged.episode(2)["instruction"] == src["instruction"] and merged.stats() is not None
+    assert merged.episode(2)["instruction"] == src["instruction"]
+    assert_stats_match_the_data(merged)
     assert (
         merged_env(["metaworld/reach-v3", "robosuite/Lift"]) is None and merged_env(["x/y", "x/y"]) == "x/y"
     )

@@ -50,8 +50,21 @@ def expected(policy, obs: dict, seed: int) -> np.ndarray:
     return policy.predict_chunk(obs, generator=[torch.Generator().manual_seed(seed)])[0]
 
 
+def close_openpi(client: WebsocketClientPolicy) -> None:
+    """openpi-client 0.1.2 has no close(): an idle open connection counts as a client the batcher waits for
+    (max_wait_ms on every later batch), so close its socket."""
+    client._ws.close()
+
+
 def test_openpi_client_gets_correct_actions(server, policy):
     client = WebsocketClientPolicy(server.host, server.port, api_key=KEY)
+    try:
+        check_openpi_client(client, policy)
+    finally:
+        close_openpi(client)
+
+
+def check_openpi_client(client, policy):
     meta = client.get_server_metadata()
     assert meta["cameras"] == ["top"] and meta["image_size"] == [64, 64] and meta["action_dim"] == 2
     assert meta["action_horizon"] == 8 and meta["state_dim"] == 4 and meta["fps"] == 10.0

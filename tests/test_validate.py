@@ -14,7 +14,9 @@ def corrupt(path, fn):
 
 
 def only_error(report):
-    assert not report.ok
+    """The one error a single corruption must cause (more would mean one fault is reported twice, or the
+    check also fires on what is intact)."""
+    assert not report.ok and len(report.errors) == 1, [e.message for e in report.errors]
     return report.errors[0]
 
 
@@ -112,6 +114,25 @@ def test_warnings_blank_frames_bounds_empty_instruction(tmp_path):
     assert validate(path, check_images=False).warnings and "data/images/wrist" not in {
         f.where for f in validate(path, check_images=False).warnings
     }
+
+
+def test_validate_cli_json_and_no_images(tmp_path, capsys):
+    import json
+
+    path = tmp_path / "w.zarr"
+    write_dataset(path, lengths=(4, 4))
+    corrupt(path, lambda g: g["data/images/wrist"].__setitem__(5, 0))
+    assert main(["data", "validate", str(path), "--json"]) == 0  # a warning is not a failure
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and (report["episodes"], report["frames"]) == (2, 8)
+    blank = [f for f in report["findings"] if f["where"] == "data/images/wrist"]
+    assert len(blank) == 1 and blank[0]["index"] == 5 and blank[0]["severity"] == "warning"
+    assert main(["data", "validate", str(path), "--json", "--no-images"]) == 0
+    assert json.loads(capsys.readouterr().out)["findings"] == []  # the blank-frame scan was skipped
+    corrupt(path, lambda g: g["data/action"].__setitem__((3, 0), np.inf))
+    assert main(["data", "validate", str(path), "--json", "--no-images"]) == 1
+    (error,) = json.loads(capsys.readouterr().out)["findings"]
+    assert error["severity"] == "error" and error["where"] == "data/action" and error["index"] == 3
 
 
 def test_stale_and_broken_stats(dataset):

@@ -40,6 +40,7 @@ class EpisodeLog:
     round_trip_ms: list[float] = field(default_factory=list)
     late_ticks: int = 0  # ticks that started more than a period late (the loop never catches up by bursting)
     max_tick_ms: float = 0.0  # the longest tick's own work (observe + act + bookkeeping)
+    tick_ms: list[float] = field(default_factory=list)  # every tick's own work, in ms
     lead_steps: int = 0
     actions: list[list[float]] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)  # per step: "policy" or "hold"
@@ -47,8 +48,14 @@ class EpisodeLog:
 
     def summary(self) -> dict[str, Any]:
         rt = np.asarray(self.round_trip_ms) if self.round_trip_ms else np.zeros(1)
-        out = {k: v for k, v in asdict(self).items() if k not in ("actions", "sources", "round_trip_ms")}
+        ticks = np.asarray(self.tick_ms) if self.tick_ms else np.zeros(1)
+        out = {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("actions", "sources", "round_trip_ms", "tick_ms")
+        }
         out.update(round_trip_ms_median=float(np.median(rt)), round_trip_ms_p95=float(np.percentile(rt, 95)))
+        out.update(tick_ms_median=float(np.median(ticks)), tick_ms_p95=float(np.percentile(ticks, 95)))
         return out
 
 
@@ -186,7 +193,8 @@ class ControlLoop:
             episode.actions.append(action.tolist())
             episode.sources.append(source)
             k += 1
-            episode.max_tick_ms = max(episode.max_tick_ms, (time.perf_counter() - tick) * 1e3)
+            episode.tick_ms.append((time.perf_counter() - tick) * 1e3)
+            episode.max_tick_ms = max(episode.max_tick_ms, episode.tick_ms[-1])
             if self.robot.done:
                 break
             next_tick = start + k * self.period
