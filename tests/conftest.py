@@ -73,18 +73,20 @@ def write_dataset(
 
 
 def wake(policy, seed: int = 0, std: float = 0.5):
-    """Give the head's zero-initialized layers (AdaLN-Zero gates, FiLM) random values, in place.
+    """Give the policy's own zero-initialized weights (AdaLN-Zero gates, FiLM, camera embeddings) random
+    values, in place; the encoders' weights (their biases start at zero too) are left alone.
 
     Freshly built, every head block is the identity and an untrained policy's actions ignore its images and
-    instruction: a test on such a policy cannot see a broken prefix cache, a skipped weight load or a batch
-    mate's padding. Woken, the actions depend on every input (``test_woken_policy_depends_on_every_input``).
-    """
+    instruction: a test on such a policy cannot see a broken prefix cache, a skipped weight load, a batch
+    mate's padding or two swapped cameras. Woken, the actions depend on every input
+    (``test_woken_policy_depends_on_every_input_and_only_its_own``)."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in policy.named_parameters():
-            if name.startswith(("head.", "grounding.")) and not p.any():
+            encoder = name.startswith(("backbone.vision.", "backbone.text.", "backbone.model."))
+            if not encoder and not p.any():
                 p.copy_(torch.randn(p.shape, generator=generator) * std)
     return policy
 

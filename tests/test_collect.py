@@ -34,6 +34,34 @@ def test_collect_builtin(tmp_path):
     assert video.shape[0] == store.episode_lengths[0] and video.shape[2] >= 2 * 64
 
 
+def test_noise_std_executes_noisy_actions_and_records_the_clean_ones(tmp_path, monkeypatch):
+    import envs.experts
+
+    labels, executed = [], []
+    add_noise = envs.experts.add_noise
+
+    def recording(label, std, rng, low, high):
+        noisy = add_noise(label, std, rng, low, high)
+        labels.append(np.array(label)), executed.append(np.array(noisy))
+        return noisy
+
+    monkeypatch.setattr(envs.experts, "add_noise", recording)
+    noisy, clean = str(tmp_path / "noisy.zarr"), str(tmp_path / "clean.zarr")
+    collect(
+        CollectConfig(episodes=2, out=noisy, videos=0, noise_std=0.2, keep="all", image_size=16),
+        progress=False,
+    )
+    store = TrajectoryStore(noisy)
+    np.testing.assert_array_equal(store.load("action"), np.stack(labels))  # the expert's labels
+    moved = np.abs(np.stack(executed) - np.stack(labels)).max(1)
+    assert (moved > 1e-3).mean() > 0.9  # ...while nearly every executed action was perturbed
+    collect(CollectConfig(episodes=2, out=clean, videos=0, keep="all", image_size=16), progress=False)
+    first = store.episode(0)["state"]
+    again = TrajectoryStore(clean).episode(0)["state"]
+    n = min(len(first), len(again))
+    assert np.abs(first[:n] - again[:n]).max() > 1e-3  # the noise was executed: other states, same seed
+
+
 def test_workers_give_the_same_dataset(tmp_path):
     a, b = str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")
     collect(CollectConfig(episodes=6, out=a, videos=0), progress=False)

@@ -471,6 +471,67 @@ def test_client_timeout_never_returns_a_stale_chunk(server, policy):
         assert client.connected
 
 
+def test_keymap_openpi_libero_serves_openpis_libero_client_keys(tmp_path):
+    """configs/keymap/openpi_libero.yaml, as docs/serving.md documents it: openpi's LIBERO example keys
+    against a checkpoint on our robosuite cameras (8-dim LIBERO state, 7-dim action)."""
+    from conftest import make_meta, wake
+
+    from vla.data import ActionSpace, Normalizer
+    from vla.models import Policy, PolicyConfig, save_policy
+
+    meta = make_meta(
+        cameras=["agentview", "robot0_eye_in_hand"],
+        image_size=(32, 32),
+        state_dim=8,
+        action_space=ActionSpace(dim=7, low=[-1.0] * 7, high=[1.0] * 7, kind="osc_pose_delta+gripper"),
+        robot="panda",
+        env="robosuite/Lift",
+    )
+    torch.manual_seed(0)
+    libero = wake(Policy(PolicyConfig(), meta, Normalizer.identity({"state": 8, "action": 7}))).eval()
+    checkpoint = save_policy(libero, tmp_path / "libero")
+    rng = np.random.default_rng(0)
+    obs = {
+        "images": {c: rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for c in meta.cameras},
+        "state": rng.standard_normal(8).astype(np.float32),
+        "instruction": "put the bowl on the plate",
+    }
+    srv = ServerProcess(str(checkpoint), "keymap=openpi_libero", "warmup=false")
+    try:
+        client = WebsocketClientPolicy(srv.host, srv.port)
+        try:
+            assert client.get_server_metadata()["obs_keys"] == {
+                "observation/image": "images.agentview",
+                "observation/wrist_image": "images.robot0_eye_in_hand",
+                "observation/state": "state",
+                "prompt": "instruction",
+            }
+            element = {
+                "observation/image": obs["images"]["agentview"],
+                "observation/wrist_image": obs["images"]["robot0_eye_in_hand"],
+                "observation/state": obs["state"],
+                "prompt": obs["instruction"],
+                "seed": 4,
+            }
+            reply = client.infer(element)
+            np.testing.assert_allclose(reply["actions"], expected(libero, obs, 4), atol=1e-5)
+            # the wrist camera really is the second one: swapping the two images changes the chunk
+            swapped = dict(
+                element,
+                **{
+                    "observation/image": element["observation/wrist_image"],
+                    "observation/wrist_image": element["observation/image"],
+                },
+            )
+            assert np.abs(client.infer(swapped)["actions"] - reply["actions"]).max() > 1e-3
+            with pytest.raises(RuntimeError, match="unknown key 'observation/extra'"):
+                client.infer(dict(element, **{"observation/extra": 1}))
+        finally:
+            close_openpi(client)
+    finally:
+        srv.stop()
+
+
 def test_openpi_style_keys_through_obs_keys_and_graceful_shutdown(random_checkpoint, policy):
     keys = "{observation/image:images.top,observation/state:state,prompt:instruction}"
     srv = ServerProcess(random_checkpoint, f"++obs_keys={keys}", "warmup=false")

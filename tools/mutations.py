@@ -153,6 +153,34 @@ MUTATIONS = [
         "            except ZeroDivisionError:\n",
         ("tests/test_serve_protocol.py::test_a_failed_batch_is_rerun_request_by_request",),
     ),
+    Mutation(
+        "noise-label",
+        "collect records the noisy executed action instead of the expert's clean label",
+        "envs/collect.py",
+        "        recorder.add(obs, label, training_targets() if training_targets else None)\n"
+        "        obs, _, terminated, truncated, info = env.step("
+        'add_noise(label, _WORKER["noise_std"], rng, low, high))\n',
+        '        label = add_noise(label, _WORKER["noise_std"], rng, low, high)\n'
+        "        recorder.add(obs, label, training_targets() if training_targets else None)\n"
+        "        obs, _, terminated, truncated, info = env.step(label)\n",
+        ("tests/test_collect.py::test_noise_std_executes_noisy_actions_and_records_the_clean_ones",),
+    ),
+    Mutation(
+        "partial-files",
+        "reopening a dataset leaves zarr's interrupted-write temp files behind",
+        "vla/data/writer.py",
+        '            for leftover in Path(self.url).rglob("*.partial"):\n',
+        '            for leftover in Path(self.url).rglob("*.never"):\n',
+        ("tests/test_crash_safety.py::test_sigkill_mid_episode_keeps_committed_episodes",),
+    ),
+    Mutation(
+        "libero-keymap",
+        "the openpi_libero keymap feeds the wrist image to the agentview camera and vice versa",
+        "configs/keymap/openpi_libero.yaml",
+        "  observation/image: images.agentview\n  observation/wrist_image: images.robot0_eye_in_hand\n",
+        "  observation/image: images.robot0_eye_in_hand\n  observation/wrist_image: images.agentview\n",
+        ("tests/test_serve.py::test_keymap_openpi_libero_serves_openpis_libero_client_keys",),
+    ),
 ]
 
 
