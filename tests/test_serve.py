@@ -81,6 +81,50 @@ def check_openpi_client(client, policy):
     assert client.infer(dict(observation(0), seed=1))["actions"].shape == (8, 2)
 
 
+def test_healthz_is_503_while_warming_up_and_handshakes_wait(random_checkpoint):
+    """The port opens first; until warm-up ends, /healthz says 503 (a readiness probe waits) and websocket
+    handshakes are refused with 503, then both are served."""
+    import asyncio
+    import urllib.error
+    import urllib.request
+
+    from vla.serve import PolicyServer, ServeConfig
+
+    server = PolicyServer(ServeConfig(checkpoint=random_checkpoint, port=0, warmup=True))
+    gate, warmup = threading.Event(), server.engine.warmup
+    server.engine.warmup = lambda sizes: (gate.wait(60), warmup(sizes))
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(server.run(),))
+    thread.start()
+
+    def healthz() -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    try:
+        deadline = time.monotonic() + 60
+        while server.port is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert healthz() == (503, "not ready: warming up\n")
+        with pytest.raises(InvalidStatus) as info:
+            connect(f"ws://127.0.0.1:{server.port}", open_timeout=10)
+        assert info.value.response.status_code == 503
+        gate.set()
+        while not server.ready and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert healthz() == (200, "ok\n")
+        with RobotClient(f"ws://127.0.0.1:{server.port}", timeout_s=30) as client:
+            assert client.infer(observation(0), seed=1).actions.shape == (8, 2)
+    finally:
+        gate.set()
+        loop.call_soon_threadsafe(server.stop)
+        thread.join(60)
+        loop.close()
+
+
 def test_auth_is_enforced(server):
     for headers in (None, {"Authorization": "Api-Key wrong"}, {"Authorization": f"Bearer {KEY}"}):
         with pytest.raises(InvalidStatus) as info:

@@ -181,6 +181,14 @@ MUTATIONS = [
         "  observation/image: images.robot0_eye_in_hand\n  observation/wrist_image: images.agentview\n",
         ("tests/test_serve.py::test_keymap_openpi_libero_serves_openpis_libero_client_keys",),
     ),
+    Mutation(
+        "ready-early",
+        "the server says it is ready (healthz 200, handshakes accepted) before its warm-up",
+        "vla/serve/server.py",
+        "        self.ready, self.not_ready = False, \"warming up\"",
+        "        self.ready, self.not_ready = True, \"warming up\"",
+        ("tests/test_serve.py::test_healthz_is_503_while_warming_up_and_handshakes_wait",),
+    ),
 ]
 
 

@@ -128,7 +128,7 @@ class PolicyServer:
         self.max_bytes = int(cfg.max_message_mb * 2**20)
         self.connections = 0  # accepted so far (indexes per-connection seeds)
         self.active = 0  # open now (a batch stops waiting once every open connection is in it)
-        self.ready = False
+        self.ready, self.not_ready = False, "warming up"  # not_ready: why /healthz and handshakes get 503
         self.port: int | None = None
         self._stop: asyncio.Event | None = None
 
@@ -211,7 +211,11 @@ class PolicyServer:
             if self.ready:
                 return self._respond(connection, path, HTTPStatus.OK, "ok\n", "text/plain")
             return self._respond(
-                connection, path, HTTPStatus.SERVICE_UNAVAILABLE, "not ready\n", "text/plain"
+                connection,
+                path,
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"not ready: {self.not_ready}\n",
+                "text/plain",
             )
         if not self._authorized(request.headers):
             self.metrics.requests.labels("unauthorized").inc()
@@ -225,7 +229,7 @@ class PolicyServer:
         if upgrade:
             if not self.ready:
                 return self._respond(
-                    connection, path, HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n", "text/plain"
+                    connection, path, HTTPStatus.SERVICE_UNAVAILABLE, f"{self.not_ready}\n", "text/plain"
                 )
             if self.active >= self.cfg.max_connections:
                 self.metrics.requests.labels("too_many_connections").inc()
@@ -348,13 +352,10 @@ class PolicyServer:
         self.metrics.inference.observe(seconds)
 
     async def run(self, started: asyncio.Event | None = None) -> None:
-        """Warm up, serve until SIGINT/SIGTERM (or `stop`), then close connections and drain."""
+        """Open the port, warm up (``/healthz`` and handshakes answer 503 meanwhile), serve until
+        SIGINT/SIGTERM (or `stop`), then close connections and drain."""
         from websockets.asyncio.server import serve
 
-        if self.cfg.warmup:
-            t = time.perf_counter()
-            await asyncio.to_thread(self.engine.warmup, [1, self.cfg.max_batch])
-            log.info("warm-up (batch 1 and %d) took %.2f s", self.cfg.max_batch, time.perf_counter() - t)
         self._stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -384,6 +385,11 @@ class PolicyServer:
             server_header=None,
         ) as server:
             self.port = server.sockets[0].getsockname()[1]
+            if self.cfg.warmup:
+                log.info("warming up on port %d: /healthz answers 503 until ready", self.port)
+                t = time.perf_counter()
+                await asyncio.to_thread(self.engine.warmup, [1, self.cfg.max_batch])
+                log.info("warm-up (batch 1 and %d) took %.2f s", self.cfg.max_batch, time.perf_counter() - t)
             self.ready = True
             auth = "API key required" if self.cfg.api_key else "no API key"
             print(
@@ -394,7 +400,7 @@ class PolicyServer:
             if started is not None:
                 started.set()
             await self._stop.wait()
-            self.ready = False
+            self.ready, self.not_ready = False, "shutting down"
             log.info("shutting down: draining requests in flight")
             await self.batcher.stop()  # answers what is queued; later requests get "unavailable"
             server.close()  # then closes every connection with 1001 (going away)
