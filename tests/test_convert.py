@@ -146,6 +146,37 @@ def test_diffusion_policy_round_trip(tmp_path):
         convert(src, tmp_path / "y.zarr", progress=False)
 
 
+def test_diffusion_policy_zarr_zip_through_the_cli_with_from_and_overwrite(tmp_path, capsys):
+    """Diffusion Policy ships datasets as ``.zarr.zip`` (a zarr v2 ZipStore); --from picks the reader instead
+    of detection; --overwrite replaces an existing dataset, which is otherwise refused and left intact."""
+    import zipfile
+
+    directory, src, dst = tmp_path / "pusht.zarr", tmp_path / "pusht.zarr.zip", tmp_path / "out.zarr"
+    img, state, action = make_dp(directory)
+    with zipfile.ZipFile(src, "w") as archive:  # the ZipStore layout: the store's keys as member names
+        for file in sorted(directory.rglob("*")):
+            if file.is_file():
+                archive.write(file, file.relative_to(directory).as_posix())
+    assert detect_format(src) == "diffusion_policy"
+    args = ["data", "convert", str(src), str(dst), "--instruction", "push the T", "--fps", "10"]
+    assert main(args) == 0
+    store = TrajectoryStore(dst)
+    np.testing.assert_array_equal(store.load("images/image"), img.astype(np.uint8))
+    np.testing.assert_array_equal(store.load("action"), action)
+    assert set(store.instructions) == {"push the T"} and store.meta.fps == 10
+    capsys.readouterr()
+    assert main([*args[:4], "--instruction", "push the T again"]) == 2  # exists: refused...
+    assert "already exists" in capsys.readouterr().err
+    assert set(TrajectoryStore(dst).instructions) == {"push the T"}  # ...and left as it was
+    assert main([*args[:4], "--instruction", "push the T again", "--overwrite"]) == 0
+    assert set(TrajectoryStore(dst).instructions) == {"push the T again"} and validate(dst).ok
+    # --from is obeyed, not second-guessed: this source is no robomimic file
+    assert main([*args[:3], str(tmp_path / "r.zarr"), "--from", "robomimic"]) == 2
+    assert not (tmp_path / "r.zarr").exists()
+    assert main([*args[:3], str(tmp_path / "d.zarr"), "--from", "diffusion_policy"]) == 0
+    np.testing.assert_array_equal(TrajectoryStore(tmp_path / "d.zarr").load("state"), state)
+
+
 # -- LeRobot v3.0 -------------------------------------------------------------------------------
 def test_lerobot_lossless_round_trip_with_videos_across_files(tmp_path, dataset):
     out, back = tmp_path / "lerobot", tmp_path / "back.zarr"

@@ -79,6 +79,11 @@ def test_normalizer_modes_round_trip_and_constant_dims(tmp_path, mode):
         np.testing.assert_allclose(y[:, 0].std(), 1, atol=1e-4)
     if mode == "identity":
         np.testing.assert_array_equal(y, x)
+    if mode == "quantile":  # [q01, q99] -> [-1, 1]; outliers land beyond it, unclipped
+        q01, q99 = stats["state"]["q01"][0], stats["state"]["q99"][0]
+        probe = np.repeat(x[:1], 4, axis=0)
+        probe[:, 0] = [q01, q99, (q01 + q99) / 2, q99 + 2 * (q99 - q01)]
+        np.testing.assert_allclose(norm.normalize("state", probe)[:, 0], [-1, 1, 0, 5], atol=1e-5)
 
 
 def test_normalizer_json_and_torch(tmp_path):

@@ -103,6 +103,23 @@ def test_zarr_backed_matches_in_memory(dataset):
         np.testing.assert_array_equal(a["action"], b["action"])
 
 
+def test_in_memory_auto_loads_what_fits_and_reads_zarr_otherwise(dataset):
+    """The default ``in_memory: auto`` decodes the frames into RAM under ``max_memory_gb`` (the fixture's
+    2 cameras x 20 frames x 12 x 16 x 3 = 23040 bytes), else reads Zarr; the windows are the same."""
+    cfg = dict(n_obs_steps=2, horizon=3, future_offset=2)
+    assert WindowConfig().in_memory == "auto"
+    fits = WindowDataset(dataset, WindowConfig(**cfg, max_memory_gb=23040 / 2**30))
+    over = WindowDataset(dataset, WindowConfig(**cfg, max_memory_gb=23039 / 2**30))
+    assert fits.arrays.in_memory and not over.arrays.in_memory
+    assert isinstance(fits.arrays.images["front"], np.ndarray)
+    assert not isinstance(over.arrays.images["front"], np.ndarray)
+    for i in range(len(fits)):
+        a, b = fits[i], over[i]
+        for cam in a["images"]:
+            np.testing.assert_array_equal(a["images"][cam], b["images"][cam])
+        np.testing.assert_array_equal(a["action"], b["action"])
+
+
 @pytest.mark.parametrize("in_memory", [True, False])
 def test_dataloader_with_workers(dataset, in_memory):
     ds = WindowDataset(dataset, WindowConfig(n_obs_steps=2, horizon=4, in_memory=in_memory))
