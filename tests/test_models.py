@@ -355,6 +355,7 @@ def test_pretrained_cpu_encoders_frozen_and_lora(demo):
     lora = Policy(cfg, demo[0].meta, demo[1])
     trainable = [n for n, p in lora.backbone.text.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
+    assert any("lora_A" in n for n in trainable) and any("lora_B" in n for n in trainable)
     assert not any(p.requires_grad for p in lora.backbone.vision.parameters())  # a CNN: nothing for LoRA
     wake(lora)  # past the head's zero gates, so the loss reaches the text encoder
     lora.compute_loss(demo[2])["loss"].backward()

@@ -213,6 +213,22 @@ MUTATIONS = [
         '    if str(src).endswith(".never"):\n',
         ("tests/test_convert.py::test_diffusion_policy_zarr_zip_through_the_cli_with_from_and_overwrite",),
     ),
+    Mutation(
+        "vlm-frozen",
+        "the VLM backbone is silently frozen (only the head trains)",
+        "vla/models/vlm.py",
+        "        self.model = apply_finetune(model, config.finetune, config.lora_rank, self.lora_targets)\n",
+        "        self.model = apply_finetune(model, 'frozen', config.lora_rank, self.lora_targets)\n",
+        ("tests/test_models.py::test_vlm_backbone_policy_trains_and_checkpoints",),
+    ),
+    Mutation(
+        "lora-grad",
+        "LoRA's B matrices are left out of training (A alone cannot move the output: B starts at zero)",
+        "vla/models/finetune.py",
+        '            param.requires_grad_("lora_" in name)\n',
+        '            param.requires_grad_("lora_A" in name)\n',
+        ("tests/test_models.py::test_pretrained_cpu_encoders_frozen_and_lora",),
+    ),
 ]
 
 
