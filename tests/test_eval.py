@@ -177,8 +177,15 @@ def test_eval_errors(random_checkpoint, tmp_path, capsys):
 def test_ray_backend_agrees_with_vector_envs(random_checkpoint, tmp_path):
     import ray
 
+    # a temperature other than the default: a shard that dropped it would act otherwise, and fail alike
     cfg = dict(
-        checkpoint=random_checkpoint, episodes=4, max_steps=10, videos=0, num_envs=2, record_actions=True
+        checkpoint=random_checkpoint,
+        episodes=4,
+        max_steps=10,
+        videos=0,
+        num_envs=2,
+        record_actions=True,
+        noise_scale=0.5,
     )
     vector = evaluate(EvalConfig(**cfg, out=str(tmp_path / "v")), progress=False)
     try:
