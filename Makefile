@@ -68,8 +68,8 @@ bench: setup
 
 # ruff check (line length 110 included) and ruff format --check, as CI runs them
 lint: setup
-	$(VENV)/bin/ruff check vla envs tests benchmarks setup.py
-	$(VENV)/bin/ruff format --check vla envs tests benchmarks setup.py
+	$(VENV)/bin/ruff check vla envs tests benchmarks tools setup.py
+	$(VENV)/bin/ruff format --check vla envs tests benchmarks tools setup.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache data/demo runs/demo
