@@ -127,6 +127,44 @@ def test_checkpoints_export_ema_weights_keep_the_best_and_prune(dataset, tmp_pat
         assert_same_tensors(tensors(kept / name), tensors(every / name), name)
 
 
+def test_best_holds_the_lowest_validation_loss_across_a_crash_and_resume(dataset, tmp_path, monkeypatch):
+    """Scripted validation losses 3, 1 | crash | 2, 4: ``best/`` is step 4's export before the crash and stays
+    so after the resume, which must remember the best loss so far (2 is not better than 1)."""
+    import importlib
+
+    loop = importlib.import_module("vla.train.loop")
+    scripted = iter([3.0, 1.0, "crash", 2.0, 4.0])
+
+    def validate_loss(*args, **kwargs):
+        value = next(scripted)
+        if value == "crash":
+            raise KeyboardInterrupt("the run is interrupted at step 6")
+        return value
+
+    monkeypatch.setattr(loop, "validate_loss", validate_loss)
+    args = overrides(
+        dataset,
+        tmp_path / "run",
+        "trainer.steps=8",
+        "trainer.checkpoint_every=2",
+        "trainer.val_every=2",
+        "trainer.keep_last=0",
+        "trainer.ema_decay=0.9",
+    )
+    with pytest.raises(KeyboardInterrupt):
+        train(config(*args), progress=False)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best", "step_000002", "step_000004"]
+    assert_same_tensors(tensors(checkpoints / "best"), tensors(checkpoints / "step_000004"), "best/")
+    train(config(*args, "resume=true"), progress=False)
+    assert sorted(p.name for p in checkpoints.iterdir())[-1] == "step_000008"
+    assert_same_tensors(
+        tensors(checkpoints / "best"), tensors(checkpoints / "step_000004"), "best/ after resume"
+    )
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_loss"] for r in rows if "val_loss" in r] == [3.0, 1.0, 2.0, 4.0]
+
+
 def test_grad_accum_takes_micro_batches_and_grad_clip_bounds_the_step(dataset, tmp_path, monkeypatch):
     import torch
     from accelerate import Accelerator

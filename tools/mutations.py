@@ -302,6 +302,22 @@ MUTATIONS = [
         '"noise_scale": 1.0})\n',
         ("tests/test_eval.py::test_ray_backend_agrees_with_vector_envs",),
     ),
+    Mutation(
+        "best-resume",
+        "resume forgets the best validation loss so far",
+        "vla/train/checkpointing.py",
+        '    return state["step"], state["best_val"]\n',
+        '    return state["step"], float("inf")\n',
+        ("tests/test_train.py::test_best_holds_the_lowest_validation_loss_across_a_crash_and_resume",),
+    ),
+    Mutation(
+        "best-latest",
+        "best/ is overwritten at every validation (the latest, not the best)",
+        "vla/train/loop.py",
+        '        is_best = row.get("val_loss", math.inf) < best_val\n',
+        '        is_best = "val_loss" in row\n',
+        ("tests/test_train.py::test_best_holds_the_lowest_validation_loss_across_a_crash_and_resume",),
+    ),
 ]
 
 
