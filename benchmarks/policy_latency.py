@@ -37,6 +37,7 @@ class BenchConfig:
     repeats: int = 20
     threads: int = 2
     image_size: int = 64
+    instruction_memo: list[bool] = field(default_factory=lambda: [True])  # [true, false]: both, same run
 
 
 def builtin_push_meta(size: int) -> DatasetMeta:
@@ -88,11 +89,14 @@ def main(argv: list[str]) -> dict:
             params = sum(p.numel() for p in policy.parameters())
             trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
             settings = [{"vision_steps": n} for n in cfg.vision_steps] if head == "dual_stream" else [{}]
-            for extra in settings:
+            memo = getattr(policy.backbone, "instruction_memo", None)  # frozen text encoders only
+            for extra, use_memo in [(e, m) for e in settings for m in cfg.instruction_memo]:
+                policy.backbone.instruction_memo = memo if use_memo else None
                 times = time_chunks(policy, obs, cfg.repeats, **extra)
                 row = {
                     "preset": preset,
                     "head": head,
+                    "instruction_memo": use_memo and memo is not None,
                     **(
                         {"action_steps": base.head.action_steps}
                         if head != "diffusion"

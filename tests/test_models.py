@@ -437,6 +437,41 @@ def test_conv_stem_strides_set_the_first_layer_and_keypoint_map_resolutions(seco
     assert out.shape == (2, 4 + 1, 16) and sizes == {"first": first_layer, "maps": maps}
 
 
+@pytest.mark.parametrize("kind", ["dual_stream", "flow", "diffusion"])
+def test_instruction_memo_acts_like_the_text_encoder_and_runs_it_once_per_instruction(demo, kind):
+    """Acting with a frozen text encoder looks each instruction's output up (the fast path); the chunks are
+    the reference path's (the encoder on every chunk, instructions padded together) within 1e-5."""
+    store, normalizer, batch = demo
+    torch.manual_seed(0)
+    cfg = PolicyConfig()
+    cfg.head.kind, cfg.backbone.finetune = kind, "frozen"
+    policy = wake(Policy(cfg, store.meta, normalizer)).eval()
+    obs = obs_from(batch, 3)
+    obs["instruction"] = ["push the red block onto the blue pad", "go", "push the green block"]
+    backbone, memo = policy.backbone, policy.backbone.instruction_memo
+    calls = []
+    backbone.text.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+
+    def chunks():
+        return policy.predict_chunk(obs, generator=[torch.Generator().manual_seed(i) for i in range(3)])
+
+    backbone.instruction_memo = None
+    reference = chunks()
+    assert calls == [3]  # the reference path: one padded batch through the encoder, every chunk
+    backbone.instruction_memo = memo
+    calls.clear()
+    first, again = chunks(), chunks()
+    assert calls == [1, 1, 1] and memo.hits == 3 and memo.misses == 3  # once per instruction, then looked up
+    np.testing.assert_allclose(first, reference, atol=1e-5)
+    np.testing.assert_array_equal(again, first)
+    policy.train()  # training never reads this memo (trainer.cache_features decides there)
+    calls.clear()
+    policy.compute_loss(batch)
+    assert calls == [len(batch["instruction"])]
+    policy.load_state_dict(policy.state_dict())  # new weights: what was looked up is forgotten
+    assert not memo.entries
+
+
 def test_prefilled_memo_serves_every_training_frame_without_the_encoder(demo):
     """prefill_features encodes the store's frames in batches; a training pass then runs no encoder and gives
     the loss of the uncached policy."""

@@ -318,6 +318,26 @@ MUTATIONS = [
         '        is_best = "val_loss" in row\n',
         ("tests/test_train.py::test_best_holds_the_lowest_validation_loss_across_a_crash_and_resume",),
     ),
+    Mutation(
+        "memo-stale",
+        "loading new weights keeps the instruction memo's outputs of the old ones",
+        "vla/models/backbone.py",
+        "        self.register_load_state_dict_pre_hook(_forget_before_loading)\n",
+        "",
+        (
+            "tests/test_models.py::test_instruction_memo_acts_like_the_text_encoder_and_runs_it_once_per_instruction",
+        ),
+    ),
+    Mutation(
+        "memo-padding",
+        "the instruction memo stores padded states (a batch mate's padding leaks into the lookup)",
+        "vla/models/backbone.py",
+        "                    value = self.text([text], device)[0][0]\n",
+        "                    value = self.text([text, 'x ' * 20], device)[0][0]\n",
+        (
+            "tests/test_models.py::test_instruction_memo_acts_like_the_text_encoder_and_runs_it_once_per_instruction",
+        ),
+    ),
 ]
 
 
