@@ -90,13 +90,14 @@ def main(argv: list[str]) -> dict:
             trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
             settings = [{"vision_steps": n} for n in cfg.vision_steps] if head == "dual_stream" else [{}]
             memo = getattr(policy.backbone, "instruction_memo", None)  # frozen text encoders only
-            for extra, use_memo in [(e, m) for e in settings for m in cfg.instruction_memo]:
+            modes = list(dict.fromkeys(cfg.instruction_memo)) if memo is not None else [False]
+            for extra, use_memo in [(e, m) for e in settings for m in modes]:
                 policy.backbone.instruction_memo = memo if use_memo else None
                 times = time_chunks(policy, obs, cfg.repeats, **extra)
                 row = {
                     "preset": preset,
                     "head": head,
-                    "instruction_memo": use_memo and memo is not None,
+                    "instruction_memo": use_memo,
                     **(
                         {"action_steps": base.head.action_steps}
                         if head != "diffusion"
