@@ -72,7 +72,7 @@ def test_instruction_swap_gives_another_target_and_judges_the_original(
 ):
     import envs
 
-    module = sys.modules[EvalConfig.__module__]  # vla.eval.evaluate (the package re-exports evaluate())
+    module = sys.modules[EvalConfig.__module__]  # vla.eval.evaluate (the package re-exports it)
     given = []
     chunk = module._CheckpointPolicy.chunk
 
@@ -87,6 +87,7 @@ def test_instruction_swap_gives_another_target_and_judges_the_original(
     for seed in range(4):
         obs, _ = env.reset(seed=seed)
         originals[seed] = obs["instruction"]
+    env.close()
     c = evaluate(
         EvalConfig(
             checkpoint=random_checkpoint,
@@ -119,12 +120,7 @@ def test_instruction_swap_gives_another_target_and_judges_the_original(
 
 
 def test_rtc_eval_guides_each_new_chunk_with_the_old_plan(random_checkpoint, tmp_path, monkeypatch):
-    import sys
-
-    evaluate_module = sys.modules[
-        EvalConfig.__module__
-    ]  # vla.eval.evaluate (the package re-exports evaluate())
-
+    evaluate_module = sys.modules[EvalConfig.__module__]  # vla.eval.evaluate (the package re-exports it)
     cfg = dict(checkpoint=random_checkpoint, episodes=2, max_steps=12, videos=0, record_actions=True)
     rtc = traces(
         evaluate(EvalConfig(**cfg, strategy="rtc", rtc_delay=2, out=str(tmp_path / "r")), progress=False)
