@@ -85,8 +85,7 @@ def test_healthz_is_503_while_warming_up_and_handshakes_wait(random_checkpoint):
     """The port opens first; until warm-up ends, /healthz says 503 (a readiness probe waits) and websocket
     handshakes are refused with 503, then both are served."""
     import asyncio
-    import urllib.error
-    import urllib.request
+    from types import SimpleNamespace
 
     from vla.serve import PolicyServer, ServeConfig
 
@@ -98,11 +97,7 @@ def test_healthz_is_503_while_warming_up_and_handshakes_wait(random_checkpoint):
     thread.start()
 
     def healthz() -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=10) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
+        return raw_http(SimpleNamespace(host="127.0.0.1", port=server.port), "/healthz", [])
 
     try:
         deadline = time.monotonic() + 60

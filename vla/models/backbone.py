@@ -290,9 +290,9 @@ class CompositeBackbone(nn.Module):
         return torch.stack(found).to(images.device)
 
     def _text(self, instructions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        memo = (
-            self.text_memo if self.text_memo is not None else None if self.training else self.instruction_memo
-        )
+        memo = self.text_memo  # training's (trainer.cache_features)
+        if memo is None and not self.training:
+            memo = self.instruction_memo  # acting's
         if memo is None:
             return self.text(instructions, device)
         # one instruction at a time (no padding), then padded here: the memo stores unpadded states
