@@ -30,7 +30,7 @@ class CollectConfig:
     noise_std: float = 0.0  # Gaussian action noise (fraction of the action range) executed; labels stay clean
     workers: int = 1  # env processes (spawn)
     cameras: list[str] | None = None  # null = the env's default cameras
-    image_size: int | None = None
+    image_size: Any = None  # null = the env default; an int, [H, W], or {camera: int | [H, W]} (mixed rigs)
     max_steps: int | None = None
     control_freq: float | None = None
     render_quality: str | None = (

@@ -17,7 +17,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.spaces import observation_space
-from vla.data.schema import ActionSpace, DatasetMeta
+from vla.data.schema import ActionSpace, DatasetMeta, normalize_image_size
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -58,7 +58,11 @@ class MetaWorldEnv(gym.Env):
             raise ValueError(f"render_quality must be 'fast' or 'high', got {render_quality!r}")
         self.task, self.name = task, name
         self.cameras = list(cameras)
-        self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.image_size = normalize_image_size(image_size, self.cameras)
+        if isinstance(self.image_size, dict):
+            raise ValueError(
+                f"MetaWorld renders every camera at one size; got per-camera sizes {image_size} (pass one (H, W))"
+            )
         self.max_steps = int(max_steps) if max_steps else 500  # MetaWorld's max_path_length
         self.render_quality = render_quality
         self._env = gym.make(

@@ -18,7 +18,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.spaces import observation_space
-from vla.data.schema import ActionSpace, DatasetMeta
+from vla.data.schema import ActionSpace, DatasetMeta, image_sizes_per_camera, normalize_image_size
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -116,7 +116,7 @@ class RobosuiteEnv(gym.Env):
         task: str = "Lift",
         name: str = "robosuite/Lift",
         cameras: tuple[str, ...] | list[str] = ("agentview", "robot0_eye_in_hand"),
-        image_size: int | tuple[int, int] = 84,
+        image_size: int | tuple[int, int] | dict[str, int | tuple[int, int]] = 84,
         max_steps: int | None = None,
         control_freq: float = 20.0,
         seed: int | None = None,
@@ -139,7 +139,8 @@ class RobosuiteEnv(gym.Env):
             _register_lift_color()
         self.name = name
         self.cameras = list(cameras)
-        self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.image_size = normalize_image_size(image_size, self.cameras)  # (H, W), or {camera: (H, W)}
+        sizes = list(image_sizes_per_camera(self.image_size, self.cameras).values()) or [(84, 84)]
         self.control_freq = float(control_freq)
         self.max_steps = int(max_steps) if max_steps else int(self.task.horizon_s * self.control_freq)
         self.render_quality = render_quality
@@ -153,8 +154,8 @@ class RobosuiteEnv(gym.Env):
             has_offscreen_renderer=bool(self.cameras),
             use_camera_obs=bool(self.cameras),
             camera_names=self.cameras or "agentview",
-            camera_heights=self.image_size[0],
-            camera_widths=self.image_size[1],
+            camera_heights=[h for h, _ in sizes],  # one per camera: robosuite renders each at its own size
+            camera_widths=[w for _, w in sizes],
             control_freq=self.control_freq,
             horizon=self.max_steps,
             ignore_done=True,

@@ -40,9 +40,9 @@ def make_episode(episode: int, length: int, start: int, meta: DatasetMeta | None
     meta = meta or make_meta()
     g = np.arange(start, start + length)
     t = np.arange(length)
-    h, w = meta.image_size
     images = {}
     for ci, cam in enumerate(meta.cameras):
+        h, w = meta.image_sizes[cam]
         frames = np.zeros((length, h, w, 3), dtype=np.uint8)
         frames[..., 0] = (g % 256)[:, None, None]
         frames[..., 1] = ci

@@ -288,3 +288,109 @@ def test_merge_keeps_every_episode_and_names_the_suite(tmp_path, capsys):
     write_dataset(tmp_path / "c.zarr", lengths=(2,), meta=make_meta(cameras=["front"]))
     assert main(["data", "merge", str(a), str(tmp_path / "c.zarr"), "--out", str(tmp_path / "bad.zarr")]) == 2
     assert "cameras" in capsys.readouterr().err and not (tmp_path / "bad.zarr").exists()
+
+
+# -- LeRobot: mixed cameras, names, kinds, tasks (issue 27) ------------------------------------------
+def named_mixed_dataset(path):
+    meta = make_meta(
+        image_size={"front": (12, 16), "wrist": (8, 6)},
+        state_names=["shoulder_pan.pos", "elbow_flex.pos", "gripper.pos"],
+        robot="so101_follower",
+    )
+    meta.action_space.names = ["shoulder_pan.pos", "gripper.pos"]
+    meta.action_space.kind = "absolute_joint_pos"
+    write_dataset(path, meta=meta)
+    return meta
+
+
+def test_lerobot_export_carries_sizes_names_kind_tasks_and_stats_as_lerobot_writes_them(tmp_path):
+    import pandas as pd
+
+    src, out, back = tmp_path / "m.zarr", tmp_path / "lr", tmp_path / "back.zarr"
+    meta = named_mixed_dataset(src)
+    to_lerobot(src, out, video_codec="libx264rgb", progress=False)
+    info = json.loads((out / "meta" / "info.json").read_text())
+    features = info["features"]
+    assert features["observation.images.wrist"]["shape"] == [8, 6, 3]
+    assert features["observation.images.front"]["info"]["video.height"] == 12
+    assert features["observation.state"]["names"] == meta.state_names
+    assert features["action"]["names"] == meta.action_space.names
+    assert info["robot_type"] == "so101_follower" and info["fps"] == 10 and isinstance(info["fps"], int)
+    # LeRobot reads a frame's task string from the pandas index of tasks.parquet
+    tasks = pd.read_parquet(out / "meta" / "tasks.parquet")
+    assert tasks.index.name == "task" and list(tasks.columns) == ["task_index"]
+    assert tasks.loc["instruction 3", "task_index"] == sorted(f"instruction {e}" for e in range(5)).index("instruction 3")
+    stats = json.loads((out / "meta" / "stats.json").read_text())
+    assert set(stats["action"]) == {"min", "max", "mean", "std", "count", "q01", "q10", "q50", "q90", "q99"}
+    assert stats["action"]["count"] == [20] and stats["action"]["max"] == [19.0, 0.0]
+    assert np.asarray(stats["observation.images.front"]["mean"]).shape == (3, 1, 1)
+    convert(out, back, progress=False)
+    got = TrajectoryStore(back).meta
+    assert got.image_sizes == meta.image_sizes and got.state_names == meta.state_names
+    assert got.action_space.names == meta.action_space.names and got.action_space.kind == "absolute_joint_pos"
+    assert got.robot == "so101_follower"
+    check_same(src, back)
+
+
+def test_lerobot_pos_actions_default_to_absolute_and_fps_is_not_retimed(tmp_path, dataset):
+    out = tmp_path / "lr"
+    to_lerobot(dataset, out, video_codec=None, progress=False)
+    info = json.loads((out / "meta" / "info.json").read_text())
+    del info["vla"]  # as LeRobot itself writes it: no kind, `.pos` names
+    info["features"]["action"]["names"] = {"motors": ["a.pos", "b.pos"]}
+    (out / "meta" / "info.json").write_text(json.dumps(info))
+    from_lerobot(out, tmp_path / "a.zarr", progress=False)
+    assert TrajectoryStore(tmp_path / "a.zarr").meta.action_space.kind == "absolute_joint_pos"
+    assert TrajectoryStore(tmp_path / "a.zarr").meta.action_space.names == ["a.pos", "b.pos"]
+    with pytest.raises(ConversionError, match="states fps 10 .* not re-timed"):
+        from_lerobot(out, tmp_path / "b.zarr", fps=30, progress=False)
+    assert not (tmp_path / "b.zarr").exists()
+
+
+def test_cli_to_lerobot_honours_instruction_and_fps(tmp_path, dataset, capsys):
+    import pandas as pd
+
+    out = tmp_path / "lr"
+    args = ["data", "convert", str(dataset), str(out), "--to", "lerobot", "--video-codec", "none"]
+    assert main([*args, "--instruction", "pick up the cube", "--fps", "30"]) == 0
+    info = json.loads((out / "meta" / "info.json").read_text())
+    assert info["fps"] == 30 and info["total_tasks"] == 1
+    assert pd.read_parquet(out / "meta" / "tasks.parquet").index.tolist() == ["pick up the cube"]
+    frames = pd.read_parquet(out / "data" / "chunk-000" / "file-000.parquet")
+    np.testing.assert_allclose(frames["timestamp"][frames["episode_index"] == 2], np.arange(7) / 30, rtol=1e-6)
+    assert main([*args, "--overwrite", "--state-keys", "a,b"]) == 2
+    assert "--state-keys" in capsys.readouterr().err
+
+
+def test_mixed_camera_push_data_through_lerobot_trains_and_evaluates(tmp_path):
+    """builtin/push with a 32 px top camera beside a 16 px wrist camera: LeRobot out and back in, then train
+    and evaluate in the env at those sizes."""
+    from envs.collect import CollectConfig, collect
+    from vla.config import compose, to_object
+    from vla.eval import EvalConfig, evaluate
+    from vla.train import TrainConfig, train
+
+    sizes = {"top": 32, "wrist": 16}
+    collect(
+        CollectConfig(episodes=4, out=str(tmp_path / "push.zarr"), cameras=["top", "wrist"], image_size=sizes, videos=0),
+        progress=False,
+    )
+    to_lerobot(tmp_path / "push.zarr", tmp_path / "lr", video_codec="libx264rgb", progress=False)
+    convert(tmp_path / "lr", tmp_path / "back.zarr", progress=False)
+    back = TrajectoryStore(tmp_path / "back.zarr")
+    assert back.meta.image_sizes == {"top": (32, 32), "wrist": (16, 16)} and back.meta.env == "builtin/push"
+    run = tmp_path / "run"
+    ckpt = train(
+        to_object(
+            compose(
+                "train",
+                [f"data.path={tmp_path / 'back.zarr'}", f"out={run}", "data.num_workers=0", "trainer.steps=3",
+                 "trainer.batch_size=4", "trainer.checkpoint_every=3"],
+            ),
+            TrainConfig,
+        ),
+        progress=False,
+    )
+    report = evaluate(EvalConfig(checkpoint=str(ckpt), episodes=2, out=str(tmp_path / "eval"), videos=0), progress=False)
+    rows = report["tasks"]["builtin/push"]["results"]
+    assert len(rows) == 2 and all(r["length"] > 0 for r in rows)

@@ -208,3 +208,90 @@ def test_training_targets_round_trip_merge_and_windows(tmp_path):
     merge([str(paths[0]), str(tmp_path / "plain.zarr")], tmp_path / "mixed.zarr", progress=False)
     mixed = TrajectoryStore(tmp_path / "mixed.zarr")  # not every source has them: the merge drops them
     assert mixed.meta.target_names == [] and "targets" not in mixed.episode(0) and mixed.num_episodes == 3
+
+
+# -- mixed camera sizes and liberal reading (issue 27) ----------------------------------------------
+MIXED = {"front": (12, 16), "wrist": (8, 6)}
+
+
+def test_cameras_of_different_sizes_round_trip_and_are_checked_each(tmp_path):
+    url = tmp_path / "mixed.zarr"
+    meta = write_dataset(url, meta=make_meta(image_size=MIXED))
+    store = TrajectoryStore(url)
+    assert store.meta.image_sizes == MIXED and store.meta.image_shape("wrist") == (8, 6, 3)
+    assert store.group.attrs["version"] == 2  # readers from before per-camera sizes refuse, not misread
+    assert store.images("wrist").shape == (20, 8, 6, 3) and store.images("front").shape == (20, 12, 16, 3)
+    np.testing.assert_array_equal(store.episode(2)["images"]["wrist"], make_episode(2, 7, 8, meta)["images"]["wrist"])
+    assert store.summary()["image_size"] == {"front": [12, 16], "wrist": [8, 6]}
+    assert validate(url).ok
+    episode = make_episode(5, 2, 20, meta)
+    episode["images"]["wrist"] = np.zeros((2, 12, 16, 3), np.uint8)  # the front camera's size
+    with TrajectoryWriter(url) as w, pytest.raises(SchemaError, match=r"images\['wrist'\].*expected \(T, 8, 6, 3\)"):
+        w.add_episode(**episode)
+    assert TrajectoryStore(url).num_episodes == 5  # nothing lost
+    with pytest.raises(SchemaError, match=r"images\['wrist'\] \[12, 16\] \(H, W\) vs \[8, 6\]"):
+        TrajectoryWriter(url, make_meta())  # same cameras, one size for all: refused, camera named
+    # a uniform rig keeps the one-size form and version 1
+    assert make_meta(image_size={"front": (4, 4), "wrist": (4, 4)}).to_attrs()["image_size"] == [4, 4]
+    with pytest.raises(SchemaError, match="expected one \\(H, W\\) for each of"):
+        make_meta(image_size={"front": (4, 4)})
+
+
+def hand_written(url, attrs: dict, state_dim=3, action_dim=2, n=6):
+    """A dataset written with plain zarr to DESIGN.md's schema, without vla's writer."""
+    g = zarr.open_group(str(url), mode="w", zarr_format=3)
+    g.attrs.update(attrs)
+    g.create_array("data/images/front", data=np.full((n, 10, 14, 3), 7, np.uint8))
+    g.create_array("data/images/wrist", data=np.full((n, 6, 8, 3), 9, np.uint8))
+    g.create_array("data/state", data=np.arange(n * state_dim, dtype=np.float32).reshape(n, state_dim))
+    g.create_array("data/action", data=np.linspace(-2, 3, n * action_dim, dtype=np.float32).reshape(n, action_dim))
+    g.create_array("meta/episode_ends", data=np.array([2, n], np.int64))
+    for path, values in (("meta/instruction", ["a", "b"]), ("meta/task", ["t", "t"])):
+        g.create_array(path, shape=(2,), dtype=str)[:] = np.array(values, dtype=object)
+    g.create_array("meta/success", data=np.array([True, True]))
+
+
+SCHEMA_ATTRS = {
+    "format": "vla.trajectories",
+    "version": 1,
+    "fps": 15,
+    "robot": "so101",
+    "cameras": ["front", "wrist"],
+    "action_space": {"low": [-2, -2], "high": [3, 3], "kind": "absolute_joint_pos"},
+}
+
+
+def test_a_dataset_written_to_the_schema_opens_with_what_its_arrays_say(tmp_path):
+    hand_written(tmp_path / "h.zarr", SCHEMA_ATTRS)  # no image_size, state_dim, action_space.dim
+    store = TrajectoryStore(tmp_path / "h.zarr")
+    assert store.meta.image_sizes == {"front": (10, 14), "wrist": (6, 8)}
+    assert store.meta.state_dim == 3 and store.meta.action_dim == 2 and store.meta.fps == 15
+    assert store.meta.action_space.kind == "absolute_joint_pos" and store.meta.action_space.low == [-2, -2]
+    assert store.meta.extra["derived_from_arrays"] == ["image_size", "state_dim", "action_space.dim"]
+    assert store.num_episodes == 2 and store.episode(1)["images"]["wrist"].shape == (4, 6, 8, 3)
+    assert validate(tmp_path / "h.zarr").ok
+    # without bounds and cameras either: the data's min/max, the image groups' names
+    bare = {k: v for k, v in SCHEMA_ATTRS.items() if k not in ("action_space", "cameras")}
+    hand_written(tmp_path / "bare.zarr", bare)
+    meta = TrajectoryStore(tmp_path / "bare.zarr").meta
+    assert meta.cameras == ["front", "wrist"]
+    np.testing.assert_allclose(meta.action_space.low, np.linspace(-2, 3, 12).reshape(6, 2).min(0), rtol=1e-6)
+    np.testing.assert_allclose(meta.action_space.high, np.linspace(-2, 3, 12).reshape(6, 2).max(0), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "attrs, message",
+    [
+        ({"image_size": [96, 96]}, r"images\['front'\]: attrs.image_size says \[96, 96\], the array is \[10, 14\]"),
+        ({"image_size": {"front": [10, 14], "wrist": [10, 14]}}, r"images\['wrist'\].*says \[10, 14\], the array is \[6, 8\]"),
+        ({"state_dim": 7}, r"state_dim is 7, data/state has 3"),
+        ({"action_space": {"dim": 5, "low": -1, "high": 1}}, r"action_space.dim is 5, data/action has 2"),
+    ],
+)
+def test_attrs_that_contradict_the_arrays_name_both(tmp_path, attrs, message):
+    hand_written(tmp_path / "h.zarr", SCHEMA_ATTRS | attrs)
+    with pytest.raises(SchemaError, match=message):
+        TrajectoryStore(tmp_path / "h.zarr")
+    with pytest.raises(SchemaError, match=message):
+        TrajectoryWriter(tmp_path / "h.zarr")
+    assert not validate(tmp_path / "h.zarr").ok

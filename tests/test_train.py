@@ -385,6 +385,8 @@ def test_bad_configs_fail_before_any_compute(dataset, tmp_path):
         train(config(*overrides(dataset, tmp_path / "g"), "trainer.cache_features=true"), progress=False)
     with pytest.raises(TrainError, match="cache_features must be true, false or auto"):
         train(config(*overrides(dataset, tmp_path / "h"), "trainer.cache_features=sometimes"), progress=False)
+    with pytest.raises(TrainError, match="val_every and log_every are step intervals and must be >= 1"):
+        train(config(*overrides(dataset, tmp_path / "h"), "trainer.val_every=0"), progress=False)
     with pytest.raises(TrainError, match="task_weights .* needs trainer.balance_tasks=true"):
         train(
             config(*overrides(dataset, tmp_path / "i"), "trainer.task_weights={builtin/push:2}"),

@@ -142,7 +142,7 @@ def _data_stats(args: argparse.Namespace) -> int:
 
 
 def _data_convert(args: argparse.Namespace) -> int:
-    from vla.data.convert import convert
+    from vla.data.convert import ConversionError, convert
 
     options: dict = {"overwrite": args.overwrite}
     if args.instruction:
@@ -154,9 +154,14 @@ def _data_convert(args: argparse.Namespace) -> int:
     if args.key_map:
         options["key_map"] = dict(item.split("=", 1) for item in args.key_map.split(","))
     if args.to == "lerobot":
+        unused = [flag for flag, value in (("--state-keys", args.state_keys), ("--key-map", args.key_map)) if value]
+        if unused:
+            raise ConversionError(f"{' and '.join(unused)} apply to reading other formats, not to --to lerobot")
         options = {
             "overwrite": args.overwrite,
             "video_codec": None if args.video_codec == "none" else args.video_codec,
+            "instruction": args.instruction,
+            "fps": args.fps,
         }
     summary = convert(args.src, args.dst, from_format=args.from_format, to_format=args.to, **options)
     print(json.dumps(summary, indent=2))

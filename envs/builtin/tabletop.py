@@ -18,7 +18,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.spaces import observation_space
-from vla.data.schema import ActionSpace, DatasetMeta
+from vla.data.schema import ActionSpace, DatasetMeta, image_sizes_per_camera, normalize_image_size
 
 COLORS = {
     "red": (220, 50, 47),
@@ -34,6 +34,12 @@ CAMERAS = ("top", "wrist")  # wrist: a 2x zoomed view that follows the pusher
 # is and where the instruction's goal is (push: the named pad; reach: the block itself), in workspace units
 # ([0, 1], x right, y down, like the top camera)
 TARGET_NAMES = ("block_x", "block_y", "goal_x", "goal_y")
+
+
+def pixel_centres(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of every pixel's centre in view units [0, 1]."""
+    ys, xs = np.mgrid[0:h, 0:w]
+    return (xs + 0.5) / w, (ys + 0.5) / h
 
 
 @dataclass
@@ -58,7 +64,7 @@ class TabletopEnv(gym.Env):
         kind: str = "push",
         name: str = "builtin/push",
         cameras: tuple[str, ...] | list[str] = ("top",),
-        image_size: int | tuple[int, int] = 64,
+        image_size: int | tuple[int, int] | dict[str, int | tuple[int, int]] = 64,
         max_steps: int | None = None,
         control_freq: float = 10.0,
         seed: int | None = None,
@@ -70,9 +76,10 @@ class TabletopEnv(gym.Env):
         if unknown:
             raise ValueError(f"unknown cameras {sorted(unknown)} for {name}; available: {list(CAMERAS)}")
         self.cameras = list(cameras)
-        self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        if min(self.image_size) < 16:
-            raise ValueError(f"image_size must be >= 16 px, got {self.image_size}")
+        self.image_size = normalize_image_size(image_size, self.cameras)  # (H, W), or {camera: (H, W)}
+        self.image_sizes = image_sizes_per_camera(self.image_size, self.cameras)
+        if any(min(hw) < 16 for hw in self.image_sizes.values()):
+            raise ValueError(f"image_size must be >= 16 px, got {image_size}")
         self.control_freq = float(control_freq)
         self.step_size = self.max_speed / self.control_freq
         self.max_steps = (
@@ -84,9 +91,7 @@ class TabletopEnv(gym.Env):
         self.metadata = {**self.metadata, "render_fps": self.control_freq}
         self.observation_space = observation_space(self.cameras, self.image_size, state_dim=4)
         self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
-        h, w = self.image_size
-        ys, xs = np.mgrid[0:h, 0:w]
-        self._pix = ((xs + 0.5) / w, (ys + 0.5) / h)  # pixel centres in view units
+        self._pix = {cam: pixel_centres(*hw) for cam, hw in self.image_sizes.items()}
         self._rng = np.random.default_rng(seed)
         self._seeded = seed is not None
         self.pusher = np.zeros(2)
@@ -228,13 +233,16 @@ class TabletopEnv(gym.Env):
         return self._render(self.cameras[0] if self.cameras else "top")
 
     def _render(self, camera: str) -> np.ndarray:
-        h, w = self.image_size
+        if camera not in self._pix:  # render() of an env built without cameras
+            self._pix[camera] = pixel_centres(*image_sizes_per_camera(self.image_size, [camera])[camera])
+        pix = self._pix[camera]
+        h, w = pix[0].shape
         if camera == "top":
             origin, extent = np.zeros(2), 1.0
         else:  # wrist: 0.5 x 0.5 window centred on the pusher
             origin, extent = self.pusher - 0.25, 0.5
-        px = origin[0] + self._pix[0] * extent
-        py = origin[1] + self._pix[1] * extent
+        px = origin[0] + pix[0] * extent
+        py = origin[1] + pix[1] * extent
         img = np.empty((h, w, 3), dtype=np.uint8)
         img[:] = TABLE
         outside = (px < 0) | (px > 1) | (py < 0) | (py > 1)

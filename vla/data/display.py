@@ -38,7 +38,7 @@ def print_info(summary: dict[str, Any], console: Console | None = None) -> None:
         ("robot / env", f"{summary['robot']} / {summary['env'] or '-'}"),
         (
             "cameras",
-            f"{', '.join(summary['cameras'])} at {summary['image_size'][0]}x{summary['image_size'][1]}",
+            ", ".join(f"{cam} {h}x{w}" for cam, (h, w) in summary["image_size"].items()),
         ),
         ("state dim", str(summary["state_dim"])),
         (

@@ -57,6 +57,85 @@ def open_group(url: str | os.PathLike, mode: str = "r") -> zarr.Group:
         raise ImportError(f"opening {url!r} needs an fsspec backend that is not installed: {e}") from e
 
 
+def _array_shape(group: zarr.Group, path: str) -> tuple[int, ...] | None:
+    """An array's shape; None if it is missing or its metadata unreadable (reported where it is opened)."""
+    try:
+        return tuple(group[path].shape)
+    except Exception:  # noqa: BLE001 - KeyError, a broken zarr.json (JSONDecodeError), zarr's own errors
+        return None
+
+
+def meta_from_group(group: zarr.Group, url: str = "dataset", check: bool = True) -> DatasetMeta:
+    """The dataset's metadata from its attrs, liberally: what the attrs leave out and the arrays say (cameras,
+    each camera's (H, W), state_dim, the action dim and, lacking them, its bounds) is read from the arrays;
+    attrs that contradict the arrays are a SchemaError naming both (``check=False``: left to the caller,
+    as `validate` reports them per array)."""
+    attrs = dict(group.attrs.asdict())
+    if attrs.get("format") != schema.FORMAT:
+        return DatasetMeta.from_attrs(attrs)  # its error names the format
+    derived: list[str] = []
+    if "cameras" not in attrs:
+        try:
+            attrs["cameras"] = sorted(group[schema.IMAGES].array_keys())
+        except KeyError:
+            raise SchemaError(f"{url}: attrs name no cameras and there is no {schema.IMAGES} group") from None
+        derived.append("cameras")
+    cameras = [str(c) for c in attrs["cameras"]]
+    shapes = {cam: _array_shape(group, f"{schema.IMAGES}/{cam}") for cam in cameras}
+    stored = {cam: tuple(int(v) for v in shape[1:3]) for cam, shape in shapes.items() if shape and len(shape) == 4}
+    if "image_size" not in attrs:
+        unknown = [cam for cam in cameras if cam not in stored]
+        if unknown:
+            raise SchemaError(
+                f"{url}: attrs leave out image_size and cameras {unknown} have no (N, H, W, 3) array under "
+                f"{schema.IMAGES} to read it from"
+            )
+        attrs["image_size"] = stored
+        derived.append("image_size")
+    else:
+        declared = schema.image_sizes_per_camera(attrs["image_size"], cameras)
+        clash = [
+            f"images[{cam!r}]: attrs.image_size says {list(declared[cam])}, the array is {list(hw)}"
+            for cam, hw in stored.items()
+            if declared.get(cam) != hw
+        ]
+        if clash and check:
+            raise SchemaError(f"{url}: attrs contradict the arrays: {'; '.join(clash)} (H, W)")
+    for key, path in (("state_dim", schema.STATE),):
+        shape = _array_shape(group, path)
+        if key not in attrs:
+            if shape is None or len(shape) != 2:
+                raise SchemaError(f"{url}: attrs leave out {key} and there is no (N, D) {path} to read it from")
+            attrs[key] = shape[1]
+            derived.append(key)
+        elif check and shape is not None and len(shape) == 2 and int(attrs[key]) != shape[1]:
+            raise SchemaError(f"{url}: attrs contradict the arrays: {key} is {attrs[key]}, {path} has {shape[1]}")
+    action = dict(attrs.get("action_space") or {})
+    shape = _array_shape(group, schema.ACTION)
+    if "dim" not in action:
+        if shape is None or len(shape) != 2:
+            raise SchemaError(
+                f"{url}: attrs leave out action_space.dim and there is no (N, D) {schema.ACTION} to read it from"
+            )
+        action["dim"] = shape[1]
+        derived.append("action_space.dim")
+    elif check and shape is not None and len(shape) == 2 and int(action["dim"]) != shape[1]:
+        raise SchemaError(
+            f"{url}: attrs contradict the arrays: action_space.dim is {action['dim']}, {schema.ACTION} has "
+            f"{shape[1]}"
+        )
+    if "low" not in action or "high" not in action:
+        values = np.asarray(group[schema.ACTION][:], dtype=np.float64) if shape and shape[0] else None
+        action.setdefault("low", values.min(0).tolist() if values is not None else -np.inf)
+        action.setdefault("high", values.max(0).tolist() if values is not None else np.inf)
+        derived.append("action_space bounds (the data's min/max)")
+    attrs["action_space"] = action
+    meta = DatasetMeta.from_attrs(attrs)
+    if derived:
+        meta.extra = {**meta.extra, "derived_from_arrays": derived}
+    return meta
+
+
 @dataclass
 class CommitState:
     """What is committed in a dataset, and what lies beyond the commit point."""
@@ -166,7 +245,7 @@ class TrajectoryStore:
     def __init__(self, url: str | os.PathLike):
         self.url = normalize_url(url)
         self.group = open_group(self.url, mode="r")
-        self.meta = DatasetMeta.from_attrs(self.group.attrs.asdict())
+        self.meta = meta_from_group(self.group, self.url)
         for path in [schema.EPISODE_ENDS, *schema.EPISODE_ARRAYS, *frame_array_paths(self.meta)]:
             if path not in self.group:
                 raise SchemaError(f"dataset {self.url} is missing array {path!r}")
@@ -311,7 +390,7 @@ class TrajectoryStore:
             "robot": self.meta.robot,
             "env": self.meta.env,
             "cameras": self.meta.cameras,
-            "image_size": list(self.meta.image_size),
+            "image_size": {cam: list(hw) for cam, hw in self.meta.image_sizes.items()},
             "state_dim": self.meta.state_dim,
             "action_space": {
                 "dim": self.meta.action_dim,

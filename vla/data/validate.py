@@ -13,7 +13,7 @@ import zarr
 
 from . import schema
 from .schema import DatasetMeta, SchemaError
-from .store import dataset_exists, is_local, normalize_url, open_group, read_commit_state
+from .store import dataset_exists, is_local, meta_from_group, normalize_url, open_group, read_commit_state
 
 
 @dataclass
@@ -145,12 +145,12 @@ def validate(
         )
         return report
     try:
-        meta = DatasetMeta.from_attrs(attrs)
+        meta = meta_from_group(group, url, check=False)  # contradictions are reported per array below
     except (SchemaError, TypeError, ValueError, KeyError) as e:
         report.error("attrs", str(e)[:500])
         return report
 
-    frame_paths = {f"{schema.IMAGES}/{c}": (*meta.image_size, 3) for c in meta.cameras}
+    frame_paths = {f"{schema.IMAGES}/{c}": meta.image_shape(c) for c in meta.cameras}
     frame_paths |= {schema.STATE: (meta.state_dim,), schema.ACTION: (meta.action_dim,)}
     required = [*frame_paths, schema.EPISODE_ENDS, *schema.EPISODE_ARRAYS]
     for p in required:

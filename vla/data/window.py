@@ -150,8 +150,8 @@ class WindowDataset(Dataset):
         cfg = self.config
         if cfg.in_memory != "auto":
             return bool(cfg.in_memory)
-        h, w = self.store.meta.image_size
-        nbytes = self.store.num_frames * h * w * 3 * len(self.cameras)
+        sizes = self.store.meta.image_sizes
+        nbytes = self.store.num_frames * sum(sizes[cam][0] * sizes[cam][1] * 3 for cam in self.cameras)
         return nbytes <= cfg.max_memory_gb * 2**30
 
     def __len__(self) -> int:

@@ -23,6 +23,7 @@ from zarr.codecs import BloscCodec
 from . import schema
 from .schema import DatasetMeta, SchemaError
 from .store import (
+    meta_from_group,
     PartialTailWarning,
     damage_message,
     dataset_exists,
@@ -62,7 +63,7 @@ class TrajectoryWriter:
         exists = dataset_exists(self.url)
         if exists and not overwrite:
             self.group = open_group(self.url, mode="r+")
-            self.meta = DatasetMeta.from_attrs(self.group.attrs.asdict())
+            self.meta = meta_from_group(self.group, self.url)
             if meta is not None:
                 meta.check_compatible(
                     self.meta,
@@ -87,10 +88,9 @@ class TrajectoryWriter:
 
     # -- creation and repair -----------------------------------------------------------------
     def _create_arrays(self, image_chunk: int, lowdim_chunk: int, episode_chunk: int, level: int) -> None:
-        h, w = self.meta.image_size
         images = BloscCodec(cname="zstd", clevel=level, shuffle="noshuffle")
         floats = BloscCodec(cname="zstd", clevel=level, shuffle="shuffle", typesize=4)
-        for cam in self.meta.cameras:
+        for cam, (h, w) in self.meta.image_sizes.items():
             self.group.create_array(
                 f"{schema.IMAGES}/{cam}",
                 shape=(0, h, w, 3),
@@ -208,9 +208,8 @@ class TrajectoryWriter:
             raise TypeError(f"instruction must be a str, got {type(instruction).__name__}")
         if set(images) != set(meta.cameras):
             raise SchemaError(f"episode images have cameras {sorted(images)}, dataset expects {meta.cameras}")
-        h, w = meta.image_size
         out_images = {}
-        for cam in meta.cameras:
+        for cam, (h, w) in meta.image_sizes.items():
             frames = np.asarray(images[cam])
             if frames.dtype != np.uint8:
                 raise SchemaError(

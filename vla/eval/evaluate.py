@@ -139,7 +139,7 @@ def rollout_task(
 
     options: dict[str, Any] = {"max_steps": cfg.max_steps}
     if meta is not None:
-        options |= {"cameras": list(meta.cameras), "image_size": meta.image_size[0]}
+        options |= {"cameras": list(meta.cameras), "image_size": meta.image_size}
     queue = list(seeds) if seeds is not None else [cfg.seed + k for k in range(cfg.episodes)]
     n = min(cfg.num_envs, len(queue))
     vectorization = "sync" if cfg.expert else cfg.vectorization  # experts read env internals

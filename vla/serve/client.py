@@ -118,13 +118,13 @@ class RobotClient:
         md = self.metadata if self.metadata is not None else self.connect()
         theirs = {
             "cameras": list(md["cameras"]),
-            "image_size": list(md["image_size"]),
+            "image_size": md["image_size"],
             "state_dim": md["state_dim"],
             "action_dim": md["action_dim"],
         }
         ours = {
             "cameras": list(meta.cameras),
-            "image_size": list(meta.image_size),
+            "image_size": meta.json_image_size(),
             "state_dim": meta.state_dim,
             "action_dim": meta.action_space.dim,
         }

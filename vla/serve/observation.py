@@ -53,11 +53,11 @@ class ObservationParser:
                 raise ValueError(
                     f"obs_keys[{src!r}] = {dst!r} is not a contract path; expected one of {sorted(targets)}"
                 )
-        self.image_shape = (*meta.image_size, 3)
+        self.image_shapes = {cam: meta.image_shape(cam) for cam in meta.cameras}
 
     def expected(self) -> str:
         keys = [
-            f"images: {{{', '.join(repr(c) for c in self.meta.cameras)}}} uint8 {self.image_shape}",
+            "images: {" + ", ".join(f"{c!r}: uint8 {shape}" for c, shape in self.image_shapes.items()) + "}",
             f"state float32 ({self.meta.state_dim},)",
             "instruction str",
         ]
@@ -117,9 +117,9 @@ class ObservationParser:
         out = {}
         for cam in self.meta.cameras:
             img = images[cam]
-            if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.shape != self.image_shape:
+            if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.shape != self.image_shapes[cam]:
                 raise ProtocolError(
-                    f"images[{cam!r}]: expected a uint8 array of shape {self.image_shape} (H, W, RGB), "
+                    f"images[{cam!r}]: expected a uint8 array of shape {self.image_shapes[cam]} (H, W, RGB), "
                     f"got {_describe(img)}"
                 )
             out[cam] = img

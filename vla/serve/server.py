@@ -80,7 +80,7 @@ class InferenceEngine:
     def warmup(self, batch_sizes: list[int]) -> None:
         meta = self.policy.meta
         obs = {
-            "images": {c: np.zeros((*meta.image_size, 3), np.uint8) for c in meta.cameras},
+            "images": {c: np.zeros(meta.image_shape(c), np.uint8) for c in meta.cameras},
             "state": np.zeros(meta.state_dim, np.float32),
             "instruction": "warm up",
         }
@@ -153,7 +153,8 @@ class PolicyServer:
             "env": meta.env,
             "robot": meta.robot,
             "cameras": list(meta.cameras),
-            "image_size": list(meta.image_size),
+            # [H, W] when every camera shares it (what openpi-style clients read), else {camera: [H, W]}
+            "image_size": meta.json_image_size(),
             "state_dim": meta.state_dim,
             "action_dim": meta.action_space.dim,
             "action_horizon": config.horizon,

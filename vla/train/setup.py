@@ -52,6 +52,12 @@ def check_setup(cfg: TrainConfig, out: Path) -> TrajectoryStore:
             f"trainer.steps, batch_size and grad_accum must be >= 1 (got {t.steps}, {t.batch_size}, "
             f"{t.grad_accum})"
         )
+    every = {key: getattr(t, key) for key in ("checkpoint_every", "val_every", "log_every")}
+    if min(every.values()) < 1:
+        raise TrainError(
+            f"trainer.checkpoint_every, val_every and log_every are step intervals and must be >= 1 (got "
+            f"{', '.join(str(v) for v in every.values())}); to skip validation set data.val_fraction=0"
+        )
     if t.mixed_precision not in ("no", "bf16", "fp16"):
         raise TrainError(f"trainer.mixed_precision must be no, bf16 or fp16, got {t.mixed_precision!r}")
     for key in ("lr_scale", "task_weights"):

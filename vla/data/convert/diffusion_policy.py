@@ -89,11 +89,10 @@ def from_diffusion_policy(
         if state_keys
         else np.zeros((n, 0), np.float32)
     )
-    first = data[next(iter(cameras.values()))]
     meta = DatasetMeta(
         fps=fps,
         cameras=list(cameras),
-        image_size=tuple(first.shape[1:3]),
+        image_size={cam: data[key].shape[1:3] for cam, key in cameras.items()},
         state_dim=state.shape[1],
         action_space=ActionSpace(
             dim=action.shape[1], low=action.min(0).tolist(), high=action.max(0).tolist()

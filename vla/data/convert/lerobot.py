@@ -38,6 +38,7 @@ DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 IMAGE_PREFIX = "observation.images."
+VLA_INFO_KEY = "vla"  # our export's extra info.json entry: what LeRobot's schema has no field for
 CHUNKS_SIZE = 1000  # files per chunk directory, as LeRobot
 
 
@@ -90,6 +91,23 @@ def _image_hw(feature: dict[str, Any]) -> tuple[int, int]:
     return int(shape[0]), int(shape[1])
 
 
+def _feature_names(feature: dict[str, Any] | None, dim: int) -> list[str] | None:
+    """A feature's per-dimension names (LeRobot writes a list, or {"motors": [...]}), if they fit ``dim``."""
+    names = (feature or {}).get("names")
+    if isinstance(names, dict) and len(names) == 1:
+        names = next(iter(names.values()))
+    if isinstance(names, list) and len(names) == dim and all(isinstance(n, str) for n in names):
+        return list(names)
+    return None
+
+
+def lerobot_action_kind(names: list[str] | None) -> str:
+    """LeRobot robots send ``<motor>.pos`` goal positions: absolute joint targets."""
+    if names and all(n.endswith(".pos") for n in names):
+        return "absolute_joint_pos"
+    return "continuous"
+
+
 def _episode_task(episode: Any, first_frame: Any, tasks: dict[int, str]) -> str:
     """The episode's first task string, else the task of its first frame's task_index."""
     listed = episode.get("tasks")
@@ -106,9 +124,12 @@ def from_lerobot(
     state_key: str = "observation.state",
     action_key: str = "action",
     instruction: str | None = None,
+    fps: float | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
+    """Read a LeRobot v3.0 directory into a vla dataset; ``instruction`` replaces every episode's task.
+    ``fps`` may only repeat what meta/info.json states (its video timestamps depend on it)."""
     started = time.perf_counter()
     root = Path(src)
     info_path = root / "meta" / "info.json"
@@ -136,6 +157,11 @@ def from_lerobot(
     frames = _read_parquets(sorted((root / "data").glob("chunk-*/file-*.parquet")))
     frames = frames.sort_values(["episode_index", "frame_index"]).reset_index(drop=True)
     tasks = _task_strings(root)
+    if fps is not None and float(fps) != float(info["fps"]):
+        raise ConversionError(
+            f"--fps {fps}: {src} states fps {info['fps']} in meta/info.json, and its video timestamps follow it; "
+            "LeRobot sources are not re-timed"
+        )
     fps = float(info["fps"])
     video_template = info.get("video_path", VIDEO_PATH)
 
@@ -146,20 +172,30 @@ def from_lerobot(
         if has_state
         else np.zeros((len(frames), 0), np.float32)
     )
-    hw = _image_hw(features[camera_keys[0]])
     low, high = action.min(0), action.max(0)
     stats_path = root / "meta" / "stats.json"
     if stats_path.exists():
         stats = json.loads(stats_path.read_text()).get(action_key, {})
         if "min" in stats and "max" in stats:
             low, high = np.minimum(low, stats["min"]), np.maximum(high, stats["max"])
+    cameras = [k.removeprefix(IMAGE_PREFIX).replace("/", "_") for k in camera_keys]
+    action_names = _feature_names(features[action_key], action.shape[1])
+    ours = info.get(VLA_INFO_KEY) or {}  # what our own export adds to info.json
     meta = DatasetMeta(
         fps=fps,
-        cameras=[k.removeprefix(IMAGE_PREFIX).replace("/", "_") for k in camera_keys],
-        image_size=hw,
+        cameras=cameras,
+        image_size={cam: _image_hw(features[key]) for cam, key in zip(cameras, camera_keys, strict=True)},
         state_dim=state.shape[1],
-        action_space=ActionSpace(dim=action.shape[1], low=low.tolist(), high=high.tolist()),
+        state_names=_feature_names(features.get(state_key), state.shape[1]),
+        action_space=ActionSpace(
+            dim=action.shape[1],
+            low=low.tolist(),
+            high=high.tolist(),
+            kind=str(ours.get("action_kind") or lerobot_action_kind(action_names)),
+            names=action_names,
+        ),
         robot=str(info.get("robot_type") or "unknown"),
+        env=ours.get("env"),
         extra={"source": "lerobot", "codebase_version": version},
     )
     video_cache: dict[Path, np.ndarray] = {}
@@ -230,6 +266,64 @@ def _encode_video(path: Path, frames: np.ndarray, fps: float, codec: str) -> Non
             container.mux(packet)
 
 
+def _write_tasks(path: Path, tasks: list[str]) -> None:
+    """tasks.parquet as LeRobot writes it: the task string is the pandas index, ``task_index`` the column
+    (LeRobotDataset reads a frame's task string from that index)."""
+    import pandas as pd
+
+    pd.DataFrame({"task_index": range(len(tasks))}, index=pd.Index(tasks, name="task")).to_parquet(path)
+
+
+def _image_feature(h: int, w: int, video_codec: str | None, fps: float) -> dict[str, Any]:
+    feature: dict[str, Any] = {
+        "dtype": "video" if video_codec else "image",
+        "shape": [h, w, 3],
+        "names": ["height", "width", "channels"],
+    }
+    if video_codec:
+        feature["info"] = {
+            "video.height": h,
+            "video.width": w,
+            "video.codec": video_codec,
+            "video.pix_fmt": "rgb24" if video_codec == "libx264rgb" else "yuv420p",
+            "video.is_depth_map": False,
+            "video.fps": fps,
+            "video.channels": 3,
+            "has_audio": False,
+        }
+    return feature
+
+
+LEROBOT_QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)  # LeRobot's DEFAULT_QUANTILES: q01 ... q99
+
+
+def _feature_stats(values: np.ndarray) -> dict[str, Any]:
+    """Per-dimension stats of a (N, D) feature, with the keys LeRobot writes (count, q01 ... q99 included)."""
+    values = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+    if not len(values):
+        return {}
+    stats = {
+        "min": values.min(0),
+        "max": values.max(0),
+        "mean": values.mean(0),
+        "std": values.std(0),
+        "count": np.array([len(values)]),
+    }
+    for q, value in zip(LEROBOT_QUANTILES, np.quantile(values, LEROBOT_QUANTILES, axis=0), strict=True):
+        stats[f"q{round(q * 100):02d}"] = value
+    return {name: value.tolist() for name, value in stats.items()}
+
+
+def _image_stats(images: Any, num_frames: int, max_frames: int = 200) -> dict[str, Any]:
+    """Per-channel stats of a camera in [0, 1], shaped (3, 1, 1) as LeRobot's, from up to ``max_frames``
+    evenly spaced frames (LeRobot samples too)."""
+    index = np.unique(np.linspace(0, num_frames - 1, min(num_frames, max_frames)).astype(int))
+    frames = np.asarray(images.get_orthogonal_selection((index,)), dtype=np.float64) / 255.0
+    stats = _feature_stats(frames.reshape(-1, 3))
+    stats = {name: np.reshape(value, (3, 1, 1)).tolist() for name, value in stats.items() if name != "count"}
+    return stats | {"count": [len(index)]}
+
+
 def _encode_png(img: np.ndarray) -> dict[str, Any]:
     import imageio.v3 as iio
 
@@ -241,10 +335,13 @@ def to_lerobot(
     dst: str | os.PathLike,
     video_codec: str | None = "libsvtav1",
     episodes_per_file: int = 1000,
+    instruction: str | None = None,
+    fps: float | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Write a LeRobot v3.0 dataset directory. ``video_codec=None`` stores images inline (PNG)."""
+    """Write a LeRobot v3.0 dataset directory. ``video_codec=None`` stores images inline (PNG);
+    ``instruction`` replaces every episode's task string, ``fps`` the dataset's frame rate."""
     import shutil
 
     import pyarrow as pa
@@ -253,6 +350,10 @@ def to_lerobot(
     started = time.perf_counter()
     store = TrajectoryStore(src)
     meta = store.meta
+    if fps is not None and fps <= 0:
+        raise ConversionError(f"fps must be > 0, got {fps}")
+    fps = float(fps or meta.fps)
+    instructions = [instruction or str(text) for text in store.instructions]
     out = Path(dst)
     if out.exists():
         if not overwrite:
@@ -260,8 +361,7 @@ def to_lerobot(
     tmp = out.with_name(f".{out.name}.converting")
     shutil.rmtree(tmp, ignore_errors=True)
     cam_keys = {cam: f"{IMAGE_PREFIX}{cam}" for cam in meta.cameras}
-    h, w = meta.image_size
-    task_list = sorted(set(store.instructions.tolist()))
+    task_list = sorted(set(instructions))
     task_index = {t: i for i, t in enumerate(task_list)}
     state_all, action_all = store.load("state"), store.load("action")
     episode_rows: list[dict[str, Any]] = []
@@ -273,10 +373,9 @@ def to_lerobot(
             length = sl.stop - sl.start
             file_index = e // episodes_per_file
             chunk, fidx = divmod(file_index, CHUNKS_SIZE)
-            instruction = str(store.instructions[e])
             row: dict[str, Any] = {
                 "episode_index": e,
-                "tasks": [instruction],
+                "tasks": [instructions[e]],
                 "length": length,
                 "data/chunk_index": chunk,
                 "data/file_index": fidx,
@@ -296,18 +395,18 @@ def to_lerobot(
                 row |= {
                     f"videos/{key}/chunk_index": chunk,
                     f"videos/{key}/file_index": fidx,
-                    f"videos/{key}/from_timestamp": offset / meta.fps,
-                    f"videos/{key}/to_timestamp": (offset + length) / meta.fps,
+                    f"videos/{key}/from_timestamp": offset / fps,
+                    f"videos/{key}/to_timestamp": (offset + length) / fps,
                 }
             for t in range(length):
                 frame = {
                     "observation.state": state_all[sl.start + t].tolist(),
                     "action": action_all[sl.start + t].tolist(),
-                    "timestamp": np.float32(t / meta.fps),
+                    "timestamp": np.float32(t / fps),
                     "frame_index": t,
                     "episode_index": e,
                     "index": sl.start + t,
-                    "task_index": task_index[instruction],
+                    "task_index": task_index[instructions[e]],
                 }
                 if video_codec is None:
                     frame |= {key: _encode_png(images[cam][t]) for cam, key in cam_keys.items()}
@@ -323,36 +422,19 @@ def to_lerobot(
             _encode_video(
                 tmp / VIDEO_PATH.format(video_key=cam_keys[cam], chunk_index=chunk, file_index=fidx),
                 np.concatenate(clips),
-                meta.fps,
+                fps,
                 video_codec,
             )
         episodes_path = tmp / EPISODES_PATH.format(chunk_index=0, file_index=0)
         episodes_path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.Table.from_pylist(episode_rows), episodes_path)
-        pq.write_table(
-            pa.table({"task_index": list(range(len(task_list))), "task": task_list}),
-            tmp / "meta" / "tasks.parquet",
-        )
-        image_feature = {
-            "dtype": "video" if video_codec else "image",
-            "shape": [h, w, 3],
-            "names": ["height", "width", "channels"],
+        _write_tasks(tmp / "meta" / "tasks.parquet", task_list)
+        features = {
+            key: _image_feature(*meta.image_sizes[cam], video_codec, fps) for cam, key in cam_keys.items()
         }
-        if video_codec:
-            image_feature["info"] = {
-                "video.height": h,
-                "video.width": w,
-                "video.codec": video_codec,
-                "video.pix_fmt": "rgb24" if video_codec == "libx264rgb" else "yuv420p",
-                "video.is_depth_map": False,
-                "video.fps": meta.fps,
-                "video.channels": 3,
-                "has_audio": False,
-            }
-        features = {key: image_feature for key in cam_keys.values()}
         features |= {
-            "observation.state": {"dtype": "float32", "shape": [meta.state_dim], "names": None},
-            "action": {"dtype": "float32", "shape": [meta.action_dim], "names": None},
+            "observation.state": {"dtype": "float32", "shape": [meta.state_dim], "names": meta.state_names},
+            "action": {"dtype": "float32", "shape": [meta.action_dim], "names": meta.action_space.names},
             "timestamp": {"dtype": "float32", "shape": [1], "names": None},
             **{
                 k: {"dtype": "int64", "shape": [1], "names": None}
@@ -368,21 +450,19 @@ def to_lerobot(
             "chunks_size": CHUNKS_SIZE,
             "data_files_size_in_mb": 100,
             "video_files_size_in_mb": 200,
-            "fps": meta.fps,
+            "fps": int(fps) if fps.is_integer() else fps,  # LeRobot declares an int
             "splits": {"train": f"0:{store.num_episodes}"},
             "data_path": DATA_PATH,
             "video_path": VIDEO_PATH if video_codec else None,
             "features": features,
+            VLA_INFO_KEY: {"action_kind": meta.action_space.kind, "env": meta.env},
         }
         (tmp / "meta" / "info.json").write_text(json.dumps(info, indent=2))
-        stats = store.stats(allow_stale=False) or {}
-        lerobot_stats = {
-            ("observation.state" if k == "state" else k): {
-                n: v.tolist() for n, v in s.items() if n in ("mean", "std", "min", "max")
-            }
-            for k, s in stats.items()
-        }
-        (tmp / "meta" / "stats.json").write_text(json.dumps(lerobot_stats, indent=2))
+        stats = {"observation.state": state_all, "action": action_all}
+        stats = {key: _feature_stats(values) for key, values in stats.items()}
+        for cam, key in cam_keys.items():
+            stats[key] = _image_stats(store.images(cam), store.num_frames)
+        (tmp / "meta" / "stats.json").write_text(json.dumps(stats, indent=2))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)  # a partial conversion never sits at dst

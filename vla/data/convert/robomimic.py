@@ -75,7 +75,6 @@ def from_robomimic(
             raise ConversionError(
                 f"{src}: state keys {missing} not in data/{demos[0]}/obs (keys: {sorted(first_obs)})"
             )
-        image_shape = first_obs[camera_keys[0]].shape[1:3]
         actions_all = [np.asarray(data[d]["actions"]) for d in demos]
         amin, amax = np.min([a.min(0) for a in actions_all], 0), np.max([a.max(0) for a in actions_all], 0)
         low = np.where(amin >= -1, -1.0, amin)  # OSC actions live in [-1, 1]; widen only if the data does not
@@ -84,7 +83,7 @@ def from_robomimic(
         meta = DatasetMeta(
             fps=fps or env_kwargs.get("control_freq", 20),
             cameras=[k[: -len("_image")] for k in camera_keys],
-            image_size=tuple(image_shape),
+            image_size={k[: -len("_image")]: first_obs[k].shape[1:3] for k in camera_keys},
             state_dim=sum(int(first_obs[k].shape[1]) for k in state_keys),
             action_space=ActionSpace(
                 dim=actions_all[0].shape[1], low=low.tolist(), high=high.tolist(), kind="robomimic"
