@@ -8,7 +8,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export MUJOCO_GL ?= egl
 export PYTHONWARNINGS ?= ignore::DeprecationWarning
 
-.PHONY: setup demo test test-slow test-all bench lint clean results-smoke
+.PHONY: setup demo test test-slow test-all test-lerobot bench lint clean results-smoke
 
 setup: $(STAMP)
 
@@ -40,13 +40,29 @@ demo: setup
 	@echo "demo dataset: $(DEMO_DATA)   run: $(DEMO_RUN)   report: $(DEMO_RUN)/eval/eval.md   videos: $(DEMO_RUN)/eval/videos/"
 
 test: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not lerobot"
 
 test-slow: setup
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m "slow and not lerobot"
 
 test-all: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not lerobot"
+
+# Compatibility proven against LeRobot itself: its LeRobotDataset reads our exports, its writer's datasets
+# convert in (tests/test_lerobot_compat.py). LeRobot needs Python >= 3.12 and numpy 2, so it gets its own
+# venv: about 5 minutes and 6 GB the first time (torch 2.11 from PyPI is a CUDA build; it runs on CPU).
+PYTHON312 ?= $(shell command -v python3.12 >/dev/null 2>&1 && python3.12 -c "" 2>/dev/null && echo python3.12 || ls -d $$HOME/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | tail -1)
+LEROBOT_VENV ?= .venv-lerobot
+LEROBOT_STAMP := $(LEROBOT_VENV)/.installed-lerobot-0.6.1
+
+$(LEROBOT_STAMP):
+	@test -n "$(PYTHON312)" || { echo "test-lerobot needs Python 3.12 (set PYTHON312=/path/to/python3.12)"; exit 1; }
+	test -x $(LEROBOT_VENV)/bin/python || $(PYTHON312) -m venv $(LEROBOT_VENV)
+	$(LEROBOT_VENV)/bin/python -m pip install -q "lerobot[dataset]==0.6.1" torch==2.11.0 torchvision==0.26.0
+	touch $@
+
+test-lerobot: setup $(LEROBOT_STAMP)
+	VLA_LEROBOT_PYTHON=$(abspath $(LEROBOT_VENV))/bin/python $(PY) -m pytest -q -m lerobot
 
 # Results (docs/results.md): `make results-builtin`, results-heads_builtin, results-heads_reach, results-heads_lift,
 # results-lift, results-pickplacecan, results-liftcolor, results-mt10 (configs/experiment/).

@@ -1,0 +1,143 @@
+"""Our LeRobot export read by LeRobot's own `LeRobotDataset`, and a dataset written by LeRobot's own writer
+converted in, trained on and evaluated. LeRobot needs Python >= 3.12 and numpy 2, so it runs in its own venv
+(`make test-lerobot` builds it and sets VLA_LEROBOT_PYTHON); tests/lerobot_side.py is its half.
+Not in `make test` / CI (marker `lerobot`): the venv is a 6 GB install."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_meta, write_dataset
+
+from vla.cli import main
+from vla.data import TrajectoryStore
+from vla.data.convert import to_lerobot
+
+pytestmark = pytest.mark.lerobot
+SIDE = Path(__file__).with_name("lerobot_side.py")
+
+
+def lerobot(*args: str) -> None:
+    python = os.environ.get("VLA_LEROBOT_PYTHON")
+    if not python or not Path(python).exists():
+        pytest.fail("set VLA_LEROBOT_PYTHON to the LeRobot venv's python (`make test-lerobot` does)")
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([python, str(SIDE), *args], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def read_with_lerobot(root: Path, tmp_path: Path) -> tuple[dict, dict]:
+    out = tmp_path / f"{root.name}-read.npz"
+    lerobot("read", str(root), str(out))
+    data = dict(np.load(out))
+    return data, json.loads(str(data.pop("meta")))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+@pytest.mark.parametrize("codec", ["libx264rgb", "libsvtav1"])
+def test_our_export_reads_back_in_lerobots_loader_frame_for_frame(tmp_path, codec):
+    meta = make_meta(
+        image_size={"front": (32, 48), "wrist": (16, 16)},
+        state_names=["shoulder_pan.pos", "elbow_flex.pos", "gripper.pos"],
+        robot="so101_follower",
+    )
+    meta.action_space.names = ["shoulder_pan.pos", "gripper.pos"]
+    src = tmp_path / "ours.zarr"
+    write_dataset(src, lengths=(5, 3, 7, 1, 4), meta=meta)
+    to_lerobot(src, tmp_path / "export", video_codec=codec, progress=False)
+    got, info = read_with_lerobot(tmp_path / "export", tmp_path)
+    store = TrajectoryStore(src)
+    assert info["num_episodes"] == 5 and info["fps"] == 10 and info["robot_type"] == "so101_follower"
+    assert info["features"]["observation.state"]["names"] == meta.state_names
+    assert info["features"]["action"]["names"] == meta.action_space.names
+    episode_of = np.repeat(np.arange(5), store.episode_lengths)
+    np.testing.assert_array_equal(got["episode_index"], episode_of)
+    np.testing.assert_array_equal(got["state"], store.load("state"))
+    np.testing.assert_array_equal(got["action"], store.load("action"))
+    assert info["tasks"] == [str(store.instructions[e]) for e in episode_of]  # strings, not task indices
+    for cam in meta.cameras:
+        ours, theirs = store.load(f"images/{cam}"), got[f"images/observation.images.{cam}"]
+        assert theirs.shape == ours.shape
+        if codec == "libx264rgb":
+            np.testing.assert_array_equal(theirs, ours, err_msg=cam)
+        else:
+            assert psnr(theirs, ours) > 25, (cam, psnr(theirs, ours))
+
+
+def test_a_dataset_lerobot_writes_with_mixed_cameras_converts_trains_evaluates_and_goes_back(tmp_path):
+    from envs.collect import CollectConfig, collect
+    from vla.eval import EvalConfig, evaluate
+
+    collect(
+        CollectConfig(
+            episodes=3,
+            out=str(tmp_path / "push.zarr"),
+            cameras=["top", "wrist"],
+            image_size={"top": 96, "wrist": 48},
+            videos=0,
+        ),
+        progress=False,
+    )
+    push = TrajectoryStore(tmp_path / "push.zarr")
+    state_names, action_names = ["x", "y", "vx", "vy"], ["vx", "vy"]
+    features = {
+        "observation.images.top": {"dtype": "video", "shape": [96, 96, 3], "names": ["height", "width", "channels"]},
+        "observation.images.wrist": {"dtype": "image", "shape": [48, 48, 3], "names": ["height", "width", "channels"]},
+        "observation.state": {"dtype": "float32", "shape": [4], "names": state_names},
+        "action": {"dtype": "float32", "shape": [2], "names": action_names},
+    }
+    spec = {"fps": 10, "robot_type": "point_pusher", "features": features, "tasks": push.instructions.tolist()}
+    np.savez(
+        tmp_path / "spec.npz",
+        spec=json.dumps(spec),
+        episode_ends=push.episode_ends,
+        **{"observation.images.top": push.load("images/top"), "observation.images.wrist": push.load("images/wrist")},
+        **{"observation.state": push.load("state"), "action": push.load("action")},
+    )
+    lerobot("write", str(tmp_path / "spec.npz"), str(tmp_path / "by-lerobot"))
+
+    assert main(["data", "convert", str(tmp_path / "by-lerobot"), str(tmp_path / "in.zarr")]) == 0
+    back = TrajectoryStore(tmp_path / "in.zarr")
+    assert back.meta.image_sizes == {"top": (96, 96), "wrist": (48, 48)}
+    assert back.meta.state_names == state_names and back.meta.action_space.names == action_names
+    assert back.meta.robot == "point_pusher" and back.meta.fps == 10
+    assert back.episode_ends.tolist() == push.episode_ends.tolist()
+    assert back.instructions.tolist() == push.instructions.tolist()
+    np.testing.assert_array_equal(back.load("state"), push.load("state"))
+    np.testing.assert_array_equal(back.load("action"), push.load("action"))
+    np.testing.assert_array_equal(back.load("images/wrist"), push.load("images/wrist"))  # PNG: lossless
+    assert psnr(back.load("images/top"), push.load("images/top")) > 30  # LeRobot's default video codec
+
+    # ... trains and evaluates in builtin/push at those camera sizes
+    run = tmp_path / "run"
+    assert main(
+        ["train", f"data.path={tmp_path / 'in.zarr'}", f"out={run}", "data.num_workers=0", "trainer.steps=3",
+         "trainer.batch_size=4", "trainer.checkpoint_every=3"]
+    ) == 0  # fmt: skip
+    report = evaluate(
+        EvalConfig(
+            checkpoint=str(run / "checkpoints" / "step_000003"),
+            env="builtin/push",
+            episodes=2,
+            out=str(tmp_path / "eval"),
+            videos=0,
+        ),
+        progress=False,
+    )
+    assert [r["seed"] for r in report["tasks"]["builtin/push"]["results"]] == [0, 1]
+
+    # ... and goes back out: LeRobot reads LeRobot's names, fps, robot type and tasks again
+    to_lerobot(tmp_path / "in.zarr", tmp_path / "again", video_codec="libx264rgb", progress=False)
+    got, info = read_with_lerobot(tmp_path / "again", tmp_path)
+    assert info["features"]["observation.state"]["names"] == state_names
+    assert info["features"]["action"]["names"] == action_names
+    assert info["robot_type"] == "point_pusher" and info["fps"] == 10
+    assert info["tasks"] == [str(back.instructions[e]) for e in got["episode_index"]]
+    np.testing.assert_array_equal(got["images/observation.images.wrist"], back.load("images/wrist"))
