@@ -31,6 +31,8 @@ class CollectConfig:
     workers: int = 1  # env processes (spawn)
     cameras: list[str] | None = None  # null = the env's default cameras
     image_size: Any = None  # null = the env default; an int, [H, W], or {camera: int | [H, W]} (mixed rigs)
+    # null = raw frames (blosc, lossless); "jpeg", "avif:75", ... or {camera: codec} (vla.data.codecs)
+    image_codec: Any = None
     max_steps: int | None = None
     control_freq: float | None = None
     render_quality: str | None = (
@@ -110,7 +112,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     _init_worker(cfg.env, cfg.env_kwargs(), cfg.noise_std)  # also validates env name and options
     meta = _WORKER["env"].unwrapped.meta
-    writer = TrajectoryWriter(out, meta)
+    writer = TrajectoryWriter(out, meta, image_codec=cfg.image_codec)
     state = writer.group.attrs.get("collect") or {}
     if state and state.get("env") != cfg.env:
         raise ValueError(

@@ -61,7 +61,8 @@ class MetaWorldEnv(gym.Env):
         self.image_size = normalize_image_size(image_size, self.cameras)
         if isinstance(self.image_size, dict):
             raise ValueError(
-                f"MetaWorld renders every camera at one size; got per-camera sizes {image_size} (pass one (H, W))"
+                f"MetaWorld renders every camera at one size; got per-camera sizes {image_size} "
+                "(pass one (H, W))"
             )
         self.max_steps = int(max_steps) if max_steps else 500  # MetaWorld's max_path_length
         self.render_quality = render_quality

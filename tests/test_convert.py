@@ -319,7 +319,9 @@ def test_lerobot_export_carries_sizes_names_kind_tasks_and_stats_as_lerobot_writ
     # LeRobot reads a frame's task string from the pandas index of tasks.parquet
     tasks = pd.read_parquet(out / "meta" / "tasks.parquet")
     assert tasks.index.name == "task" and list(tasks.columns) == ["task_index"]
-    assert tasks.loc["instruction 3", "task_index"] == sorted(f"instruction {e}" for e in range(5)).index("instruction 3")
+    assert tasks.loc["instruction 3", "task_index"] == sorted(f"instruction {e}" for e in range(5)).index(
+        "instruction 3"
+    )
     stats = json.loads((out / "meta" / "stats.json").read_text())
     assert set(stats["action"]) == {"min", "max", "mean", "std", "count", "q01", "q10", "q50", "q90", "q99"}
     assert stats["action"]["count"] == [20] and stats["action"]["max"] == [19.0, 0.0]
@@ -357,7 +359,9 @@ def test_cli_to_lerobot_honours_instruction_and_fps(tmp_path, dataset, capsys):
     assert info["fps"] == 30 and info["total_tasks"] == 1
     assert pd.read_parquet(out / "meta" / "tasks.parquet").index.tolist() == ["pick up the cube"]
     frames = pd.read_parquet(out / "data" / "chunk-000" / "file-000.parquet")
-    np.testing.assert_allclose(frames["timestamp"][frames["episode_index"] == 2], np.arange(7) / 30, rtol=1e-6)
+    np.testing.assert_allclose(
+        frames["timestamp"][frames["episode_index"] == 2], np.arange(7) / 30, rtol=1e-6
+    )
     assert main([*args, "--overwrite", "--state-keys", "a,b"]) == 2
     assert "--state-keys" in capsys.readouterr().err
 
@@ -372,7 +376,9 @@ def test_mixed_camera_push_data_through_lerobot_trains_and_evaluates(tmp_path):
 
     sizes = {"top": 32, "wrist": 16}
     collect(
-        CollectConfig(episodes=4, out=str(tmp_path / "push.zarr"), cameras=["top", "wrist"], image_size=sizes, videos=0),
+        CollectConfig(
+            episodes=4, out=str(tmp_path / "push.zarr"), cameras=["top", "wrist"], image_size=sizes, videos=0
+        ),
         progress=False,
     )
     to_lerobot(tmp_path / "push.zarr", tmp_path / "lr", video_codec="libx264rgb", progress=False)
@@ -384,13 +390,21 @@ def test_mixed_camera_push_data_through_lerobot_trains_and_evaluates(tmp_path):
         to_object(
             compose(
                 "train",
-                [f"data.path={tmp_path / 'back.zarr'}", f"out={run}", "data.num_workers=0", "trainer.steps=3",
-                 "trainer.batch_size=4", "trainer.checkpoint_every=3"],
+                [
+                    f"data.path={tmp_path / 'back.zarr'}",
+                    f"out={run}",
+                    "data.num_workers=0",
+                    "trainer.steps=3",
+                    "trainer.batch_size=4",
+                    "trainer.checkpoint_every=3",
+                ],
             ),
             TrainConfig,
         ),
         progress=False,
     )
-    report = evaluate(EvalConfig(checkpoint=str(ckpt), episodes=2, out=str(tmp_path / "eval"), videos=0), progress=False)
+    report = evaluate(
+        EvalConfig(checkpoint=str(ckpt), episodes=2, out=str(tmp_path / "eval"), videos=0), progress=False
+    )
     rows = report["tasks"]["builtin/push"]["results"]
     assert len(rows) == 2 and all(r["length"] > 0 for r in rows)

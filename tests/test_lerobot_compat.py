@@ -88,17 +88,33 @@ def test_a_dataset_lerobot_writes_with_mixed_cameras_converts_trains_evaluates_a
     push = TrajectoryStore(tmp_path / "push.zarr")
     state_names, action_names = ["x", "y", "vx", "vy"], ["vx", "vy"]
     features = {
-        "observation.images.top": {"dtype": "video", "shape": [96, 96, 3], "names": ["height", "width", "channels"]},
-        "observation.images.wrist": {"dtype": "image", "shape": [48, 48, 3], "names": ["height", "width", "channels"]},
+        "observation.images.top": {
+            "dtype": "video",
+            "shape": [96, 96, 3],
+            "names": ["height", "width", "channels"],
+        },
+        "observation.images.wrist": {
+            "dtype": "image",
+            "shape": [48, 48, 3],
+            "names": ["height", "width", "channels"],
+        },
         "observation.state": {"dtype": "float32", "shape": [4], "names": state_names},
         "action": {"dtype": "float32", "shape": [2], "names": action_names},
     }
-    spec = {"fps": 10, "robot_type": "point_pusher", "features": features, "tasks": push.instructions.tolist()}
+    spec = {
+        "fps": 10,
+        "robot_type": "point_pusher",
+        "features": features,
+        "tasks": push.instructions.tolist(),
+    }
     np.savez(
         tmp_path / "spec.npz",
         spec=json.dumps(spec),
         episode_ends=push.episode_ends,
-        **{"observation.images.top": push.load("images/top"), "observation.images.wrist": push.load("images/wrist")},
+        **{
+            "observation.images.top": push.load("images/top"),
+            "observation.images.wrist": push.load("images/wrist"),
+        },
         **{"observation.state": push.load("state"), "action": push.load("action")},
     )
     lerobot("write", str(tmp_path / "spec.npz"), str(tmp_path / "by-lerobot"))

@@ -221,12 +221,17 @@ def test_cameras_of_different_sizes_round_trip_and_are_checked_each(tmp_path):
     assert store.meta.image_sizes == MIXED and store.meta.image_shape("wrist") == (8, 6, 3)
     assert store.group.attrs["version"] == 2  # readers from before per-camera sizes refuse, not misread
     assert store.images("wrist").shape == (20, 8, 6, 3) and store.images("front").shape == (20, 12, 16, 3)
-    np.testing.assert_array_equal(store.episode(2)["images"]["wrist"], make_episode(2, 7, 8, meta)["images"]["wrist"])
+    np.testing.assert_array_equal(
+        store.episode(2)["images"]["wrist"], make_episode(2, 7, 8, meta)["images"]["wrist"]
+    )
     assert store.summary()["image_size"] == {"front": [12, 16], "wrist": [8, 6]}
     assert validate(url).ok
     episode = make_episode(5, 2, 20, meta)
     episode["images"]["wrist"] = np.zeros((2, 12, 16, 3), np.uint8)  # the front camera's size
-    with TrajectoryWriter(url) as w, pytest.raises(SchemaError, match=r"images\['wrist'\].*expected \(T, 8, 6, 3\)"):
+    with (
+        TrajectoryWriter(url) as w,
+        pytest.raises(SchemaError, match=r"images\['wrist'\].*expected \(T, 8, 6, 3\)"),
+    ):
         w.add_episode(**episode)
     assert TrajectoryStore(url).num_episodes == 5  # nothing lost
     with pytest.raises(SchemaError, match=r"images\['wrist'\] \[12, 16\] \(H, W\) vs \[8, 6\]"):
@@ -244,7 +249,9 @@ def hand_written(url, attrs: dict, state_dim=3, action_dim=2, n=6):
     g.create_array("data/images/front", data=np.full((n, 10, 14, 3), 7, np.uint8))
     g.create_array("data/images/wrist", data=np.full((n, 6, 8, 3), 9, np.uint8))
     g.create_array("data/state", data=np.arange(n * state_dim, dtype=np.float32).reshape(n, state_dim))
-    g.create_array("data/action", data=np.linspace(-2, 3, n * action_dim, dtype=np.float32).reshape(n, action_dim))
+    g.create_array(
+        "data/action", data=np.linspace(-2, 3, n * action_dim, dtype=np.float32).reshape(n, action_dim)
+    )
     g.create_array("meta/episode_ends", data=np.array([2, n], np.int64))
     for path, values in (("meta/instruction", ["a", "b"]), ("meta/task", ["t", "t"])):
         g.create_array(path, shape=(2,), dtype=str)[:] = np.array(values, dtype=object)
@@ -282,8 +289,14 @@ def test_a_dataset_written_to_the_schema_opens_with_what_its_arrays_say(tmp_path
 @pytest.mark.parametrize(
     "attrs, message",
     [
-        ({"image_size": [96, 96]}, r"images\['front'\]: attrs.image_size says \[96, 96\], the array is \[10, 14\]"),
-        ({"image_size": {"front": [10, 14], "wrist": [10, 14]}}, r"images\['wrist'\].*says \[10, 14\], the array is \[6, 8\]"),
+        (
+            {"image_size": [96, 96]},
+            r"images\['front'\]: attrs.image_size says \[96, 96\], the array is \[10, 14\]",
+        ),
+        (
+            {"image_size": {"front": [10, 14], "wrist": [10, 14]}},
+            r"images\['wrist'\].*says \[10, 14\], the array is \[6, 8\]",
+        ),
         ({"state_dim": 7}, r"state_dim is 7, data/state has 3"),
         ({"action_space": {"dim": 5, "low": -1, "high": 1}}, r"action_space.dim is 5, data/action has 2"),
     ],

@@ -153,10 +153,26 @@ def _data_convert(args: argparse.Namespace) -> int:
         options["state_keys"] = args.state_keys.split(",")
     if args.key_map:
         options["key_map"] = dict(item.split("=", 1) for item in args.key_map.split(","))
+    if args.image_codec:
+        options["image_codec"] = (
+            dict(item.split("=", 1) for item in args.image_codec.split(","))
+            if "=" in args.image_codec
+            else args.image_codec
+        )
     if args.to == "lerobot":
-        unused = [flag for flag, value in (("--state-keys", args.state_keys), ("--key-map", args.key_map)) if value]
+        unused = [
+            flag
+            for flag, value in (
+                ("--state-keys", args.state_keys),
+                ("--key-map", args.key_map),
+                ("--image-codec", args.image_codec),
+            )
+            if value
+        ]
         if unused:
-            raise ConversionError(f"{' and '.join(unused)} apply to reading other formats, not to --to lerobot")
+            raise ConversionError(
+                f"{' and '.join(unused)} apply to reading other formats, not to --to lerobot"
+            )
         options = {
             "overwrite": args.overwrite,
             "video_codec": None if args.video_codec == "none" else args.video_codec,
@@ -261,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-keys", help="robomimic: comma-separated obs keys concatenated into state")
     p.add_argument(
         "--key-map", help="diffusion_policy: src=dst pairs, e.g. img=images/top,state=state,action=action"
+    )
+    p.add_argument(
+        "--image-codec",
+        help="how the vla dataset stores camera frames: none (raw, lossless; default) | jpeg | jpegxl | avif "
+        "| "
+        "webp, with an optional :QUALITY (e.g. jpeg:90), or per camera: front=jpeg:90,wrist=none",
     )
     p.add_argument(
         "--video-codec",

@@ -38,7 +38,10 @@ def print_info(summary: dict[str, Any], console: Console | None = None) -> None:
         ("robot / env", f"{summary['robot']} / {summary['env'] or '-'}"),
         (
             "cameras",
-            ", ".join(f"{cam} {h}x{w}" for cam, (h, w) in summary["image_size"].items()),
+            ", ".join(
+                f"{cam} {h}x{w} {summary['image_storage'][cam]}"
+                for cam, (h, w) in summary["image_size"].items()
+            ),
         ),
         ("state dim", str(summary["state_dim"])),
         (
@@ -77,6 +80,9 @@ def print_validation(report: ValidationReport, console: Console | None = None) -
         f"{len(report.errors)} error(s), {len(report.warnings)} warning(s)",
         highlight=False,
     )
+    if report.image_storage:
+        storage = ", ".join(f"{cam} {how}" for cam, how in report.image_storage.items())
+        console.print(f"images stored as: {storage}", highlight=False)
 
 
 def print_stats(stats: dict[str, dict[str, np.ndarray]], console: Console | None = None) -> None:

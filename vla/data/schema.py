@@ -31,7 +31,9 @@ from typing import Any
 import numpy as np
 
 FORMAT = "vla.trajectories"
-VERSION = 2  # 2: per-camera image sizes. A dataset whose cameras share one size is still written as 1.
+# 2: per-camera image sizes, lossy image codecs (vla.data.codecs); a dataset using neither is still written
+# as 1
+VERSION = 2
 
 IMAGES = "data/images"
 STATE = "data/state"
@@ -111,7 +113,9 @@ class ActionSpace:
         if self.names is not None:
             self.names = [str(n) for n in self.names]
             if len(self.names) != self.dim:
-                raise SchemaError(f"action_space.names has {len(self.names)} entries, expected dim={self.dim}")
+                raise SchemaError(
+                    f"action_space.names has {len(self.names)} entries, expected dim={self.dim}"
+                )
         self.low = [float(x) for x in np.broadcast_to(np.asarray(self.low, dtype=np.float64), (self.dim,))]
         self.high = [float(x) for x in np.broadcast_to(np.asarray(self.high, dtype=np.float64), (self.dim,))]
         if any(lo > hi for lo, hi in zip(self.low, self.high, strict=True)):

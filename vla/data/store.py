@@ -13,6 +13,7 @@ import numpy as np
 import zarr
 
 from . import schema
+from .codecs import describe_storage
 from .schema import DatasetMeta, SchemaError
 
 Stats = dict[str, dict[str, np.ndarray]]  # key -> statistic name -> per-dimension values
@@ -82,7 +83,9 @@ def meta_from_group(group: zarr.Group, url: str = "dataset", check: bool = True)
         derived.append("cameras")
     cameras = [str(c) for c in attrs["cameras"]]
     shapes = {cam: _array_shape(group, f"{schema.IMAGES}/{cam}") for cam in cameras}
-    stored = {cam: tuple(int(v) for v in shape[1:3]) for cam, shape in shapes.items() if shape and len(shape) == 4}
+    stored = {
+        cam: tuple(int(v) for v in shape[1:3]) for cam, shape in shapes.items() if shape and len(shape) == 4
+    }
     if "image_size" not in attrs:
         unknown = [cam for cam in cameras if cam not in stored]
         if unknown:
@@ -105,17 +108,22 @@ def meta_from_group(group: zarr.Group, url: str = "dataset", check: bool = True)
         shape = _array_shape(group, path)
         if key not in attrs:
             if shape is None or len(shape) != 2:
-                raise SchemaError(f"{url}: attrs leave out {key} and there is no (N, D) {path} to read it from")
+                raise SchemaError(
+                    f"{url}: attrs leave out {key} and there is no (N, D) {path} to read it from"
+                )
             attrs[key] = shape[1]
             derived.append(key)
         elif check and shape is not None and len(shape) == 2 and int(attrs[key]) != shape[1]:
-            raise SchemaError(f"{url}: attrs contradict the arrays: {key} is {attrs[key]}, {path} has {shape[1]}")
+            raise SchemaError(
+                f"{url}: attrs contradict the arrays: {key} is {attrs[key]}, {path} has {shape[1]}"
+            )
     action = dict(attrs.get("action_space") or {})
     shape = _array_shape(group, schema.ACTION)
     if "dim" not in action:
         if shape is None or len(shape) != 2:
             raise SchemaError(
-                f"{url}: attrs leave out action_space.dim and there is no (N, D) {schema.ACTION} to read it from"
+                f"{url}: attrs leave out action_space.dim and there is no (N, D) {schema.ACTION} to read it "
+                "from"
             )
         action["dim"] = shape[1]
         derived.append("action_space.dim")
@@ -391,6 +399,7 @@ class TrajectoryStore:
             "env": self.meta.env,
             "cameras": self.meta.cameras,
             "image_size": {cam: list(hw) for cam, hw in self.meta.image_sizes.items()},
+            "image_storage": {cam: describe_storage(self.images(cam)) for cam in self.meta.cameras},
             "state_dim": self.meta.state_dim,
             "action_space": {
                 "dim": self.meta.action_dim,

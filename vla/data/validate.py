@@ -12,7 +12,8 @@ import numpy as np
 import zarr
 
 from . import schema
-from .schema import DatasetMeta, SchemaError
+from .codecs import describe_storage
+from .schema import SchemaError
 from .store import dataset_exists, is_local, meta_from_group, normalize_url, open_group, read_commit_state
 
 
@@ -30,6 +31,7 @@ class ValidationReport:
     findings: list[Finding] = field(default_factory=list)
     episodes: int = 0
     frames: int = 0
+    image_storage: dict[str, str] = field(default_factory=dict)  # camera -> "jpeg q90" | "raw (blosc zstd)"
 
     @property
     def errors(self) -> list[Finding]:
@@ -55,6 +57,7 @@ class ValidationReport:
             "ok": self.ok,
             "episodes": self.episodes,
             "frames": self.frames,
+            "image_storage": self.image_storage,
             "findings": [asdict(f) for f in self.findings],
         }
 
@@ -88,8 +91,9 @@ def _check_chunks(
     decodes, read one chunk at a time so a failure names the chunk and its file. ``on_rows(first, rows)``
     receives each decoded chunk's committed rows when a chunk spans whole rows (the images' blank-frame scan
     then reads nothing twice)."""
-    chunk_rows = arr.chunks[0]
-    grid = [range(-(-size // chunk)) for size, chunk in zip(arr.shape[1:], arr.chunks[1:], strict=True)]
+    stored = arr.shards or arr.chunks  # the unit of one file: a shard where frames are coded one per chunk
+    chunk_rows = stored[0]
+    grid = [range(-(-size // chunk)) for size, chunk in zip(arr.shape[1:], stored[1:], strict=True)]
     for i in range(-(-rows // chunk_rows)):
         first = i * chunk_rows
         where = f"rows {first}-{min(first + chunk_rows, rows) - 1}" + (
@@ -108,7 +112,7 @@ def _check_chunks(
                     )
                 continue
             if decode:
-                block = tuple(slice(k * c, (k + 1) * c) for k, c in zip(index, arr.chunks, strict=True))
+                block = tuple(slice(k * c, (k + 1) * c) for k, c in zip(index, stored, strict=True))
                 try:
                     data = arr[block]
                 except Exception as e:  # noqa: BLE001 - zarr and its codecs raise many kinds
@@ -138,7 +142,7 @@ def validate(
         return report
     try:
         group = open_group(url, mode="r")
-        attrs = group.attrs.asdict()
+        group.attrs.asdict()  # a broken zarr.json fails here
     except Exception as e:  # noqa: BLE001 - a broken zarr.json: JSONDecodeError, zarr's own errors...
         report.error(
             "/", f"{os.path.join(url, 'zarr.json')} cannot be read: {type(e).__name__}: {str(e)[:200]}"
@@ -167,6 +171,8 @@ def validate(
     # dtypes and trailing shapes
     for path in required:
         arr = group[path]
+        if path.startswith(schema.IMAGES):
+            report.image_storage[path.rsplit("/", 1)[1]] = describe_storage(arr)
         want = "uint8" if path.startswith(schema.IMAGES) else EXPECTED_DTYPES.get(path)
         got = str(arr.dtype)
         if want is not None and got != want:

@@ -21,13 +21,14 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from . import schema
+from .codecs import image_codecs_per_camera
 from .schema import DatasetMeta, SchemaError
 from .store import (
-    meta_from_group,
     PartialTailWarning,
     damage_message,
     dataset_exists,
     is_local,
+    meta_from_group,
     normalize_url,
     open_group,
     read_commit_state,
@@ -58,6 +59,7 @@ class TrajectoryWriter:
         lowdim_chunk_frames: int = 4096,
         episode_chunk: int = 1024,
         compression_level: int = 3,
+        image_codec: str | Mapping[str, str | None] | None = None,
     ):
         self.url = normalize_url(url)
         exists = dataset_exists(self.url)
@@ -80,24 +82,35 @@ class TrajectoryWriter:
             if not meta.created_with:
                 meta.created_with = _version()
             self.group = zarr.open_group(self.url, mode="w", zarr_format=3)
-            self._create_arrays(image_chunk_frames, lowdim_chunk_frames, episode_chunk, compression_level)
-            self.group.attrs.update(meta.to_attrs() | {schema.ALL_CHUNKS_WRITTEN: True})
+            self._create_arrays(
+                image_chunk_frames, lowdim_chunk_frames, episode_chunk, compression_level, image_codec
+            )
+            attrs = meta.to_attrs() | {schema.ALL_CHUNKS_WRITTEN: True}
+            if any(image_codecs_per_camera(image_codec, meta.cameras).values()):
+                attrs["version"] = schema.VERSION  # readers from before the image codecs refuse it by version
+            self.group.attrs.update(attrs)
         ends = np.asarray(self.group[schema.EPISODE_ENDS][:], dtype=np.int64)
         self.num_episodes = len(ends)
         self.num_frames = int(ends[-1]) if len(ends) else 0
 
     # -- creation and repair -----------------------------------------------------------------
-    def _create_arrays(self, image_chunk: int, lowdim_chunk: int, episode_chunk: int, level: int) -> None:
+    def _create_arrays(
+        self, image_chunk: int, lowdim_chunk: int, episode_chunk: int, level: int, image_codec: Any
+    ) -> None:
         images = BloscCodec(cname="zstd", clevel=level, shuffle="noshuffle")
         floats = BloscCodec(cname="zstd", clevel=level, shuffle="shuffle", typesize=4)
+        codecs = image_codecs_per_camera(image_codec, self.meta.cameras)
         for cam, (h, w) in self.meta.image_sizes.items():
-            self.group.create_array(
-                f"{schema.IMAGES}/{cam}",
-                shape=(0, h, w, 3),
-                chunks=(image_chunk, h, w, 3),
-                dtype="uint8",
-                compressors=images,
-            )
+            if codecs[cam] is None:  # raw frames, blosc-compressed: lossless
+                layout = {"chunks": (image_chunk, h, w, 3), "compressors": images}
+            else:  # one coded image per inner chunk (a frame decodes alone), image_chunk frames per file
+                layout = {
+                    "chunks": (1, h, w, 3),
+                    "shards": (image_chunk, h, w, 3),
+                    "serializer": codecs[cam],
+                    "compressors": None,
+                }
+            self.group.create_array(f"{schema.IMAGES}/{cam}", shape=(0, h, w, 3), dtype="uint8", **layout)
         lowdim = [(schema.STATE, self.meta.state_dim), (schema.ACTION, self.meta.action_dim)]
         if self.meta.target_names:
             lowdim.append((schema.TARGETS, len(self.meta.target_names)))

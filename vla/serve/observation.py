@@ -117,7 +117,11 @@ class ObservationParser:
         out = {}
         for cam in self.meta.cameras:
             img = images[cam]
-            if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.shape != self.image_shapes[cam]:
+            if (
+                not isinstance(img, np.ndarray)
+                or img.dtype != np.uint8
+                or img.shape != self.image_shapes[cam]
+            ):
                 raise ProtocolError(
                     f"images[{cam!r}]: expected a uint8 array of shape {self.image_shapes[cam]} (H, W, RGB), "
                     f"got {_describe(img)}"

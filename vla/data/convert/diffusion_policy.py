@@ -48,6 +48,7 @@ def from_diffusion_policy(
     instruction: str = "complete the task",
     fps: float = 10.0,
     env: str | None = None,
+    image_codec: Any = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -102,7 +103,10 @@ def from_diffusion_policy(
         extra={"source": "diffusion_policy", "key_map": key_map},
     )
     starts = np.concatenate([[0], ends[:-1]])
-    with staged_dataset(dst, overwrite) as tmp, TrajectoryWriter(tmp, meta) as writer:
+    with (
+        staged_dataset(dst, overwrite) as tmp,
+        TrajectoryWriter(tmp, meta, image_codec=image_codec) as writer,
+    ):
         for s, e in tqdm(
             list(zip(starts, ends, strict=True)), desc="diffusion_policy", unit="ep", disable=not progress
         ):

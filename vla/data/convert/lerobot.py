@@ -125,6 +125,7 @@ def from_lerobot(
     action_key: str = "action",
     instruction: str | None = None,
     fps: float | None = None,
+    image_codec: Any = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -159,7 +160,8 @@ def from_lerobot(
     tasks = _task_strings(root)
     if fps is not None and float(fps) != float(info["fps"]):
         raise ConversionError(
-            f"--fps {fps}: {src} states fps {info['fps']} in meta/info.json, and its video timestamps follow it; "
+            f"--fps {fps}: {src} states fps {info['fps']} in meta/info.json, and its video timestamps follow "
+            "it; "
             "LeRobot sources are not re-timed"
         )
     fps = float(info["fps"])
@@ -199,7 +201,10 @@ def from_lerobot(
         extra={"source": "lerobot", "codebase_version": version},
     )
     video_cache: dict[Path, np.ndarray] = {}
-    with staged_dataset(dst, overwrite) as tmp, TrajectoryWriter(tmp, meta) as writer:
+    with (
+        staged_dataset(dst, overwrite) as tmp,
+        TrajectoryWriter(tmp, meta, image_codec=image_codec) as writer,
+    ):
         for _, ep in tqdm(
             episodes.iterrows(), total=len(episodes), desc="lerobot", unit="ep", disable=not progress
         ):

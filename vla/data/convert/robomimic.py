@@ -44,6 +44,7 @@ def from_robomimic(
     state_keys: list[str] | None = None,
     instruction: str | None = None,
     fps: float | None = None,
+    image_codec: Any = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -93,7 +94,10 @@ def from_robomimic(
             extra={"source": "robomimic", "state_keys": list(state_keys)},
         )
         text = instruction or INSTRUCTIONS.get(env_name, f"perform the {env_name} task")
-        with staged_dataset(dst, overwrite) as tmp, TrajectoryWriter(tmp, meta) as writer:
+        with (
+            staged_dataset(dst, overwrite) as tmp,
+            TrajectoryWriter(tmp, meta, image_codec=image_codec) as writer,
+        ):
             for name, actions in tqdm(
                 list(zip(demos, actions_all, strict=True)),
                 desc=f"robomimic {env_name}",
