@@ -160,3 +160,68 @@ def test_bad_window_config(dataset):
         WindowDataset(dataset, WindowConfig(cameras=["top"]))
     with pytest.raises(IndexError, match="episode indices must be in"):
         WindowDataset(TrajectoryStore(dataset), WindowConfig(), episodes=[7])
+
+
+# -- reading frames from disk (issue 27: windows/s from disk) ------------------------------------------
+@pytest.mark.parametrize("image_codec", [None, "jpeg"])
+@pytest.mark.parametrize("chunk", [1, 3, 8])
+def test_frame_reader_reads_what_zarr_reads(tmp_path, image_codec, chunk):
+    from conftest import make_meta, write_dataset
+
+    from vla.data.frame_reader import FrameReader
+
+    url = tmp_path / "d.zarr"
+    write_dataset(url, meta=make_meta(image_size={"front": (12, 16), "wrist": (8, 8)}), image_chunk_frames=chunk,
+                  image_codec=image_codec)  # fmt: skip
+    store = TrajectoryStore(url)
+    for cam in ("front", "wrist"):
+        reader = FrameReader.open(store.images(cam), store.url, f"data/images/{cam}")
+        assert reader is not None
+        for frames in ([0], [19], [2, 3, 4, 11, 19], list(range(20)), []):
+            np.testing.assert_array_equal(
+                reader.read(np.array(frames, np.int64)),
+                store.images(cam).get_orthogonal_selection((np.array(frames, np.int64),)),
+                err_msg=f"{cam} {frames}",
+            )
+        with pytest.raises(IndexError, match=r"outside \[0, 20\)"):
+            reader.read(np.array([20]))
+    # a chunk file never written reads as the fill value, as through zarr
+    (url / "data/images/front/c/0/0/0/0").unlink()
+    reader = FrameReader.open(store.images("front"), store.url, "data/images/front")
+    np.testing.assert_array_equal(reader.read(np.array([0])), store.images("front")[0:1])
+
+
+def test_frame_reader_leaves_other_layouts_to_zarr(tmp_path):
+    import zarr
+
+    from vla.data.frame_reader import FrameReader
+
+    sharded = zarr.create_array(str(tmp_path / "s"), shape=(4, 8, 8, 3), chunks=(1, 8, 8, 3), shards=(4, 8, 8, 3),
+                                dtype="uint8")  # fmt: skip
+    tiled = zarr.create_array(str(tmp_path / "t"), shape=(4, 8, 8, 3), chunks=(1, 4, 8, 3), dtype="uint8")
+    assert FrameReader.open(sharded, str(tmp_path), "s") is None
+    assert FrameReader.open(tiled, str(tmp_path), "t") is None
+    assert FrameReader.open(tiled, "s3://bucket/x.zarr", "t") is None
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_read_from_disk_equal_batches_from_memory(dataset, workers):
+    """The DataLoader hands a batch's indices to ``__getitems__``: from disk, one read per camera per
+    batch. Same batches as from RAM, future frames included."""
+    cfg = dict(n_obs_steps=3, horizon=4, future_offset=2)
+    mem = WindowDataset(dataset, WindowConfig(**cfg, in_memory=True))
+    disk = WindowDataset(dataset, WindowConfig(**cfg, in_memory=False))
+    calls = []
+    if workers == 0:
+        original = disk.arrays.many_frames
+        disk.arrays.many_frames = lambda cam, frames: calls.append(cam) or original(cam, frames)
+    order = list(np.random.default_rng(0).permutation(20))
+    a = list(DataLoader(mem, batch_size=8, sampler=order, num_workers=workers))
+    b = list(DataLoader(disk, batch_size=8, sampler=order, num_workers=workers))
+    for x, y in zip(a, b, strict=True):
+        for cam in ("front", "wrist"):
+            assert torch.equal(x["images"][cam], y["images"][cam])
+            assert torch.equal(x["future_images"][cam], y["future_images"][cam])
+        assert torch.equal(x["action"], y["action"]) and x["instruction"] == y["instruction"]
+    if workers == 0:
+        assert len(calls) == 3 * 2  # 3 batches x 2 cameras, not one read per window

@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
+from . import schema
 from .augment import AugmentConfig, ImageAugment
+from .frame_reader import FrameReader
 from .store import TrajectoryStore
 
 
@@ -79,26 +81,45 @@ class _Arrays:
         if self.in_memory:
             self.images = {cam: store.load(f"images/{cam}") for cam in self.cameras}
         else:
-            self.images = {cam: store.images(cam) for cam in self.cameras}
+            self._open_images(store)
+
+    def _open_images(self, store: TrajectoryStore) -> None:
+        self.images = {cam: store.images(cam) for cam in self.cameras}
+        self.readers = {
+            cam: FrameReader.open(self.images[cam], store.url, f"{schema.IMAGES}/{cam}")
+            for cam in self.cameras
+        }
 
     def image_frames(self, cam: str, idx: np.ndarray) -> np.ndarray:
         if self.in_memory:
             return self.images[cam][idx]
+        frames, inverse = np.unique(idx, return_inverse=True)
+        return self.many_frames(cam, frames)[inverse]
+
+    def many_frames(self, cam: str, frames: np.ndarray) -> np.ndarray:
+        """Sorted unique frame indices -> their images, in one Zarr read: zarr fetches and decodes each chunk
+        once, concurrently, where one read per window paid Zarr's per-call cost every time."""
+        if self.in_memory:
+            return self.images[cam][frames]
+        self._reopen_after_fork()
+        if self.readers[cam] is not None:
+            return self.readers[cam].read(frames)
+        return np.asarray(self.images[cam].get_orthogonal_selection((frames,)))
+
+    def _reopen_after_fork(self) -> None:
         if os.getpid() != self._pid:  # a DataLoader worker: Zarr's event loop does not survive fork
             import warnings
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 store = TrajectoryStore(self.url)
-            self.images = {c: store.images(c) for c in self.cameras}
+            self._open_images(store)
             self._pid = os.getpid()
-        lo, hi = int(idx.min()), int(idx.max()) + 1
-        return np.asarray(self.images[cam][lo:hi])[idx - lo]
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         if not self.in_memory:  # zarr arrays are reopened in the worker
-            state["images"], state["_pid"] = None, -1
+            state["images"], state["readers"], state["_pid"] = None, None, -1
         return state
 
 
@@ -161,15 +182,39 @@ class WindowDataset(Dataset):
         """The task name of every window (for task-balanced sampling)."""
         return np.asarray(self.tasks)[self._episode_of]
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def _image_indices(self, i: int) -> tuple[np.ndarray, int | None]:
+        """Window i's observed frames and its future frame (None without ``future_offset``)."""
         t, s, e = int(self._frame[i]), int(self._start[i]), int(self._end[i])
-        obs_idx = np.maximum(t + self._obs_offsets, s)
+        future = None if self.config.future_offset is None else min(t + self.config.future_offset, e - 1)
+        return np.maximum(t + self._obs_offsets, s), future
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self._window(i, self.arrays.image_frames)
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """A batch of windows (torch's DataLoader calls this with a batch's indices). From Zarr, each
+        camera's frames for the whole batch come in one read."""
+        if self.arrays.in_memory:
+            return [self[i] for i in indices]
+        wanted = [self._image_indices(i) for i in indices]
+        frames = np.unique(np.concatenate([np.append(obs, [] if f is None else [f]) for obs, f in wanted]))
+        frames = frames.astype(np.int64)
+        batch = {cam: self.arrays.many_frames(cam, frames) for cam in self.cameras}
+
+        def lookup(cam: str, idx: np.ndarray) -> np.ndarray:
+            return batch[cam][np.searchsorted(frames, idx)]
+
+        return [self._window(i, lookup) for i in indices]
+
+    def _window(self, i: int, image_frames: Any) -> dict[str, Any]:
+        t, s, e = int(self._frame[i]), int(self._start[i]), int(self._end[i])
+        obs_idx, future = self._image_indices(i)
         act_idx = t + self._act_offsets
         mask = act_idx < e
         act_idx = np.minimum(act_idx, e - 1)
         ep = int(self._episode_of[i])
         sample: dict[str, Any] = {
-            "images": {cam: self.arrays.image_frames(cam, obs_idx) for cam in self.cameras},
+            "images": {cam: image_frames(cam, obs_idx) for cam in self.cameras},
             "state": self.arrays.state[obs_idx],
             "action": self.arrays.action[act_idx],
             "action_mask": mask,
@@ -180,13 +225,9 @@ class WindowDataset(Dataset):
         }
         if self.arrays.targets is not None:
             sample["targets"] = self.arrays.targets[t]
-        if self.config.future_offset is not None:
-            f = t + self.config.future_offset
-            sample["future_valid"] = f < e
-            f = min(f, e - 1)
-            sample["future_images"] = {
-                cam: self.arrays.image_frames(cam, np.array([f]))[0] for cam in self.cameras
-            }
+        if future is not None:
+            sample["future_valid"] = t + self.config.future_offset < e
+            sample["future_images"] = {cam: image_frames(cam, np.array([future]))[0] for cam in self.cameras}
         if self.augment is not None:
             self.augment(sample)
         return sample

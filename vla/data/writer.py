@@ -55,7 +55,7 @@ class TrajectoryWriter:
         meta: DatasetMeta | None = None,
         *,
         overwrite: bool = False,
-        image_chunk_frames: int = 32,
+        image_chunk_frames: int = 8,  # 8 frames: random windows read 1.8x faster than from 32, for 12% more bytes
         lowdim_chunk_frames: int = 4096,
         episode_chunk: int = 1024,
         compression_level: int = 3,
@@ -103,13 +103,9 @@ class TrajectoryWriter:
         for cam, (h, w) in self.meta.image_sizes.items():
             if codecs[cam] is None:  # raw frames, blosc-compressed: lossless
                 layout = {"chunks": (image_chunk, h, w, 3), "compressors": images}
-            else:  # one coded image per inner chunk (a frame decodes alone), image_chunk frames per file
-                layout = {
-                    "chunks": (1, h, w, 3),
-                    "shards": (image_chunk, h, w, 3),
-                    "serializer": codecs[cam],
-                    "compressors": None,
-                }
+            else:  # image_chunk coded frames per chunk; vla.data.frame_reader decodes one alone (not sharded:
+                # Zarr 3.1's partial shard reads cost 1.5 ms a frame)
+                layout = {"chunks": (image_chunk, h, w, 3), "serializer": codecs[cam], "compressors": None}
             self.group.create_array(f"{schema.IMAGES}/{cam}", shape=(0, h, w, 3), dtype="uint8", **layout)
         lowdim = [(schema.STATE, self.meta.state_dim), (schema.ACTION, self.meta.action_dim)]
         if self.meta.target_names:
