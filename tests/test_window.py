@@ -171,8 +171,8 @@ def test_frame_reader_reads_what_zarr_reads(tmp_path, image_codec, chunk):
     from vla.data.frame_reader import FrameReader
 
     url = tmp_path / "d.zarr"
-    write_dataset(url, meta=make_meta(image_size={"front": (12, 16), "wrist": (8, 8)}), image_chunk_frames=chunk,
-                  image_codec=image_codec)  # fmt: skip
+    meta = make_meta(image_size={"front": (12, 16), "wrist": (8, 8)})
+    write_dataset(url, meta=meta, image_chunk_frames=chunk, image_codec=image_codec)
     store = TrajectoryStore(url)
     for cam in ("front", "wrist"):
         reader = FrameReader.open(store.images(cam), store.url, f"data/images/{cam}")
@@ -196,8 +196,10 @@ def test_frame_reader_leaves_other_layouts_to_zarr(tmp_path):
 
     from vla.data.frame_reader import FrameReader
 
-    sharded = zarr.create_array(str(tmp_path / "s"), shape=(4, 8, 8, 3), chunks=(1, 8, 8, 3), shards=(4, 8, 8, 3),
-                                dtype="uint8")  # fmt: skip
+    frame = (8, 8, 3)
+    sharded = zarr.create_array(
+        str(tmp_path / "s"), shape=(4, *frame), chunks=(1, *frame), shards=(4, *frame), dtype="uint8"
+    )
     tiled = zarr.create_array(str(tmp_path / "t"), shape=(4, 8, 8, 3), chunks=(1, 4, 8, 3), dtype="uint8")
     assert FrameReader.open(sharded, str(tmp_path), "s") is None
     assert FrameReader.open(tiled, str(tmp_path), "t") is None
