@@ -55,7 +55,7 @@ class TrajectoryWriter:
         meta: DatasetMeta | None = None,
         *,
         overwrite: bool = False,
-        image_chunk_frames: int = 8,  # random windows read 1.8x faster than from 32 frames, for 12% more bytes
+        image_chunk_frames: int = 8,  # random windows read 1.8x faster than from 32 frames; 12% more bytes
         lowdim_chunk_frames: int = 4096,
         episode_chunk: int = 1024,
         compression_level: int = 3,
