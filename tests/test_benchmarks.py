@@ -45,10 +45,18 @@ def test_bench_list(capsys):
 @pytest.mark.slow
 def test_data_throughput_smoke():
     result = run_benchmark(
-        "data_throughput", "episodes=4", "episode_length=10", "seconds=0.3", "batch_size=8"
-    )
+        "data_throughput", "episodes=4", "episode_length=10", "seconds=0.3", "batch_size=8",
+        "codecs=[none,jpeg]", "codec_render_frames=20", "codec_frames=100", "codec_image_size=64",
+        "large_codec=null",
+    )  # fmt: skip
     assert result["frames"] == 40 and result["compression_ratio"] > 1
     assert result["windows_per_s"]["single_process_getitem"] > 0
+    assert result["windows_per_s"]["from_disk_dataloader_workers_2"] > 0
+    raw, jpeg = result["codec_rows"]
+    assert raw["codec"] == "raw (blosc zstd)" and raw["lossless"] and raw["psnr_db_min"] is None
+    assert jpeg["codec"] == "jpeg q85" and not jpeg["lossless"] and jpeg["psnr_db_min"] > 30
+    assert jpeg["bytes_per_frame"] < raw["bytes_per_frame"] < raw["raw_bytes_per_frame"] == 3 * 64 * 64 * 3
+    assert jpeg["windows_per_s_from_disk"]["workers_0"] > 0 and "large_row" not in result
 
 
 @pytest.mark.slow
