@@ -303,7 +303,7 @@ def named_mixed_dataset(path):
     return meta
 
 
-def test_lerobot_export_carries_sizes_names_kind_tasks_and_stats_as_lerobot_writes_them(tmp_path):
+def test_lerobot_export_writes_what_lerobot_writes(tmp_path):
     import pandas as pd
 
     src, out, back = tmp_path / "m.zarr", tmp_path / "lr", tmp_path / "back.zarr"
@@ -408,3 +408,12 @@ def test_mixed_camera_push_data_through_lerobot_trains_and_evaluates(tmp_path):
     )
     rows = report["tasks"]["builtin/push"]["results"]
     assert len(rows) == 2 and all(r["length"] > 0 for r in rows)
+    # the checkpoint checks each camera: an env whose wrist camera renders at the top camera's size is refused
+    import envs
+    from vla.data import SchemaError
+    from vla.models import load_policy
+
+    assert load_policy(ckpt).meta.image_sizes == {"top": (32, 32), "wrist": (16, 16)}
+    wrong = envs.make("builtin/push", cameras=["top", "wrist"], image_size=32).unwrapped.meta
+    with pytest.raises(SchemaError, match=r"images\['wrist'\] \[32, 32\] \(H, W\) vs \[16, 16\]"):
+        load_policy(ckpt, expect=wrong)

@@ -117,6 +117,21 @@ def test_parser_accepts_the_contract_and_control_fields(parser):
     np.testing.assert_array_equal(request.obs["state"], np.float32([1, 2.5, 3]))
 
 
+def test_parser_checks_each_camera_at_its_own_size():
+    parser = ObservationParser(make_meta(image_size={"front": (12, 16), "wrist": (6, 8)}))
+    obs = {
+        "images": {"front": np.zeros((12, 16, 3), np.uint8), "wrist": np.zeros((6, 8, 3), np.uint8)},
+        "state": np.zeros(3, np.float32),
+        "instruction": "go",
+    }
+    assert parser.parse(obs).obs["images"]["wrist"].shape == (6, 8, 3)
+    obs["images"]["wrist"] = np.zeros((12, 16, 3), np.uint8)  # the front camera's size
+    with pytest.raises(
+        ProtocolError, match=r"images\['wrist'\]: expected a uint8 array of shape \(6, 8, 3\)"
+    ):
+        parser.parse(obs)
+
+
 def test_key_map_translates_openpi_style_flat_keys():
     parser = ObservationParser(
         make_meta(),

@@ -338,6 +338,56 @@ MUTATIONS = [
             "tests/test_models.py::test_instruction_memo_acts_like_the_text_encoder_and_runs_it_once_per_instruction",
         ),
     ),
+    Mutation(
+        "lerobot-tasks",
+        "LeRobot export writes tasks.parquet as a plain table (LeRobot then gives task indices, not strings)",
+        "vla/data/convert/lerobot.py",
+        '    pd.DataFrame({"task_index": range(len(tasks))}, index=pd.Index(tasks, name="task"))'
+        ".to_parquet(path)\n",
+        '    pd.DataFrame({"task_index": range(len(tasks)), "task": tasks}).to_parquet(path)\n',
+        ("tests/test_convert.py::test_lerobot_export_writes_what_lerobot_writes",),
+    ),
+    Mutation(
+        "camera-size",
+        "the writer checks every camera against the first camera's size",
+        "vla/data/writer.py",
+        "        for cam, (h, w) in meta.image_sizes.items():\n            frames",
+        "        for cam, (h, w) in ((c, meta.image_sizes[meta.cameras[0]]) for c in meta.cameras):\n"
+        "            frames",
+        ("tests/test_store.py::test_cameras_of_different_sizes_round_trip_and_are_checked_each",),
+    ),
+    Mutation(
+        "contradiction",
+        "attrs that contradict the arrays' image sizes are let through",
+        "vla/data/store.py",
+        "        if clash and check:\n",
+        "        if clash and check and False:\n",
+        ("tests/test_store.py::test_attrs_that_contradict_the_arrays_name_both",),
+    ),
+    Mutation(
+        "frame-reader",
+        "the chunk-file reader returns a chunk's frames in reverse order",
+        "vla/data/frame_reader.py",
+        "                out[rows] = block.reshape(self.chunk_frames, *self.frame_shape)[within]\n",
+        "                out[rows] = block.reshape(self.chunk_frames, *self.frame_shape)[within[::-1]]\n",
+        ("tests/test_window.py::test_frame_reader_reads_what_zarr_reads",),
+    ),
+    Mutation(
+        "batch-frames",
+        "a batch read from disk gives each window its frames in reverse time order",
+        "vla/data/window.py",
+        "            return batch[cam][np.searchsorted(frames, idx)]\n",
+        "            return batch[cam][np.searchsorted(frames, idx)[::-1]]\n",
+        ("tests/test_window.py::test_batches_read_from_disk_equal_batches_from_memory",),
+    ),
+    Mutation(
+        "codec-quality",
+        "the image codec ignores its quality setting (always 100)",
+        "vla/data/codecs.py",
+        "    coded = [bytes(encode(np.ascontiguousarray(frame), level=quality)) for frame in frames]\n",
+        "    coded = [bytes(encode(np.ascontiguousarray(frame), level=100)) for frame in frames]\n",
+        ("tests/test_codecs.py::test_each_codec_stores_frames_smaller_and_close",),
+    ),
 ]
 
 
