@@ -1,4 +1,4 @@
-"""Lossy image codecs for camera arrays (vla.data.codecs): real imagecodecs coders inside real Zarr shards."""
+"""Lossy image codecs for camera arrays (vla.data.codecs): real imagecodecs coders inside real Zarr chunks."""
 
 import subprocess
 import sys
@@ -101,14 +101,18 @@ def test_a_dataset_appends_keeps_its_codec_and_plain_zarr_reads_it(tmp_path):
     )
 
 
-def test_a_damaged_coded_shard_is_named_and_the_rest_still_reads(tmp_path):
+def test_a_damaged_coded_chunk_is_named_and_the_rest_still_reads(tmp_path):
     url = tmp_path / "jpeg.zarr"
     smooth_dataset(url, "jpeg")
-    shard = url / "data" / "images" / "front" / "c" / "1" / "0" / "0" / "0"  # frames 8-15
-    shard.write_bytes(b"garbage, not a shard" * 10)
+    chunk = url / "data" / "images" / "front" / "c" / "1" / "0" / "0" / "0"  # frames 8-15
+    chunk.write_bytes(b"garbage, not a chunk" * 10)
     report = validate(url)
     assert not report.ok and any("chunk (1, 0, 0, 0)" in f.message for f in report.errors), report.errors
-    assert TrajectoryStore(url).images("front")[20].shape == (48, 64, 3)  # other shards still read
+    assert TrajectoryStore(url).images("front")[20].shape == (48, 64, 3)  # other chunks still read
+    disk = WindowDataset(TrajectoryStore(url), WindowConfig(horizon=2, n_obs_steps=1, in_memory=False))
+    with pytest.raises(ValueError, match=r"front/c/1/0/0/0: not a vla.image chunk"):
+        disk[9]  # the training reader names the file too
+    assert disk[20]["images"]["front"].shape == (1, 48, 64, 3)
     with pytest.raises(ValueError, match="not a vla.image chunk"):
         decode_frames(b"JUNK" * 4, "jpeg", (1, 4, 4, 3))
     with pytest.raises(ValueError, match="holds 2 frames, expected 3"):

@@ -11,7 +11,7 @@ Chunk bytes: ``b"VLAI"``, uint32 k, k x uint32 byte lengths, then the k coded fr
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -27,7 +27,8 @@ FORMATS = ("jpeg", "jpegxl", "avif", "webp")
 DEFAULT_QUALITY = {"jpeg": 85, "jpegxl": 90, "avif": 80, "webp": 90}
 
 
-def _coders(fmt: str):
+def coders(fmt: str):
+    """(encode, decode) of one image format, with the settings vla stores it at."""
     import imagecodecs
 
     return {
@@ -44,30 +45,42 @@ def _coders(fmt: str):
 
 def encode_frames(frames: np.ndarray, fmt: str, quality: int) -> bytes:
     """``(k, H, W, 3) uint8`` -> chunk bytes."""
-    encode, _ = _coders(fmt)
+    encode, _ = coders(fmt)
     coded = [bytes(encode(np.ascontiguousarray(frame), level=quality)) for frame in frames]
     header = MAGIC + struct.pack(f"<I{len(coded)}I", len(coded), *(len(c) for c in coded))
     return header + b"".join(coded)
 
 
-def decode_frames(data: bytes | memoryview, fmt: str, shape: tuple[int, ...]) -> np.ndarray:
-    """Chunk bytes -> ``shape`` = ``(k, H, W, 3) uint8``; a chunk that does not parse is a ValueError."""
-    data = memoryview(data)
-    if bytes(data[:4]) != MAGIC or len(data) < 8:
+def frame_spans(data: memoryview, frames: int) -> list[slice]:
+    """Where each of a chunk's ``frames`` coded images lies in its bytes; a chunk that does not parse (or
+    holds another number of frames) is a ValueError."""
+    if len(data) < 8 or bytes(data[:4]) != MAGIC:
         raise ValueError(f"not a {CODEC_NAME} chunk (expected it to start with {MAGIC!r})")
     (k,) = struct.unpack_from("<I", data, 4)
-    if k != shape[0] or len(data) < 8 + 4 * k:
-        raise ValueError(f"{CODEC_NAME} chunk holds {k} frames, expected {shape[0]}")
-    lengths = struct.unpack_from(f"<{k}I", data, 8)
-    _, decode = _coders(fmt)
-    out = np.empty(shape, np.uint8)
-    offset = 8 + 4 * k
-    for i, n in enumerate(lengths):
-        frame = np.asarray(decode(data[offset : offset + n]))
-        if frame.shape != shape[1:]:
-            raise ValueError(f"{CODEC_NAME} frame {i} decodes to {frame.shape}, expected {shape[1:]}")
-        out[i] = frame
-        offset += n
+    if k != frames or len(data) < 8 + 4 * k:
+        raise ValueError(f"{CODEC_NAME} chunk holds {k} frames, expected {frames}")
+    ends = 8 + 4 * k + np.cumsum(struct.unpack_from(f"<{k}I", data, 8))
+    if k and ends[-1] > len(data):
+        raise ValueError(f"{CODEC_NAME} chunk is truncated: {len(data)} bytes, its header says {ends[-1]}")
+    starts = np.concatenate([[8 + 4 * k], ends[:-1]])
+    return [slice(int(a), int(b)) for a, b in zip(starts, ends, strict=True)]
+
+
+def decode_frames(
+    data: bytes | memoryview, fmt: str, shape: tuple[int, ...], which: np.ndarray | None = None
+) -> np.ndarray:
+    """Chunk bytes -> its ``(k, H, W, 3)`` frames (``shape``), or only the frames ``which`` (indices within
+    the chunk): each frame decodes alone."""
+    data = memoryview(data)
+    spans = frame_spans(data, shape[0])
+    which = np.arange(shape[0]) if which is None else which
+    _, decode = coders(fmt)
+    out = np.empty((len(which), *shape[1:]), np.uint8)
+    for row, i in enumerate(which):
+        frame = np.asarray(decode(data[spans[i]]))
+        if frame.shape != tuple(shape[1:]):
+            raise ValueError(f"{CODEC_NAME} frame {i} decodes to {frame.shape}, expected {tuple(shape[1:])}")
+        out[row] = frame
     return out
 
 
@@ -77,8 +90,8 @@ class ImageCodec(ArrayBytesCodec):
 
     is_fixed_size = False
 
-    codec: str = "jpeg"
-    quality: int = 90
+    codec: str
+    quality: int
 
     def __init__(self, *, codec: str = "jpeg", quality: int | None = None) -> None:
         if codec not in FORMATS:
@@ -105,9 +118,6 @@ class ImageCodec(ArrayBytesCodec):
             or str(getattr(dtype, "to_native_dtype", lambda: dtype)()) != "uint8"
         ):
             raise ValueError(f"{CODEC_NAME} stores uint8 (N, H, W, 3) frames, got {shape} {dtype}")
-
-    def evolve_from_array_spec(self, array_spec: ArraySpec) -> ImageCodec:
-        return replace(self)
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
         frames = decode_frames(chunk_bytes.as_numpy_array().tobytes(), self.codec, tuple(chunk_spec.shape))

@@ -14,13 +14,12 @@ and the caller reads through Zarr.
 from __future__ import annotations
 
 import os
-import struct
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BytesCodec
 
-from .codecs import MAGIC, ImageCodec, _coders
+from .codecs import ImageCodec, decode_frames
 
 
 class FrameReader:
@@ -35,8 +34,6 @@ class FrameReader:
             import numcodecs
 
             self._blosc = numcodecs.Blosc()  # reads every blosc frame, whatever its compressor settings
-        else:
-            self._decode = _coders(codec.codec)[1]
 
     @classmethod
     def open(cls, array: zarr.Array, url: str, path: str) -> FrameReader | None:
@@ -77,16 +74,8 @@ class FrameReader:
                 block = np.frombuffer(self._blosc.decode(data), np.uint8)
                 out[rows] = block.reshape(self.chunk_frames, *self.frame_shape)[within]
             else:
-                out[rows] = self._decode_coded(data, within, chunk)
+                try:
+                    out[rows] = decode_frames(data, self.codec.codec, self.array.chunks, within)
+                except ValueError as e:
+                    raise ValueError(f"{self._chunk_file(chunk)}: {e}") from e
         return out
-
-    def _decode_coded(self, data: bytes, within: np.ndarray, chunk: int) -> np.ndarray:
-        view = memoryview(data)
-        if bytes(view[:4]) != MAGIC:
-            raise ValueError(f"{self._chunk_file(chunk)} is not a vla.image chunk")
-        (k,) = struct.unpack_from("<I", view, 4)
-        lengths = np.asarray(struct.unpack_from(f"<{k}I", view, 8), np.int64)
-        offsets = 8 + 4 * k + np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        return np.stack(
-            [np.asarray(self._decode(view[offsets[i] : offsets[i] + lengths[i]])) for i in within]
-        )
