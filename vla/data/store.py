@@ -104,34 +104,28 @@ def meta_from_group(group: zarr.Group, url: str = "dataset", check: bool = True)
         ]
         if clash and check:
             raise SchemaError(f"{url}: attrs contradict the arrays: {'; '.join(clash)} (H, W)")
-    for key, path in (("state_dim", schema.STATE),):
+
+    def dim(declared: Any, name: str, path: str) -> int:
+        """``declared`` (None: left out) checked against, or read from, the (N, D) array at ``path``."""
         shape = _array_shape(group, path)
-        if key not in attrs:
-            if shape is None or len(shape) != 2:
+        known = shape is not None and len(shape) == 2
+        if declared is None:
+            if not known:
                 raise SchemaError(
-                    f"{url}: attrs leave out {key} and there is no (N, D) {path} to read it from"
+                    f"{url}: attrs leave out {name} and there is no (N, D) {path} to read it from"
                 )
-            attrs[key] = shape[1]
-            derived.append(key)
-        elif check and shape is not None and len(shape) == 2 and int(attrs[key]) != shape[1]:
+            derived.append(name)
+            return shape[1]
+        if check and known and int(declared) != shape[1]:
             raise SchemaError(
-                f"{url}: attrs contradict the arrays: {key} is {attrs[key]}, {path} has {shape[1]}"
+                f"{url}: attrs contradict the arrays: {name} is {declared}, {path} has {shape[1]}"
             )
+        return int(declared)
+
+    attrs["state_dim"] = dim(attrs.get("state_dim"), "state_dim", schema.STATE)
     action = dict(attrs.get("action_space") or {})
+    action["dim"] = dim(action.get("dim"), "action_space.dim", schema.ACTION)
     shape = _array_shape(group, schema.ACTION)
-    if "dim" not in action:
-        if shape is None or len(shape) != 2:
-            raise SchemaError(
-                f"{url}: attrs leave out action_space.dim and there is no (N, D) {schema.ACTION} to read it "
-                "from"
-            )
-        action["dim"] = shape[1]
-        derived.append("action_space.dim")
-    elif check and shape is not None and len(shape) == 2 and int(action["dim"]) != shape[1]:
-        raise SchemaError(
-            f"{url}: attrs contradict the arrays: action_space.dim is {action['dim']}, {schema.ACTION} has "
-            f"{shape[1]}"
-        )
     if "low" not in action or "high" not in action:
         values = np.asarray(group[schema.ACTION][:], dtype=np.float64) if shape and shape[0] else None
         action.setdefault("low", values.min(0).tolist() if values is not None else -np.inf)
