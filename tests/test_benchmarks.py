@@ -31,6 +31,7 @@ def test_bench_list(capsys):
         "env_speed",
         "expert_success",
         "openloop_error",
+        "peer_latency",
         "policy_latency",
         "push_oracle",
         "push_outcomes",

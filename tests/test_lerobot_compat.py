@@ -157,3 +157,24 @@ def test_a_dataset_lerobot_writes_with_mixed_cameras_converts_trains_evaluates_a
     assert info["robot_type"] == "point_pusher" and info["fps"] == 10
     assert info["tasks"] == [str(back.instructions[e]) for e in got["episode_index"]]
     np.testing.assert_array_equal(got["images/observation.images.wrist"], back.load("images/wrist"))
+
+
+def test_peer_latency_times_lerobots_act_and_ours_in_one_run():
+    import sys
+
+    python = os.environ.get("VLA_LEROBOT_PYTHON")
+    if not python:
+        pytest.fail("set VLA_LEROBOT_PYTHON to the LeRobot venv's python (`make test-lerobot` does)")
+    root = Path(__file__).resolve().parent.parent
+    args = ["repeats=2", f"lerobot_python={python}", "vision_dtypes=[float32]"]
+    script = root / "benchmarks" / "peer_latency.py"
+    out = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=900, cwd=root
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    assert result["act"]["policy"].startswith("LeRobot ACT") and result["act"]["chunk_shape"] == [1, 100, 2]
+    assert result["act"]["params_m"] > 40 and result["act"]["median_ms"] > 0  # ResNet-18 + transformer
+    (row,) = result["ours"]
+    assert row["vision_dtype_resolved"] == "float32" and row["median_ms"] > 0
+    assert row["ratio_to_act"] == round(row["median_ms"] / result["act"]["median_ms"], 3)

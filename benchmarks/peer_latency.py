@@ -1,0 +1,121 @@
+"""Chunk latency of our `small` preset beside LeRobot's ACT, in one run on one machine, batch 1.
+
+    python benchmarks/peer_latency.py [key=value ...]     (keys: configs/bench/peer_latency.yaml)
+    make test-lerobot                                      (builds the LeRobot venv it needs, once)
+
+ACT runs in LeRobot's own venv (benchmarks/_lerobot_act_latency.py, LeRobot 0.6.1's default ACT), ours in
+this process, on the same observation shapes (one 64 px camera, state 4, action 2: the built-in push task).
+Ours is timed with the vision encoder in each dtype of ``vision_dtypes``: `auto` is what this CPU gets
+(bfloat16 only with native bf16 instructions), `float32` what a CPU without them gets. Prints one JSON
+object with both, and the ratio ours / ACT.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+warnings.filterwarnings("ignore")
+
+import numpy as np
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from policy_latency import builtin_push_meta, identity_normalizer, time_chunks  # noqa: E402
+
+from vla.config import compose, config_dir, to_object  # noqa: E402
+from vla.hardware import cpu_info  # noqa: E402
+from vla.models import Policy, PolicyConfig  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class BenchConfig:
+    preset: str = "small"
+    head: str = "dual_stream"
+    vision_dtypes: list[str] = field(default_factory=lambda: ["auto", "float32"])
+    repeats: int = 30
+    threads: int = 2
+    image_size: int = 64
+    lerobot_python: str = ".venv-lerobot/bin/python"
+
+
+def ours(cfg: BenchConfig, vision_dtype: str) -> dict:
+    config = to_object(
+        yaml.safe_load((config_dir() / "policy" / f"{cfg.preset}.yaml").read_text()), PolicyConfig
+    )
+    config.head.kind = cfg.head
+    config.backbone.vision_dtype = vision_dtype
+    torch.manual_seed(0)
+    policy = Policy(config, builtin_push_meta(cfg.image_size), identity_normalizer()).eval()
+    rng = np.random.default_rng(0)
+    obs = {
+        "images": {"top": rng.integers(0, 256, (1, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)},
+        "state": rng.normal(size=(1, 4)).astype(np.float32),
+        "instruction": ["push the red block onto the blue pad"],
+    }
+    extra = {"vision_steps": 0} if cfg.head == "dual_stream" else {}
+    times = time_chunks(policy, obs, cfg.repeats, **extra)
+    vision = next(p for n, p in policy.named_parameters() if n.startswith("backbone.vision"))
+    return {
+        "policy": f"vla {cfg.preset} {cfg.head}" + (" (N_A = 4, N_o = 0)" if extra else ""),
+        "vision_dtype": vision_dtype,
+        "vision_dtype_resolved": str(vision.dtype).removeprefix("torch."),
+        "params_m": round(sum(p.numel() for p in policy.parameters()) / 1e6, 2),
+        "chunk_shape": [1, config.horizon, 2],
+        "median_ms": round(float(np.median(times)), 1),
+        "p95_ms": round(float(np.percentile(times, 95)), 1),
+    }
+
+
+def act(cfg: BenchConfig) -> dict:
+    python = Path(cfg.lerobot_python)
+    python = python if python.is_absolute() else ROOT / python
+    if not python.exists():
+        raise SystemExit(
+            f"no LeRobot venv at {python}: run `make test-lerobot` once (it builds it), or pass "
+            "lerobot_python="
+        )
+    args = [str(python), str(ROOT / "benchmarks" / "_lerobot_act_latency.py")]
+    args += [str(v) for v in (cfg.image_size, 4, 2, cfg.repeats, cfg.threads)]
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=1200)
+    if out.returncode:
+        raise SystemExit(f"ACT latency failed in {python}:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str]) -> dict:
+    cfg: BenchConfig = to_object(compose("bench/peer_latency", argv), BenchConfig)
+    torch.set_num_threads(cfg.threads)
+    peer = act(cfg)
+    rows = [ours(cfg, dtype) for dtype in cfg.vision_dtypes]
+    for row in rows:
+        row["ratio_to_act"] = round(row["median_ms"] / peer["median_ms"], 3)
+    return {
+        "benchmark": "peer_latency",
+        "config": asdict(cfg),
+        "batch": 1,
+        "act": peer,
+        "ours": rows,
+        "target_ratio": 0.5,
+        "machine": {
+            **cpu_info(),
+            "cpus": os.cpu_count(),
+            "threads": cfg.threads,
+            "torch": torch.__version__,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        },
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1:]), indent=2))
