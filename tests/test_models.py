@@ -771,3 +771,36 @@ def test_targets_normalization_feeds_the_head_normalized_targets_and_survives_a_
     # a dataset without targets has no stats for them: the normalizer says which key is missing
     with pytest.raises(KeyError, match=r"no stats for keys \['targets'\]"):
         Normalizer.from_stats({k: v for k, v in stats.items() if k != "targets"}, cfg.normalization)
+
+
+@pytest.mark.parametrize("kind", ["dual_stream", "flow", "diffusion"])
+def test_folded_batchnorm_acts_like_the_reference_encoder(demo, kind):
+    """A frozen EfficientNet acts through a copy with its BatchNorms folded into the convolutions (the fast
+    path); the chunks are the modules' own (the reference path) within 1e-4, and checkpoints do not change."""
+    store, normalizer, batch = demo
+    cfg = PolicyConfig()
+    cfg.backbone.vision, cfg.backbone.text_path, cfg.backbone.image_size = "efficientnet_lite0", "minilm", 128
+    cfg.backbone.tokens_per_image = cfg.head.vision_tokens = 4
+    cfg.backbone.finetune, cfg.backbone.vision_dtype, cfg.head.kind = "frozen", "float32", kind
+    torch.manual_seed(0)
+    policy = wake(Policy(cfg, store.meta, normalizer)).eval()
+    encoder, obs = policy.backbone.vision, obs_from(batch, 2)
+
+    def chunks():
+        return policy.predict_chunk(obs, generator=[torch.Generator().manual_seed(i) for i in range(2)])
+
+    encoder.fold_batchnorm = False
+    reference = chunks()
+    assert encoder._folded is None
+    encoder.fold_batchnorm = True
+    fast = chunks()
+    assert encoder._folded is not None and not any(
+        isinstance(m, torch.nn.BatchNorm2d) for m in encoder._folded.modules()
+    )
+    np.testing.assert_allclose(fast, reference, atol=1e-4)
+    assert np.abs(fast - reference).max() > 0  # the folded copy ran, not the modules
+    assert not any("_folded" in k for k in policy.state_dict())  # checkpoints are what they were
+    policy.load_state_dict(policy.state_dict())  # new weights: folded again from them
+    assert encoder._folded is None
+    encoder.model.requires_grad_(True)  # an encoder that trains runs its own modules
+    assert encoder._model_for_this_call() is encoder.model

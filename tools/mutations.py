@@ -388,6 +388,14 @@ MUTATIONS = [
         "    coded = [bytes(encode(np.ascontiguousarray(frame), level=100)) for frame in frames]\n",
         ("tests/test_codecs.py::test_each_codec_stores_frames_smaller_and_close",),
     ),
+    Mutation(
+        "bn-fold",
+        "BatchNorm folding leaves out the projection convolutions' BatchNorms (dropped, not folded)",
+        "vla/models/backbone.py",
+        '        pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]\n',
+        '        pairs += [(block, "_depthwise_conv", "_bn1")]\n        block._bn2 = nn.Identity()\n',
+        ("tests/test_models.py::test_folded_batchnorm_acts_like_the_reference_encoder",),
+    ),
 ]
 
 
