@@ -28,10 +28,9 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from policy_latency import builtin_push_meta, identity_normalizer, time_chunks  # noqa: E402
+from policy_latency import builtin_push_meta, identity_normalizer, machine, time_chunks  # noqa: E402
 
 from vla.config import compose, config_dir, to_object  # noqa: E402
-from vla.hardware import cpu_info  # noqa: E402
 from vla.models import Policy, PolicyConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,13 +106,7 @@ def main(argv: list[str]) -> dict:
         "act": peer,
         "ours": rows,
         "target_ratio": 0.5,
-        "machine": {
-            **cpu_info(),
-            "cpus": os.cpu_count(),
-            "threads": cfg.threads,
-            "torch": torch.__version__,
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        },
+        "machine": machine(cfg.threads),
     }
 
 

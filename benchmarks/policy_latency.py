@@ -56,6 +56,17 @@ def identity_normalizer() -> Normalizer:
     return Normalizer.identity({"state": 4, "action": 2})
 
 
+def machine(threads: int) -> dict:
+    """The CPU and the settings a latency depends on."""
+    return {
+        **cpu_info(),
+        "cpus": os.cpu_count(),
+        "threads": threads,
+        "torch": torch.__version__,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    }
+
+
 def time_chunks(policy: Policy, obs: dict, repeats: int, **kwargs) -> list[float]:
     for _ in range(3):
         policy.predict_chunk(obs, **kwargs)
@@ -117,13 +128,7 @@ def main(argv: list[str]) -> dict:
         "batch": 1,
         "rows": rows,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "machine": {
-            **cpu_info(),
-            "cpus": os.cpu_count(),
-            "threads": cfg.threads,
-            "torch": torch.__version__,
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        },
+        "machine": machine(cfg.threads),
     }
 
 
