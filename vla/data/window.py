@@ -11,8 +11,9 @@ For frame t of an episode [s, e) a window holds:
 - ``targets`` float32 (D_targets,): frame t's privileged training targets, when the dataset has them
 - ``instruction``, ``task``, ``episode_index``, ``frame_index``
 
-Zarr random access costs milliseconds per call, so by default (``in_memory="auto"``) the
-arrays are decoded into RAM once when they fit; otherwise each window reads Zarr directly.
+By default (``in_memory="auto"``) the arrays are decoded into RAM once when they fit. Otherwise frames
+are read from disk, a DataLoader batch at a time (``__getitems__``), through `FrameReader` where the layout
+is vla's own (Zarr's per-chunk machinery costs more than the decoding).
 """
 
 from __future__ import annotations
@@ -97,8 +98,8 @@ class _Arrays:
         return self.many_frames(cam, frames)[inverse]
 
     def many_frames(self, cam: str, frames: np.ndarray) -> np.ndarray:
-        """Sorted unique frame indices -> their images, in one Zarr read: zarr fetches and decodes each chunk
-        once, concurrently, where one read per window paid Zarr's per-call cost every time."""
+        """Sorted unique frame indices -> their images, in one read: from the chunk files directly for
+        vla's own layouts (`FrameReader`), else one Zarr selection."""
         if self.in_memory:
             return self.images[cam][frames]
         self._reopen_after_fork()
