@@ -98,10 +98,6 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
 
 
-def directory_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 def loader_windows_per_s(dataset: WindowDataset, workers: int, batch_size: int, seconds: float) -> float:
     """Windows/s through a shuffling DataLoader (collation included; worker start-up excluded)."""
     loader = DataLoader(
@@ -151,7 +147,7 @@ def codec_row(
     write_s = time.perf_counter() - t0
     store = TrajectoryStore(url)
     n = store.num_frames
-    image_bytes = sum(directory_bytes(url / "data" / "images" / c) for c in cams)
+    image_bytes = sum(store.images(c).nbytes_stored() for c in cams)
     raw_bytes = n * len(cams) * size * size * 3
     fidelity = {c: round(psnr(np.asarray(store.images(c)[:rendered]), renders[c]), 2) for c in cams}
     disk = WindowDataset(

@@ -280,9 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--image-codec",
-        help="how the vla dataset stores camera frames: none (raw, lossless; default) | jpeg | jpegxl | avif "
-        "| "
-        "webp, with an optional :QUALITY (e.g. jpeg:90), or per camera: front=jpeg:90,wrist=none",
+        help="how the vla dataset stores camera frames: none (raw, lossless; default), jpeg, jpegxl, avif "
+        "or webp, with an optional :QUALITY (e.g. jpeg:90), or per camera: front=jpeg:90,wrist=none",
     )
     p.add_argument(
         "--video-codec",

@@ -128,7 +128,7 @@ class ImageCodec(ArrayBytesCodec):
         return chunk_spec.prototype.buffer.from_bytes(data)
 
     def compute_encoded_size(self, input_byte_length: int, _chunk_spec: ArraySpec) -> int:
-        raise NotImplementedError  # variable size
+        raise NotImplementedError  # a variable-size codec: zarr's convention, as its own BloscCodec
 
 
 def register() -> None:
@@ -150,16 +150,14 @@ def image_codecs_per_camera(spec: Any, cameras: list[str]) -> dict[str, ImageCod
 
 def describe_storage(array: Any) -> str:
     """How a camera array stores its frames: ``jpeg q90`` or ``raw (blosc zstd)``."""
-    for codec in getattr(array.metadata, "codecs", ()):
-        inner = [codec, *getattr(codec, "codecs", ())]  # a sharding codec holds the frame codec
-        for c in inner:
-            if isinstance(c, ImageCodec):
-                return f"{c.codec} q{c.quality}"
-    compressors = getattr(array, "compressors", ()) or ()
-    names = [getattr(c, "cname", None) for c in compressors]
-    return "raw" + (
-        f" (blosc {names[0].value if hasattr(names[0], 'value') else names[0]})" if names and names[0] else ""
-    )
+    from zarr.codecs import BloscCodec
+
+    codecs = array.metadata.codecs
+    for codec in codecs:
+        if isinstance(codec, ImageCodec):
+            return f"{codec.codec} q{codec.quality}"
+    blosc = [codec for codec in codecs if isinstance(codec, BloscCodec)]
+    return f"raw (blosc {blosc[0].cname.value})" if blosc else "raw"
 
 
 def parse_image_codec(spec: str | None) -> ImageCodec | None:

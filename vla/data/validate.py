@@ -91,7 +91,7 @@ def _check_chunks(
     decodes, read one chunk at a time so a failure names the chunk and its file. ``on_rows(first, rows)``
     receives each decoded chunk's committed rows when a chunk spans whole rows (the images' blank-frame scan
     then reads nothing twice)."""
-    stored = arr.shards or arr.chunks  # the unit of one file: a shard where frames are coded one per chunk
+    stored = arr.shards or arr.chunks  # the unit of one file: the shard, where an array is sharded
     chunk_rows = stored[0]
     grid = [range(-(-size // chunk)) for size, chunk in zip(arr.shape[1:], stored[1:], strict=True)]
     for i in range(-(-rows // chunk_rows)):

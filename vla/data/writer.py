@@ -82,11 +82,12 @@ class TrajectoryWriter:
             if not meta.created_with:
                 meta.created_with = _version()
             self.group = zarr.open_group(self.url, mode="w", zarr_format=3)
+            codecs = image_codecs_per_camera(image_codec, meta.cameras)
             self._create_arrays(
-                image_chunk_frames, lowdim_chunk_frames, episode_chunk, compression_level, image_codec
+                image_chunk_frames, lowdim_chunk_frames, episode_chunk, compression_level, codecs
             )
             attrs = meta.to_attrs() | {schema.ALL_CHUNKS_WRITTEN: True}
-            if any(image_codecs_per_camera(image_codec, meta.cameras).values()):
+            if any(codecs.values()):
                 attrs["version"] = schema.VERSION  # readers from before the image codecs refuse it by version
             self.group.attrs.update(attrs)
         ends = np.asarray(self.group[schema.EPISODE_ENDS][:], dtype=np.int64)
@@ -95,11 +96,10 @@ class TrajectoryWriter:
 
     # -- creation and repair -----------------------------------------------------------------
     def _create_arrays(
-        self, image_chunk: int, lowdim_chunk: int, episode_chunk: int, level: int, image_codec: Any
+        self, image_chunk: int, lowdim_chunk: int, episode_chunk: int, level: int, codecs: dict[str, Any]
     ) -> None:
         images = BloscCodec(cname="zstd", clevel=level, shuffle="noshuffle")
         floats = BloscCodec(cname="zstd", clevel=level, shuffle="shuffle", typesize=4)
-        codecs = image_codecs_per_camera(image_codec, self.meta.cameras)
         for cam, (h, w) in self.meta.image_sizes.items():
             if codecs[cam] is None:  # raw frames, blosc-compressed: lossless
                 layout = {"chunks": (image_chunk, h, w, 3), "compressors": images}

@@ -129,9 +129,8 @@ class EfficientNetLite0Encoder(nn.Module):
         self.image_size = config.image_size
         self.dim = 1280
         self.fold_batchnorm = True  # False: the reference path (tests compare the two)
-        object.__setattr__(
-            self, "_folded", None
-        )  # not a submodule: state_dict and checkpoints stay as they are
+        # the folded copy is not a submodule: state_dict and checkpoints stay as they are
+        object.__setattr__(self, "_folded", None)
         self.register_load_state_dict_pre_hook(lambda *args, **kwargs: self._forget_folded())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -159,10 +158,8 @@ class EfficientNetLite0Encoder(nn.Module):
         self._forget_folded()
         return super().train(mode)
 
-    def _apply(
-        self, fn, recurse: bool = True
-    ):  # .to(), .cuda(), dtype changes: fold again from the new weights
-        self._forget_folded()
+    def _apply(self, fn, recurse: bool = True):
+        self._forget_folded()  # .to(), .cuda(), a dtype change: fold again from the new weights
         return super()._apply(fn, recurse)
 
 

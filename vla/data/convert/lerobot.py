@@ -143,6 +143,11 @@ def from_lerobot(
             f"{src}: LeRobot codebase_version {version!r}; only v3.x is read (convert v2.x with lerobot's "
             "own converter first)"
         )
+    if fps is not None and float(fps) != float(info["fps"]):
+        raise ConversionError(
+            f"--fps {fps}: {src} states fps {info['fps']} in meta/info.json and its video timestamps follow "
+            "it; LeRobot sources are not re-timed"
+        )
     features = info.get("features", {})
     camera_keys = [k for k, f in features.items() if f.get("dtype") in ("video", "image")]
     if not camera_keys:
@@ -158,12 +163,6 @@ def from_lerobot(
     frames = _read_parquets(sorted((root / "data").glob("chunk-*/file-*.parquet")))
     frames = frames.sort_values(["episode_index", "frame_index"]).reset_index(drop=True)
     tasks = _task_strings(root)
-    if fps is not None and float(fps) != float(info["fps"]):
-        raise ConversionError(
-            f"--fps {fps}: {src} states fps {info['fps']} in meta/info.json, and its video timestamps follow "
-            "it; "
-            "LeRobot sources are not re-timed"
-        )
     fps = float(info["fps"])
     video_template = info.get("video_path", VIDEO_PATH)
 
@@ -463,10 +462,8 @@ def to_lerobot(
             VLA_INFO_KEY: {"action_kind": meta.action_space.kind, "env": meta.env},
         }
         (tmp / "meta" / "info.json").write_text(json.dumps(info, indent=2))
-        stats = {"observation.state": state_all, "action": action_all}
-        stats = {key: _feature_stats(values) for key, values in stats.items()}
-        for cam, key in cam_keys.items():
-            stats[key] = _image_stats(store.images(cam), store.num_frames)
+        stats = {"observation.state": _feature_stats(state_all), "action": _feature_stats(action_all)}
+        stats |= {key: _image_stats(store.images(cam), store.num_frames) for cam, key in cam_keys.items()}
         (tmp / "meta" / "stats.json").write_text(json.dumps(stats, indent=2))
         if out.exists():
             shutil.rmtree(out)
