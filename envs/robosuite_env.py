@@ -140,7 +140,7 @@ class RobosuiteEnv(gym.Env):
         self.name = name
         self.cameras = list(cameras)
         self.image_size = normalize_image_size(image_size, self.cameras)  # (H, W), or {camera: (H, W)}
-        sizes = list(image_sizes_per_camera(self.image_size, self.cameras).values()) or [(84, 84)]
+        sizes = list(image_sizes_per_camera(self.image_size, self.cameras).values()) or [self.image_size]
         self.control_freq = float(control_freq)
         self.max_steps = int(max_steps) if max_steps else int(self.task.horizon_s * self.control_freq)
         self.render_quality = render_quality
