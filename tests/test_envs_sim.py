@@ -43,6 +43,23 @@ def test_robosuite_contract_other_tasks(task):
         env.close()
 
 
+def test_robosuite_renders_each_camera_at_its_own_size_and_metaworld_refuses_mixed_sizes():
+    sizes = {"agentview": (64, 80), "robot0_eye_in_hand": (32, 32)}
+    env = envs.make("robosuite/Lift", cameras=list(sizes), image_size=sizes, seed=0)
+    try:
+        obs, _ = env.reset(seed=0)
+        assert {cam: img.shape[:2] for cam, img in obs["images"].items()} == sizes
+        assert env.unwrapped.meta.image_sizes == sizes
+        assert all(img.std() > 5 for img in obs["images"].values())
+        assert env.observation_space["images"]["robot0_eye_in_hand"].shape == (32, 32, 3)
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="MetaWorld renders every camera at one size"):
+        envs.make(
+            "metaworld/reach-v3", cameras=["corner", "topview"], image_size={"corner": 32, "topview": 48}
+        )
+
+
 def test_robosuite_fast_rendering_is_upright_and_drops_the_costly_effects():
     """What "fast" turns off (multisampling, reflections, shadows); its speed-up is measured by
     benchmarks/env_speed.py, not timed here."""
