@@ -13,10 +13,11 @@ export PYTHONWARNINGS ?= ignore::DeprecationWarning
 setup: $(STAMP)
 
 # torch first: the CPU wheel on local disk; a range-only requirement would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml setup.py
+$(STAMP): pyproject.toml setup.py packages/vla-client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e packages/vla-client
 	$(PY) -m pip install -q -e ".[sim,serve,dev]"
 	touch $(STAMP)
 

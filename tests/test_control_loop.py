@@ -2,6 +2,7 @@
 `ControlLoop` in this one; the loop keeps its rate, follows the served chunks, and holds safely
 when the server is killed mid-episode."""
 
+import json
 import threading
 import time
 
@@ -28,7 +29,9 @@ def server(random_checkpoint):
 def test_loop_follows_the_served_policy_at_a_fixed_rate(server, random_checkpoint):
     robot = SimRobot("builtin/push")
     with RobotClient(server.url, timeout_s=5) as client:
-        loop = ControlLoop(robot, client, rate_hz=RATE, strategy="receding", execute_steps=4)
+        loop = ControlLoop(
+            robot, client, rate_hz=RATE, allow_fps_mismatch=True, strategy="receding", execute_steps=4
+        )
         episode = loop.run_episode(seed=3, max_steps=30)
         loop.close()
     assert episode.steps == 30 and not episode.errors
@@ -51,7 +54,9 @@ def test_loop_follows_the_served_policy_at_a_fixed_rate(server, random_checkpoin
 def test_loop_holds_safely_when_the_server_is_killed(server):
     robot = SimRobot("builtin/push")
     client = RobotClient(server.url, timeout_s=0.5, retry_s=0.2)
-    loop = ControlLoop(robot, client, rate_hz=RATE, strategy="receding", execute_steps=4)
+    loop = ControlLoop(
+        robot, client, rate_hz=RATE, allow_fps_mismatch=True, strategy="receding", execute_steps=4
+    )
     killed_at: list[float] = []
 
     def kill_soon():
@@ -91,24 +96,31 @@ def test_executors_report_coverage():
 
 
 def test_vla_robot_cli(server, tmp_path, capsys):
-    assert (
-        main(
-            [
-                "robot",
-                f"url={server.url}",
-                "episodes=2",
-                "max_steps=12",
-                "rate_hz=40",
-                f"out={tmp_path}",
-                "strategy=rtc",
-            ]
-        )
-        == 0
-    )
+    # a policy trained at 10 Hz is not played at 40 Hz unless the user says so
+    assert main(["robot", f"url={server.url}", "max_steps=3", "rate_hz=40"]) == 2
+    assert "trained at 10 Hz but this loop runs at 40 Hz" in capsys.readouterr().err
+    args = [
+        "robot",
+        f"url={server.url}",
+        "episodes=2",
+        "max_steps=12",
+        "rate_hz=40",
+        "allow_fps_mismatch=true",
+    ]
+    assert main([*args, f"out={tmp_path}", "strategy=rtc"]) == 0
     out = capsys.readouterr().out
-    summary = __import__("json").loads(out[out.index("{") :])
+    summary = json.loads(out[out.index("{") :])
     assert summary["episodes"] == 2 and [e["steps"] for e in summary["per_episode"]] == [12, 12]
-    assert (tmp_path / "control.json").exists()
+    assert summary["safety"] == {"action_kind": "velocity", "hold": "zero"}
+    control = json.loads((tmp_path / "control.json").read_text())
+    # per-tick timing, as docs/serving.md says: one value per step for each part of the tick
+    for ticks in control["ticks"]:
+        assert {len(v) for v in ticks.values()} == {12}, {k: len(v) for k, v in ticks.items()}
+        assert set(ticks) == {"lateness_ms", "observe_ms", "act_ms", "tick_ms", "wait_ms"}
+        assert all(w >= 0 for w in ticks["wait_ms"]) and sum(ticks["wait_ms"]) > 0
+    # the default rate is the robot's fps, which the served policy shares
+    assert main(["robot", f"url={server.url}", "max_steps=3"]) == 0
+    assert json.loads((out := capsys.readouterr().out)[out.index("{") :])["rate_hz"] == 10
     # a robot whose cameras do not fit the served policy is refused before it moves
     assert main(["robot", f"url={server.url}", "env=metaworld/reach-v3", "max_steps=3"]) == 2
     assert "does not fit this robot: cameras" in capsys.readouterr().err
@@ -120,7 +132,7 @@ def test_loop_reconnects_when_the_server_comes_back(random_checkpoint):
     port = first.port
     robot = SimRobot("builtin/push", max_steps=int(RATE * 20))
     client = RobotClient(first.url, timeout_s=0.5, retry_s=0.2)
-    loop = ControlLoop(robot, client, rate_hz=RATE, execute_steps=4)
+    loop = ControlLoop(robot, client, rate_hz=RATE, allow_fps_mismatch=True, execute_steps=4)
     servers = [first]
 
     failures = []
@@ -184,7 +196,9 @@ def test_the_robot_side_refuses_non_finite_and_misshapen_chunks(server):
         real_act = robot.act
         robot.act = lambda action: acted.append(np.asarray(action)) or real_act(action)
         with RobotClient(url, timeout_s=2) as client:
-            loop = ControlLoop(robot, client, rate_hz=RATE, strategy="receding", execute_steps=2)
+            loop = ControlLoop(
+                robot, client, rate_hz=RATE, allow_fps_mismatch=True, strategy="receding", execute_steps=2
+            )
             episode = loop.run_episode(seed=1, max_steps=16)
             loop.close()
             for _ in replies[1:]:  # the client alone refuses each of them

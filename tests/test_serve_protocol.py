@@ -8,7 +8,7 @@ import torch
 from conftest import make_meta
 from openpi_client import msgpack_numpy as openpi
 
-from vla.serve import ProtocolError, hold_action, packb, unpackb
+from vla.serve import ProtocolError, packb, unpackb
 from vla.serve.observation import ObservationParser
 from vla.serve.protocol import parse_error
 
@@ -205,19 +205,6 @@ def test_parser_refuses_non_dict(parser):
         parser.parse([1, 2, 3])
 
 
-def test_hold_action():
-    low, high = np.float32([-1, -1, -1]), np.float32([1, 1, 1])
-    last = np.float32([0.5, -0.2, 1.0])
-    np.testing.assert_array_equal(hold_action("zero", "planar_velocity", low, high, last), [0, 0, 0])
-    np.testing.assert_array_equal(hold_action("last", "joint_pos", low, high, last), last)
-    np.testing.assert_array_equal(hold_action("auto", "osc_pose_delta+gripper", low, high, last), [0, 0, 1.0])
-    np.testing.assert_array_equal(hold_action("auto", "osc_pose_delta+gripper", low, high, None), [0, 0, 0])
-    # zero outside the bounds is clamped into them
-    np.testing.assert_array_equal(
-        hold_action("zero", "x", np.float32([0.2]), np.float32([1]), None), np.float32([0.2])
-    )
-
-
 def test_batched_prediction_with_per_sample_generators_matches_single(random_checkpoint):
     """What the server relies on: a request's chunk depends on its own seed, not its batch mates."""
     from vla.models import load_policy
@@ -262,7 +249,7 @@ BOMB = 15 * 2**20  # the size of the frames that blocked the server for 7-9 s (i
 def test_decoding_bombs_are_refused_before_msgpack_builds_anything(bomb, expect, monkeypatch):
     """The frame's headers are walked first: the limit is hit after at most 4096 values, and msgpack, which
     would allocate every declared element, never runs."""
-    import vla.serve.protocol as protocol
+    import vla_client.protocol as protocol
 
     def never(*args, **kwargs):
         raise AssertionError("msgpack.unpackb ran on a bomb")

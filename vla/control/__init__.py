@@ -1,7 +1,7 @@
-"""Chunk execution shared by evaluation and the robot loop: how predicted action chunks become
-one action per control step."""
+"""Chunk execution shared by evaluation and the robot loop: how predicted action chunks become one action per
+control step. One copy, in the robot-side package `vla_client` (it has no torch), used here as it is."""
 
-from .chunking import (
+from vla_client.chunking import (
     ChunkExecutor,
     RealTimeChunking,
     RecedingHorizon,

@@ -1,12 +1,23 @@
-"""Serving: `vla serve` (websocket policy server, openpi-wire-compatible) and the robot side
-(`RobotClient`, `ControlLoop`, `Robot` / `SimRobot`)."""
+"""Serving: `vla serve` (websocket policy server, openpi-wire-compatible) and `SimRobot`. The robot side
+(`RobotClient`, `ControlLoop`, `Robot`, the safety layer) is the `vla_client` package, re-exported here."""
 
-from .client import Reply, RobotClient, ServerError
+from vla_client import (
+    ControlLoop,
+    EpisodeLog,
+    ProtocolError,
+    Reply,
+    Robot,
+    RobotClient,
+    SafetyConfig,
+    SafetyLayer,
+    ServerError,
+    packb,
+    unpackb,
+)
+
 from .config import RobotConfig, ServeConfig
-from .control_loop import ControlLoop, EpisodeLog, hold_action
 from .process import ServerProcess
-from .protocol import ProtocolError, packb, unpackb
-from .robot import Robot, SimRobot
+from .robot import SimRobot
 from .server import PolicyServer, serve
 
 __all__ = [
@@ -18,11 +29,12 @@ __all__ = [
     "Robot",
     "RobotClient",
     "RobotConfig",
+    "SafetyConfig",
+    "SafetyLayer",
     "ServeConfig",
     "ServerError",
     "ServerProcess",
     "SimRobot",
-    "hold_action",
     "packb",
     "serve",
     "unpackb",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vla_client.safety import SafetyConfig
+
 
 @dataclass
 class ServeConfig:
@@ -60,23 +62,22 @@ class RobotConfig:
     env: str = "builtin/push"  # the simulated robot's envs task
     episodes: int = 1
     seed: int = 0
-    rate_hz: float = 10.0
+    rate_hz: float | None = None  # null = the robot's fps; a server trained at another fps is refused
+    allow_fps_mismatch: bool = False
     max_steps: int | None = None  # per episode; null = the env's limit
     strategy: str = "receding"  # receding | ensemble | rtc
     execute_steps: int | None = None  # receding / rtc: actions per chunk (null = horizon // 2)
     ensemble_decay: float = 0.01
-    lead_steps: int | None = (
-        None  # request this many steps before a chunk runs out (null = from measured latency)
-    )
-    hold: str = "auto"  # zero | last | auto (zero motion, keep the gripper) when no chunk covers a step
-    request_timeout_s: float = 2.0
-    out: str | None = None  # writes control.json (per-step timing) here when set
+    lead_steps: int | None = None  # request this many steps early (null = from the p95 round trip)
+    request_timeout_s: float | None = None  # null = the chunk's duration (horizon / rate)
+    observe_timeout_s: float | None = 1.0  # a robot.observe() slower than this holds the robot
+    max_obs_age_s: float | None = None  # an observation whose timestamp is older holds the robot
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    out: str | None = None  # writes control.json (per-tick timing, actions, sources) here when set
 
     def __post_init__(self) -> None:
         self.api_key = self.api_key or None
-        if self.rate_hz <= 0:
+        if self.rate_hz is not None and self.rate_hz <= 0:
             raise ValueError(f"rate_hz must be > 0, got {self.rate_hz}")
-        if self.hold not in ("zero", "last", "auto"):
-            raise ValueError(f"hold must be zero, last or auto, got {self.hold!r}")
         if self.strategy not in ("receding", "ensemble", "rtc"):
             raise ValueError(f"strategy must be receding, ensemble or rtc, got {self.strategy!r}")

@@ -1,45 +1,15 @@
-"""The `Robot` interface the control loop drives, and `SimRobot`: any `envs` task behind it, so the
-whole robot side (client, loop, safety holds) runs without hardware."""
+"""`SimRobot`: any `envs` task behind the robot-side `Robot` interface (`vla_client.Robot`), so the whole
+robot side (client, loop, safety layer, recorder) runs without hardware."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-
 import numpy as np
-
-from vla.data.schema import DatasetMeta
-
-
-class Robot(ABC):
-    """Read an observation, send an action. A real robot implements these four plus ``meta``."""
-
-    meta: DatasetMeta  # cameras, image size, state dim, action space, control rate
-
-    @abstractmethod
-    def reset(self, seed: int | None = None) -> None: ...
-
-    @abstractmethod
-    def observe(self) -> dict:
-        """The latest observation dict (DESIGN.md contract)."""
-
-    @abstractmethod
-    def act(self, action: np.ndarray) -> None:
-        """Send one action (already clamped to ``meta.action_space``)."""
-
-    def close(self) -> None:  # noqa: B027 - optional: most robots have nothing to release
-        """Release the robot's resources (optional)."""
-
-    @property
-    def done(self) -> bool:
-        """True when the episode is over (a real robot: an operator or a safety stop says so)."""
-        return False
-
-    @property
-    def success(self) -> bool | None:
-        return None
+from vla_client.robot import Robot
 
 
 class SimRobot(Robot):
+    """A simulated robot; ``meta`` is the env's DatasetMeta (it has every field a `RobotSpec` has)."""
+
     def __init__(self, env: str, max_steps: int | None = None, **options):
         import envs
 

@@ -15,8 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from vla.data.schema import DatasetMeta
-
 from .protocol import ProtocolError, packb, parse_error, unpackb
 
 
@@ -35,6 +33,14 @@ class Reply:
     guided: bool = False
     round_trip_ms: float = 0.0
     server_timing: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Request:
+    """A serialized request (`RobotClient.prepare`)."""
+
+    request_id: int
+    payload: bytes
 
 
 class RobotClient:
@@ -113,15 +119,11 @@ class RobotClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def check(self, meta: DatasetMeta) -> None:
-        """Raise ValueError if the served policy does not fit this robot (cameras, sizes, dims)."""
+    def check(self, meta) -> None:
+        """Raise ValueError if the served policy does not fit this robot (cameras, sizes, dims). A server that
+        does not declare a field (openpi's servers declare none of them) is not checked on it: it checks
+        every request itself."""
         md = self.metadata if self.metadata is not None else self.connect()
-        theirs = {
-            "cameras": list(md["cameras"]),
-            "image_size": md["image_size"],
-            "state_dim": md["state_dim"],
-            "action_dim": md["action_dim"],
-        }
         ours = {
             "cameras": list(meta.cameras),
             "image_size": meta.json_image_size(),
@@ -130,7 +132,8 @@ class RobotClient:
         }
         if md.get("obs_keys"):
             return  # the server translates this robot's layout; it checks every request itself
-        diff = {k: (ours[k], theirs[k]) for k in ours if ours[k] != theirs[k]}
+        theirs = {k: (list(md[k]) if k == "cameras" else md[k]) for k in ours if k in md}
+        diff = {k: (ours[k], theirs[k]) for k in theirs if ours[k] != theirs[k]}
         if diff:
             raise ValueError(
                 "the served policy does not fit this robot: "
@@ -159,6 +162,19 @@ class RobotClient:
             raise ServerError("bad_chunk", "the reply's actions hold NaN or inf: not one of them is executed")
         return chunk
 
+    def prepare(self, obs: dict, seed: int | None = None, rtc: tuple[int, int] | None = None) -> Request:
+        """Serialize a request now. A control loop prepares on its own thread and sends from another: the
+        frame holds copies of the images, so a driver that reuses its camera buffers cannot change them while
+        the request is in flight."""
+        request_id = next(self._ids)
+        message = {k: v for k, v in obs.items() if k != "timestamp"}
+        message["request_id"] = request_id
+        if seed is not None:
+            message["seed"] = int(seed)
+        if rtc is not None:
+            message["rtc"] = {"offset": int(rtc[0]), "delay": int(rtc[1])}
+        return Request(request_id, packb(message))
+
     def infer(
         self,
         obs: dict,
@@ -168,21 +184,20 @@ class RobotClient:
     ) -> Reply:
         """One chunk for ``obs``. ``rtc=(offset, delay)`` asks the server to continue the last chunk it
         sent on this connection (real-time chunking). Raises ServerError, TimeoutError, ConnectionError."""
+        return self.send(self.prepare(obs, seed, rtc), timeout_s)
+
+    def send(self, request: Request, timeout_s: float | None = None) -> Reply:
+        """Send a prepared request and wait for its chunk (see `infer`)."""
         from websockets.exceptions import ConnectionClosed
 
         if self._ws is None:
             self.connect()
-        request_id = next(self._ids)
-        message = dict(obs, request_id=request_id)
-        if seed is not None:
-            message["seed"] = int(seed)
-        if rtc is not None:
-            message["rtc"] = {"offset": int(rtc[0]), "delay": int(rtc[1])}
+        request_id = request.request_id
         timeout = self.timeout_s if timeout_s is None else timeout_s
         start = time.perf_counter()
         deadline = start + timeout
         try:
-            self._ws.send(packb(message))
+            self._ws.send(request.payload)
             while True:
                 raw = self._ws.recv(timeout=max(0.0, deadline - time.perf_counter()))
                 if isinstance(raw, str):
