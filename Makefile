@@ -59,10 +59,15 @@ LEROBOT_STAMP := $(LEROBOT_VENV)/.installed-lerobot-0.6.1
 $(LEROBOT_STAMP):
 	@test -n "$(PYTHON312)" || { echo "test-lerobot needs Python 3.12 (set PYTHON312=/path/to/python3.12)"; exit 1; }
 	test -x $(LEROBOT_VENV)/bin/python || $(PYTHON312) -m venv $(LEROBOT_VENV)
-	$(LEROBOT_VENV)/bin/python -m pip install -q "lerobot[dataset]==0.6.1" torch==2.11.0 torchvision==0.26.0
+	$(LEROBOT_VENV)/bin/python -m pip install -q "lerobot[dataset,feetech]==0.6.1" torch==2.11.0 torchvision==0.26.0
 	touch $@
 
-test-lerobot: setup $(LEROBOT_STAMP)
+# the robot-side package, into LeRobot's venv (numpy 2, Python 3.12): reinstalled whenever it changes
+$(LEROBOT_VENV)/.installed-vla-client: $(LEROBOT_STAMP) packages/vla-client/pyproject.toml
+	$(LEROBOT_VENV)/bin/python -m pip install -q -e packages/vla-client
+	touch $@
+
+test-lerobot: setup $(LEROBOT_STAMP) $(LEROBOT_VENV)/.installed-vla-client
 	VLA_LEROBOT_PYTHON=$(abspath $(LEROBOT_VENV))/bin/python $(PY) -m pytest -q -m lerobot
 
 # Results (docs/results.md): `make results-builtin`, results-heads_builtin, results-heads_reach, results-heads_lift,

@@ -178,3 +178,82 @@ def test_peer_latency_times_lerobots_act_and_ours_in_one_run():
     (row,) = result["ours"]
     assert row["vision_dtype_resolved"] == "float32" and row["median_ms"] > 0
     assert row["ratio_to_act"] == round(row["median_ms"] / result["act"]["median_ms"], 3)
+
+
+# -- a real LeRobot robot class, driven by the robot-side package against a real server -------------------
+SO101_MOTORS = ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]
+
+
+def so101_checkpoint(path: Path) -> str:
+    """A woken random policy for an SO-101 (LeRobot's motor names, absolute joint targets in degrees and a
+    0..100 gripper, one 48x64 camera, 30 fps), with a normalizer that spreads its actions over the range."""
+    import torch
+    from conftest import wake
+
+    from vla.data import Normalizer
+    from vla.data.schema import ActionSpace, DatasetMeta
+    from vla.models import Policy, PolicyConfig, save_policy
+
+    names = [f"{m}.pos" for m in SO101_MOTORS]
+    meta = DatasetMeta(
+        fps=30,
+        cameras=["front"],
+        image_size=(48, 64),
+        state_dim=6,
+        action_space=ActionSpace(6, [-90] * 5 + [0], [90] * 5 + [100], "absolute_joint_pos", names),
+        robot="so101_follower",
+        state_names=names,
+    )
+    stats = {"mean": np.full(6, 45.0), "std": np.full(6, 40.0)}  # state and actions of tens of degrees
+    normalizer = Normalizer.from_stats(
+        {"state": stats, "action": stats}, {"state": "mean_std", "action": "mean_std"}
+    )
+    torch.manual_seed(0)
+    save_policy(wake(Policy(PolicyConfig(), meta, normalizer)).eval(), path)
+    return str(path)
+
+
+def test_lerobots_so101_follower_runs_the_served_policy_through_the_safety_layer(tmp_path):
+    """LeRobot's own `SO101Follower` (its Feetech bus over an emulated serial line, a camera serving image
+    files) in LeRobot's venv, driven by `vla_client` against `vla serve`: every goal position the servos
+    receive is the served action after the safety layer, and no goal is further than the step limit from
+    where the servo was."""
+    import imageio.v3 as iio
+
+    from vla.serve import ServerProcess
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):  # 60x80 frames: the adapter resizes them to the policy's 48x64
+        iio.imwrite(frames / f"{i:03d}.png", rng.integers(0, 255, (60, 80, 3), dtype=np.uint8))
+    server = ServerProcess(so101_checkpoint(tmp_path / "ckpt"))
+    try:
+        out = tmp_path / "robot.json"
+        python = os.environ.get("VLA_LEROBOT_PYTHON")
+        side = SIDE.with_name("lerobot_robot_side.py")
+        proc = subprocess.run(
+            [python, str(side), server.url, str(frames), str(tmp_path), str(out)],
+            capture_output=True, text=True, timeout=300, env=os.environ | {"PYTHONWARNINGS": "ignore"},
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    finally:
+        server.kill()
+    got = json.loads(out.read_text())
+    assert got["python"].startswith("3.12") and got["numpy"].startswith("2.")  # the thin package on numpy 2
+    assert got["steps"] == 24 and got["rate_hz"] == 30  # the policy's fps, not a default
+    assert got["state_keys"] == [f"{m}.pos" for m in SO101_MOTORS]
+    goals, before = np.asarray(got["goals"]), np.asarray(got["before"])
+    actions = np.asarray(got["actions"])
+    assert goals.shape == actions.shape == (24, 6)
+    # one servo tick is 360/4095 degrees (0.088) on the joints and 100/2048 (0.049) on the gripper
+    resolution = np.array([360 / 4095] * 5 + [100 / 2048])
+    assert (np.abs(goals - actions) <= resolution).all(), np.abs(goals - actions).max(0)
+    # the default limit: a tenth of the action range per tick (18 degrees, 10 on the gripper)
+    limit = np.array([18.0] * 5 + [10.0])
+    assert (np.abs(goals - before) <= limit + 2 * resolution).all(), np.abs(goals - before).max(0)
+    # the arm started with its shoulder at 84 degrees: the first commands walk it, limited, not a jump
+    assert got["start"][0] > 80 and got["limited"] > 0
+    assert abs(goals[0, 0] - got["start"][0]) == pytest.approx(18.0, abs=2 * resolution[0])
+    assert got["sources"].count("policy") >= 20
+    assert got["torque_after_close"] == [0] * 6  # LeRobot's disconnect: torque off

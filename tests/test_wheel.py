@@ -46,7 +46,16 @@ def installed(tmp_path_factory) -> dict:
         capture_output=True,
         text=True,
     )
-    wheel = next(dist.glob("vla-*.whl"))
+    # the robot-side package is its own distribution, which vla depends on: built and installed beside it
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist)]
+        + [str(REPO / "packages" / "vla-client")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    wheel = next(dist.glob("vla-0*.whl"))
+    client_wheel = next(dist.glob("vla_client-*.whl"))
     env_dir = root / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
@@ -73,6 +82,7 @@ def installed(tmp_path_factory) -> dict:
             "--no-index",
             "-q",
             str(wheel),
+            str(client_wheel),
         ],
         check=True,
         capture_output=True,

@@ -396,6 +396,41 @@ MUTATIONS = [
         '        pairs += [(block, "_depthwise_conv", "_bn1")]\n        block._bn2 = nn.Identity()\n',
         ("tests/test_models.py::test_folded_batchnorm_acts_like_the_reference_encoder",),
     ),
+    Mutation(
+        "hold-zero",
+        "an absolute-position robot holds at zero (the issue's SO-101 jump), not at its measured position",
+        "packages/vla-client/vla_client/safety.py",
+        '        if self.kind.mode == "absolute":\n            return "measured"\n',
+        '        if self.kind.mode == "absolute":\n            return "zero"\n',
+        (
+            "tests/test_safety.py::test_an_absolute_robot_holds_where_it_is_not_at_zero",
+            "tests/test_safety.py::test_a_driver_exception_or_a_killed_server_ends_in_a_hold",
+        ),
+    ),
+    Mutation(
+        "step-limit",
+        "the per-step limit is measured against the last command instead of the measured position",
+        "packages/vla-client/vla_client/safety.py",
+        "                    measured = self.measured(state)\n                    if measured is not None:\n",
+        "                    measured = last\n                    if measured is not None:\n",
+        ("tests/test_safety.py::test_step_limit_position_limits_and_refusals",),
+    ),
+    Mutation(
+        "nan-chunk",
+        "the client accepts a chunk holding NaN",
+        "packages/vla-client/vla_client/client.py",
+        "        if not np.isfinite(chunk).all():\n",
+        "        if False:\n",
+        ("tests/test_safety.py::test_faulty_chunks_never_reach_the_robot_and_jumps_are_limited",),
+    ),
+    Mutation(
+        "signal-hold",
+        "a signal stops the loop without the final hold",
+        "packages/vla-client/vla_client/loop.py",
+        '            hold = self.safety.hold(self._measured(), self._last, "stop")\n',
+        "            hold = None\n",
+        ("tests/test_safety.py::test_a_signal_to_vla_robot_holds_then_stops",),
+    ),
 ]
 
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -82,6 +83,10 @@ def _robot(cfg, args: argparse.Namespace) -> int:
 
     summary = run_robot(to_object(cfg, RobotConfig))
     print(json.dumps(summary, indent=2))
+    stopped = summary["stopped_by"]
+    if stopped in ("SIGINT", "SIGTERM"):
+        print(f"vla robot: stopped by {stopped}: the robot held, then stopped", file=sys.stderr)
+        return 128 + int(getattr(signal, stopped))
     return 0 if summary["episodes"] else 1
 
 

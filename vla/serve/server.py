@@ -162,6 +162,9 @@ class PolicyServer:
             "action_low": list(meta.action_space.low),
             "action_high": list(meta.action_space.high),
             "action_kind": meta.action_space.kind,
+            # the joint order the policy was trained on: a hardware adapter orders its motors by these
+            "state_names": meta.state_names,
+            "action_names": meta.action_space.names,
             "obs_keys": dict(self.cfg.obs_keys),
             "supports_rtc": self.engine.supports_guide,
             "max_batch": self.cfg.max_batch,

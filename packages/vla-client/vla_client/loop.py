@@ -151,6 +151,12 @@ class ControlLoop:
         self._stop_signal: str | None = None
         self._state: np.ndarray | None = None  # the last measured state (the safety layer's reference)
         self._last: np.ndarray | None = None  # the last command sent
+        self._fresh = False  # whether _state was measured after _last was sent
+
+    def _measured(self) -> np.ndarray | None:
+        """The state to hold at: None once a command was sent after it (a hold then repeats that command
+        instead of pulling the robot back to where it was measured)."""
+        return self._state if self._fresh else None
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -198,6 +204,7 @@ class ControlLoop:
             if self._stop_signal:
                 raise StopRequested(self._stop_signal)
             obs = self.robot.observe()
+            self._state, self._fresh = obs.get("state"), True
             try:
                 reply = self.client.infer(obs, seed=_request_seed(seed, 0), timeout_s=self.start_timeout_s)
                 return reply.actions, reply.round_trip_ms, obs
@@ -223,12 +230,13 @@ class ControlLoop:
         except BaseException as e:
             episode.stopped_by = e.args[0] if isinstance(e, StopRequested) else type(e).__name__
             # the last command of an interrupted episode is a hold, then the robot's own stop
-            hold = self.safety.hold(self._state, self._last, "stop")
+            hold = self.safety.hold(self._measured(), self._last, "stop")
             try:
-                self.robot.act(hold)
-                episode.actions.append(hold.tolist())
-                episode.sources.append("hold")
-                episode.held_steps += 1
+                if hold is not None:  # None: nothing measured or sent yet, so the robot has not moved
+                    self.robot.act(hold)
+                    episode.actions.append(hold.tolist())
+                    episode.sources.append("hold")
+                    episode.held_steps += 1
             finally:
                 self.robot.stop()
             if not isinstance(e, StopRequested):
@@ -248,9 +256,9 @@ class ControlLoop:
 
     def _run(self, episode: EpisodeLog, seed: int | None, max_steps: int | None) -> None:
         self._state = self._last = None
+        self._fresh = False
         self._stop_signal = None
         chunk, rt, obs = self._first_chunk(seed)
-        self._state = obs.get("state")
         if self.horizon is None:
             self.horizon = len(chunk)
         # rtc's delay (the frozen prefix) is set per request from the measured round trip
@@ -282,7 +290,7 @@ class ControlLoop:
             obs, observing, no_obs = self._observe(observing)
             t_obs = time.perf_counter()
             if obs is not None:
-                self._state = obs.get("state")
+                self._state, self._fresh = obs.get("state"), True
             if pending is not None and pending[0].done():
                 future, t_req, activate = pending
                 pending = None
@@ -337,7 +345,7 @@ class ControlLoop:
                 request_count += 1
                 episode.requests += 1
             if no_obs is not None:
-                action, source = self.safety.hold(self._state, self._last, no_obs), "hold"
+                action, source = self.safety.hold(self._measured(), self._last, no_obs), "hold"
             elif operating:
                 action, accepted = self.safety.filter(self.operator.action(k, obs), self._state, self._last)
                 source = "operator" if accepted else "hold"
@@ -349,12 +357,13 @@ class ControlLoop:
                 action, source = self.safety.hold(self._state, self._last, "no_chunk"), "hold"
             episode.held_steps += source == "hold"
             t_act = time.perf_counter()
-            self.robot.act(action)
+            if action is not None:  # None: a hold with nothing measured yet sends nothing (SafetyLayer.hold)
+                self.robot.act(action)
+                self._last, self._fresh = action, False
             done = time.perf_counter()
-            if self.recorder is not None and obs is not None:
+            if self.recorder is not None and obs is not None and action is not None:
                 self.recorder.add_step(obs, action, source)
-            self._last = action
-            episode.actions.append(action.tolist())
+            episode.actions.append(None if action is None else action.tolist())
             episode.sources.append(source)
             episode.observe_ms.append((t_obs - tick) * 1e3)
             episode.act_ms.append((done - t_act) * 1e3)

@@ -175,18 +175,20 @@ class SafetyLayer:
         out[known] = state[self.index[known]]
         return out
 
-    def hold(self, state: np.ndarray | None, last: np.ndarray | None, reason: str) -> np.ndarray:
-        """The hold command (see the module docstring); counted under ``reason``."""
+    def hold(self, state: np.ndarray | None, last: np.ndarray | None, reason: str) -> np.ndarray | None:
+        """The hold command (see the module docstring); counted under ``reason``. None when no command is
+        safe: an absolute target with nothing measured yet (zero would be a jump), so nothing is sent."""
         self.counts.holds[reason] = self.counts.holds.get(reason, 0) + 1
         zero = np.clip(np.zeros(self.dim), self.low, self.high)
         if self.hold_mode == "last":
             action = last.copy() if last is not None else zero
         elif self.hold_mode == "measured":
             measured = self.measured(state)
-            action = zero if measured is None else measured
+            if measured is None:
+                return last.copy() if last is not None else None
+            action = measured
             # a dimension nobody measures keeps its last command (a dropped gripper is worse than a still one)
-            fallback = last if last is not None else zero
-            action = np.where(np.isfinite(action), action, fallback)
+            action = np.where(np.isfinite(action), action, last if last is not None else zero)
         else:
             action = zero
         if self.kind.gripper and last is not None:
