@@ -15,6 +15,10 @@ of each episode), the same idea as diffusion_policy's ReplayBuffer::
       data/action            float32 (N, D_action)
       data/targets           float32 (N, D_targets)  optional: privileged per-frame training targets
                                      (attrs.extra.targets names them), for auxiliary losses only
+      data/source            uint8   (N,)   optional: recorded deployments (`vla robot record=`): who chose
+                                     each executed action, an index into attrs.extra.sources
+                                     (policy, hold, operator)
+      data/timestamp         float64 (N,)   optional, with data/source: seconds since the episode began
       meta/episode_ends      int64   (E,)   written last: the commit point
       meta/instruction       str     (E,)
       meta/task              str     (E,)
@@ -39,6 +43,8 @@ IMAGES = "data/images"
 STATE = "data/state"
 ACTION = "data/action"
 TARGETS = "data/targets"
+SOURCE = "data/source"
+TIMESTAMP = "data/timestamp"
 EPISODE_ENDS = "meta/episode_ends"
 INSTRUCTION = "meta/instruction"
 TASK = "meta/task"
@@ -183,6 +189,12 @@ class DatasetMeta:
         """Names of the optional privileged training targets (``data/targets``), e.g. ``block_x``; [] =
         none."""
         return [str(n) for n in self.extra.get("targets", [])]
+
+    @property
+    def source_names(self) -> list[str]:
+        """What each ``data/source`` code means (recorded deployments), e.g. ``[policy, hold, operator]``;
+        [] = the dataset records no sources."""
+        return [str(n) for n in self.extra.get("sources", [])]
 
     def to_attrs(self) -> dict[str, Any]:
         """JSON-typed attributes for the Zarr root group."""

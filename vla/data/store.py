@@ -188,9 +188,15 @@ def damage_message(url: str, state: CommitState) -> str:
     )
 
 
-def frame_array_paths(meta: DatasetMeta) -> list[str]:
+def optional_frame_paths(meta: DatasetMeta) -> list[str]:
+    """The per-frame arrays this dataset's metadata declares beyond images, state and action."""
     targets = [schema.TARGETS] if meta.target_names else []
-    return [f"{schema.IMAGES}/{cam}" for cam in meta.cameras] + [schema.STATE, schema.ACTION] + targets
+    return targets + ([schema.SOURCE, schema.TIMESTAMP] if meta.source_names else [])
+
+
+def frame_array_paths(meta: DatasetMeta) -> list[str]:
+    images = [f"{schema.IMAGES}/{cam}" for cam in meta.cameras]
+    return images + [schema.STATE, schema.ACTION] + optional_frame_paths(meta)
 
 
 def read_commit_state(group: zarr.Group, meta: DatasetMeta) -> CommitState:
@@ -327,12 +333,14 @@ class TrajectoryStore:
         return np.asarray(self.group[schema.SEED][: self.num_episodes], dtype=np.int64)
 
     def episode(self, index: int) -> dict[str, Any]:
-        """One whole episode: images per camera, state, action (targets, if the dataset has them) and its
-        per-episode fields."""
+        """One whole episode: images per camera, state, action (targets, source and timestamp, if the dataset
+        has them) and its per-episode fields."""
         sl = self.episode_slice(index)
         index %= self.num_episodes
-        targets = {"targets": np.asarray(self.group[schema.TARGETS][sl])} if self.meta.target_names else {}
-        return targets | {
+        optional = {
+            path.split("/")[-1]: np.asarray(self.group[path][sl]) for path in optional_frame_paths(self.meta)
+        }
+        return optional | {
             "images": {cam: np.asarray(self.images(cam)[sl]) for cam in self.meta.cameras},
             "state": np.asarray(self.group[schema.STATE][sl]),
             "action": np.asarray(self.group[schema.ACTION][sl]),

@@ -264,7 +264,7 @@ def validate(
         blank[path] = []
         return scan
 
-    for path in [*frame_paths, *(p for p in [schema.TARGETS] if p in group)]:
+    for path in [*frame_paths, *(p for p in [schema.TARGETS, schema.SOURCE, schema.TIMESTAMP] if p in group)]:
         image = path.startswith(schema.IMAGES)
         decode = (check_images if decode_images is None else decode_images) or not image
         scan = find_blank(path) if image and check_images else None

@@ -114,6 +114,9 @@ class TrajectoryWriter:
             self.group.create_array(
                 path, shape=(0, dim), chunks=(lowdim_chunk, max(dim, 1)), dtype="float32", compressors=floats
             )
+        if self.meta.source_names:  # a recorded deployment: who chose each action, and when
+            self.group.create_array(schema.SOURCE, shape=(0,), chunks=(lowdim_chunk,), dtype="uint8")
+            self.group.create_array(schema.TIMESTAMP, shape=(0,), chunks=(lowdim_chunk,), dtype="float64")
         self.group.create_array(schema.INSTRUCTION, shape=(0,), chunks=(episode_chunk,), dtype=str)
         self.group.create_array(schema.TASK, shape=(0,), chunks=(episode_chunk,), dtype=str)
         self.group.create_array(schema.SUCCESS, shape=(0,), chunks=(episode_chunk,), dtype=bool)
@@ -167,10 +170,15 @@ class TrajectoryWriter:
         success: bool = True,
         seed: int | None = None,
         targets: np.ndarray | None = None,
+        source: np.ndarray | None = None,
+        timestamp: np.ndarray | None = None,
     ) -> int:
         """Append one whole episode of T frames; returns its index. Nothing is visible until it is committed.
-        ``targets`` (T, D_targets): required exactly when the metadata names targets (``extra.targets``)."""
+        ``targets`` (T, D_targets): required exactly when the metadata names targets (``extra.targets``).
+        ``source`` (T,) codes into ``extra.sources`` and ``timestamp`` (T,) seconds: required exactly when the
+        metadata names sources (a recorded deployment)."""
         images, state, action, length = self._check_episode(images, state, action, instruction)
+        recorded = self._check_sources(source, timestamp, length)
         names = self.meta.target_names
         if (targets is None) != (not names):
             raise SchemaError(
@@ -189,6 +197,9 @@ class TrajectoryWriter:
         self._append_rows(schema.ACTION, start, action)
         if names:
             self._append_rows(schema.TARGETS, start, targets)
+        if recorded is not None:
+            self._append_rows(schema.SOURCE, start, recorded[0])
+            self._append_rows(schema.TIMESTAMP, start, recorded[1])
         e = self.num_episodes
         self._append_rows(schema.INSTRUCTION, e, np.array([instruction], dtype=object))
         self._append_rows(
@@ -200,6 +211,31 @@ class TrajectoryWriter:
         self._append_rows(schema.EPISODE_ENDS, e, np.array([end], dtype=np.int64))  # commit
         self.num_frames, self.num_episodes = end, e + 1
         return e
+
+    def _check_sources(
+        self, source: Any, timestamp: Any, length: int
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        names = self.meta.source_names
+        if (source is None or timestamp is None) != (not names):
+            raise SchemaError(
+                f"this dataset records each action's source {names} and its timestamp; the episode lacks them"
+                if names
+                else "the episode has sources and timestamps; the dataset declares none (extra['sources'])"
+            )
+        if not names:
+            return None
+        source, timestamp = np.asarray(source), np.asarray(timestamp, dtype=np.float64)
+        if source.shape != (length,) or timestamp.shape != (length,):
+            raise SchemaError(
+                f"source {source.shape} and timestamp {timestamp.shape} must be ({length},), one per frame"
+            )
+        if source.dtype.kind not in "iu" or source.min(initial=0) < 0 or source.max(initial=0) >= len(names):
+            raise SchemaError(
+                f"source must hold codes 0..{len(names) - 1} ({names}), got {np.unique(source)}"
+            )
+        if not np.isfinite(timestamp).all():
+            raise SchemaError("timestamp holds NaN or inf")
+        return source.astype(np.uint8), timestamp
 
     def _append_rows(self, path: str, start: int, rows: np.ndarray) -> None:
         # every chunk is stored, all-zero ones too: `validate` can then tell a lost chunk file from a chunk

@@ -74,9 +74,14 @@ class RobotConfig:
     max_obs_age_s: float | None = None  # an observation whose timestamp is older holds the robot
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     out: str | None = None  # writes control.json (per-tick timing, actions, sources) here when set
+    record: str | None = None  # a vla dataset (new or one recorded before) that gets every episode
+    operator: str | None = None  # expert: the scripted expert takes over for the `takeover` steps
+    takeover: list[int] = field(default_factory=lambda: [10, 20])  # [start, stop) steps of each episode
 
     def __post_init__(self) -> None:
         self.api_key = self.api_key or None
+        if self.operator not in (None, "expert"):
+            raise ValueError(f"operator must be null or expert, got {self.operator!r}")
         if self.rate_hz is not None and self.rate_hz <= 0:
             raise ValueError(f"rate_hz must be > 0, got {self.rate_hz}")
         if self.strategy not in ("receding", "ensemble", "rtc"):

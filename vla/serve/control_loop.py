@@ -18,9 +18,12 @@ def run_robot(cfg) -> dict[str, Any]:
     Ctrl-C / SIGTERM ends the current episode with a hold and runs no more."""
     from tqdm import tqdm
 
-    from .robot import SimRobot
+    from .recording import DeploymentRecorder
+    from .robot import ScriptedOperator, SimRobot
 
     robot = SimRobot(cfg.env, max_steps=cfg.max_steps)
+    operator = ScriptedOperator(robot, *cfg.takeover) if cfg.operator == "expert" else None
+    recorder = DeploymentRecorder(cfg.record, robot.meta, task=cfg.env) if cfg.record else None
     client = RobotClient(cfg.url, api_key=cfg.api_key, timeout_s=cfg.request_timeout_s or 2.0)
     episodes = []
     try:
@@ -37,6 +40,8 @@ def run_robot(cfg) -> dict[str, Any]:
             observe_timeout_s=cfg.observe_timeout_s,
             max_obs_age_s=cfg.max_obs_age_s,
             allow_fps_mismatch=cfg.allow_fps_mismatch,
+            operator=operator,
+            recorder=recorder,
         )
         try:
             bar = tqdm(range(cfg.episodes), desc=f"{cfg.env} @ {loop.rate_hz:g} Hz", unit="episode")
@@ -60,6 +65,7 @@ def run_robot(cfg) -> dict[str, Any]:
         "episodes": len(episodes),
         "successes": sum(bool(e.success) for e in episodes),
         "stopped_by": next((e.stopped_by for e in episodes if e.stopped_by), None),
+        "recorded": {"dataset": cfg.record, "episodes": recorder.episodes} if recorder else None,
         "per_episode": [e.summary() for e in episodes],
     }
     if cfg.out:

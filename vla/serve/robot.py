@@ -4,6 +4,7 @@ robot side (client, loop, safety layer, recorder) runs without hardware."""
 from __future__ import annotations
 
 import numpy as np
+from vla_client.loop import Operator
 from vla_client.robot import Robot
 
 
@@ -49,3 +50,27 @@ class SimRobot(Robot):
 
     def close(self) -> None:
         self.env.close()
+
+
+class ScriptedOperator(Operator):
+    """The env's scripted expert as the teleoperator of a `SimRobot`: it takes over for control steps
+    ``[start, stop)`` of every episode and hands back (a stand-in for a human with a leader arm or a
+    gamepad, so takeovers are tested and recorded without one)."""
+
+    def __init__(self, robot: SimRobot, start: int, stop: int):
+        from envs.experts import make_expert
+
+        if not 0 <= start < stop:
+            raise ValueError(
+                f"takeover must be [start, stop) steps with 0 <= start < stop, got {[start, stop]}"
+            )
+        self.expert, self.start, self.stop = make_expert(robot.env), start, stop
+
+    def reset(self, seed: int | None = None) -> None:
+        self.expert.reset()
+
+    def engaged(self, step: int, obs: dict) -> bool:
+        return self.start <= step < self.stop
+
+    def action(self, step: int, obs: dict) -> np.ndarray:
+        return np.asarray(self.expert.act(), dtype=np.float32)
