@@ -4,6 +4,7 @@ import json
 import sys
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
 
 from vla.cli import main
@@ -147,8 +148,10 @@ def test_rtc_eval_guides_each_new_chunk_with_the_old_plan(random_checkpoint, tmp
 
 
 def test_eval_errors(random_checkpoint, tmp_path, capsys):
-    with pytest.raises(ValueError, match="checkpoint=<dir> is required"):
+    with pytest.raises(ValueError, match="give exactly one policy"):
         EvalConfig()
+    with pytest.raises(ValueError, match="give exactly one policy"):
+        EvalConfig(checkpoint=random_checkpoint, url="ws://127.0.0.1:1")
     with pytest.raises(ValueError, match="noise_scale .* must be >= 0, got -0.5"):
         EvalConfig(expert=True, noise_scale=-0.5)
     assert main(["eval", f"checkpoint={random_checkpoint}", "env=builtin/nope", f"out={tmp_path}"]) == 2
@@ -190,3 +193,28 @@ def test_ray_backend_agrees_with_vector_envs(random_checkpoint, tmp_path):
         ray.shutdown()
     assert distributed["tasks"]["builtin/push"]["results"] == vector["tasks"]["builtin/push"]["results"]
     assert len({str(t) for t in traces(vector).values()}) == 4  # per-step actions, not just outcome rows
+
+
+@pytest.mark.parametrize("strategy", ["receding", "rtc"])
+def test_eval_through_a_server_equals_the_local_checkpoint(random_checkpoint, tmp_path, strategy):
+    """`vla eval url=...`: the same seeds, the same report, and, against `vla serve` of the same checkpoint,
+    the same actions step by step (each chunk is requested with the seed the local eval samples with; rtc
+    continues the previous chunk on the server)."""
+    from vla.serve import ServerProcess
+
+    common = dict(env="builtin/push", episodes=3, num_envs=2, videos=0, record_actions=True, max_steps=20)
+    local = evaluate(EvalConfig(checkpoint=random_checkpoint, strategy=strategy, out=str(tmp_path / "a"),
+                                **common), progress=False)  # fmt: skip
+    server = ServerProcess(random_checkpoint)
+    try:
+        served = evaluate(EvalConfig(url=server.url, strategy=strategy, out=str(tmp_path / "b"), **common),
+                          progress=False)  # fmt: skip
+    finally:
+        server.kill()
+    assert served["policy"] == "server" and served["checkpoint"] == server.url
+    a, b = local["tasks"]["builtin/push"], served["tasks"]["builtin/push"]
+    assert [r["seed"] for r in b["results"]] == [0, 1, 2]
+    for x, y in zip(a["results"], b["results"], strict=True):
+        assert x["success"] == y["success"] and x["length"] == y["length"]
+        np.testing.assert_allclose(np.asarray(y["actions"]), np.asarray(x["actions"]), atol=1e-4)
+    assert (tmp_path / "b" / "eval.md").read_text().startswith(f"# Evaluation: {server.url}")

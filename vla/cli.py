@@ -15,7 +15,7 @@ from vla import __version__
 HYDRA_VERBS = {
     "collect": "collect demonstrations with a scripted expert into a Zarr dataset",
     "train": "train a policy on a Zarr dataset (hydra + accelerate)",
-    "eval": "evaluate a checkpoint in simulation and write a report",
+    "eval": "evaluate a checkpoint (or a served policy: url=) in simulation and write a report",
     "serve": "serve a checkpoint over websocket (openpi-compatible) with /healthz /metadata /metrics",
     "robot": "drive a simulated robot through a running `vla serve` at a fixed control rate",
 }

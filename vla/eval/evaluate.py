@@ -22,6 +22,8 @@ class EvalConfig:
     """Mirrors ``configs/eval.yaml``."""
 
     checkpoint: str | None = None
+    url: str | None = None  # evaluate the policy behind a server speaking the protocol (`vla serve`, openpi)
+    api_key: str | None = None  # url: the server's API key
     expert: bool = False  # evaluate the scripted expert instead of a checkpoint (the reference row)
     env: Any = None  # an env name, a suite ("builtin"), or a list of them; null = the checkpoint's env
     episodes: int = 50  # per task
@@ -50,8 +52,13 @@ class EvalConfig:
     out: str | None = None  # null = <checkpoint>/../../eval or runs/eval-expert
 
     def __post_init__(self) -> None:
-        if not self.expert and not self.checkpoint:
-            raise ValueError("checkpoint=<dir> is required (or expert=true for the scripted expert)")
+        self.api_key = self.api_key or None
+        if sum([self.expert, bool(self.checkpoint), bool(self.url)]) != 1:
+            raise ValueError(
+                "give exactly one policy: checkpoint=<dir>, url=ws://host:port (a server), or expert=true"
+            )
+        if self.url and self.backend != "vector":
+            raise ValueError("url= evaluates through a server from this machine: use backend=vector")
         if self.backend not in ("vector", "ray"):
             raise ValueError(f"backend must be vector or ray, got {self.backend!r}")
         if self.vectorization not in ("sync", "async"):
@@ -88,7 +95,7 @@ class _ExpertPolicy:
     def reset(self, i: int) -> None:
         self.experts[i].reset()
 
-    def chunk(self, i: int, obs: dict, generator, guide=None) -> np.ndarray:
+    def chunk(self, i: int, obs: dict, seed: int, guide=None, rtc=None) -> np.ndarray:
         return np.asarray(self.experts[i].act(), dtype=np.float32)[None]
 
 
@@ -100,17 +107,67 @@ class _CheckpointPolicy:
     def reset(self, i: int) -> None:
         pass
 
-    def chunk(self, i: int, obs: dict, generator, guide=None) -> np.ndarray:
+    def chunk(self, i: int, obs: dict, seed: int, guide=None, rtc=None) -> np.ndarray:
+        import torch
+
         g, w = guide if guide is not None else (None, None)
         return self.policy.predict_chunk(
             obs,
-            generator=generator,
+            generator=[torch.Generator().manual_seed(seed)],
             action_steps=self.cfg.action_steps,
             vision_steps=self.cfg.vision_steps,
             noise_scale=self.cfg.noise_scale,
             guide=None if g is None else g[None],
             guide_weights=w,
         )[0]
+
+
+class _ServedPolicy:
+    """A policy behind a server (``url=``): one connection per env slot, so the server batches them; each
+    chunk is requested with the same seed a local checkpoint would sample with, and rtc continues the
+    connection's previous chunk on the server."""
+
+    def __init__(self, cfg: EvalConfig, n: int):
+        from vla_client import RobotClient
+
+        self.clients = [RobotClient(cfg.url, api_key=cfg.api_key, timeout_s=60.0) for _ in range(n)]
+        self.metadata = self.clients[0].connect()
+        self.horizon = self.metadata.get("action_horizon")  # openpi servers do not say: the first chunk does
+
+    def reset(self, i: int) -> None:
+        pass
+
+    def chunk(self, i: int, obs: dict, seed: int, guide=None, rtc=None) -> np.ndarray:
+        return self.clients[i].infer(obs, seed=seed, rtc=rtc).actions
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+
+def served_meta(metadata: dict[str, Any]):
+    """The DatasetMeta a server declares (cameras, sizes, dims, bounds, env), or None when it declares none
+    (openpi servers): the env then runs with its own defaults."""
+    from vla.data.schema import ActionSpace, DatasetMeta
+
+    if not all(k in metadata for k in ("cameras", "image_size", "state_dim", "action_dim")):
+        return None
+    dim = int(metadata["action_dim"])
+    return DatasetMeta(
+        fps=float(metadata.get("fps") or 10),
+        cameras=list(metadata["cameras"]),
+        image_size=metadata["image_size"],
+        state_dim=int(metadata["state_dim"]),
+        action_space=ActionSpace(
+            dim,
+            metadata.get("action_low", [-np.inf] * dim),
+            metadata.get("action_high", [np.inf] * dim),
+            str(metadata.get("action_kind", "continuous")),
+            metadata.get("action_names"),
+        ),
+        env=metadata.get("env"),
+        state_names=metadata.get("state_names"),
+    )
 
 
 def _obs_at(obs: dict, i: int) -> dict:
@@ -135,7 +192,7 @@ def rollout_task(
     from tqdm import tqdm
 
     import envs
-    from vla.control import make_executor
+    from vla.control import RealTimeChunking, make_executor, request_seed
 
     options: dict[str, Any] = {"max_steps": cfg.max_steps}
     if meta is not None:
@@ -144,6 +201,7 @@ def rollout_task(
     n = min(cfg.num_envs, len(queue))
     vectorization = "sync" if cfg.expert else cfg.vectorization  # experts read env internals
     vec = envs.make_vec(name, n, vectorization=vectorization, autoreset_mode="Disabled", **options)
+    actor = None
     try:
         if meta is not None:
             env_meta = (
@@ -152,9 +210,17 @@ def rollout_task(
                 else envs.make(name, **options).unwrapped.meta
             )
             env_meta.check_compatible(meta, what=f"environment {name}", other_what="the checkpoint")
-        actor = _ExpertPolicy(vec) if cfg.expert else _CheckpointPolicy(policy, cfg)
+        actor = (
+            _ExpertPolicy(vec)
+            if cfg.expert
+            else _ServedPolicy(cfg, n)
+            if cfg.url
+            else _CheckpointPolicy(policy, cfg)
+        )
         seeds = [queue.pop(0) for _ in range(n)]
         obs, _ = vec.reset(seed=seeds)
+        if actor.horizon is None:  # a server that does not declare its chunk length: ask once
+            actor.horizon = len(actor.chunk(0, _obs_at(obs, 0), cfg.seed))
         executors = [
             make_executor(
                 cfg.strategy if actor.horizon > 1 else "receding",
@@ -184,14 +250,13 @@ def rollout_task(
                     o = _obs_at(obs, i)
                     if swapped is not None:
                         o["instruction"] = swapped[i]
-                    gen = _generator(seeds[i], steps[i])
-                    guide = (
-                        executors[i].guide(steps[i], actor.horizon)
-                        if hasattr(executors[i], "guide")
-                        else None
-                    )
+                    guide = rtc = None
+                    if isinstance(executors[i], RealTimeChunking) and executors[i].chunk is not None:
+                        guide = executors[i].guide(steps[i], actor.horizon)
+                        rtc = (steps[i] - executors[i].start, executors[i].delay)
                     t0 = time.perf_counter()
-                    executors[i].add_chunk(actor.chunk(i, o, gen, guide), steps[i])
+                    chunk = actor.chunk(i, o, request_seed(seeds[i], steps[i]), guide, rtc)
+                    executors[i].add_chunk(chunk, steps[i])
                     latencies.append((time.perf_counter() - t0) * 1000)
                 actions[i] = executors[i].action(steps[i])
                 if cfg.record_actions:
@@ -249,6 +314,8 @@ def rollout_task(
         return {"episodes": sorted(results, key=lambda r: r["seed"]), "latency_ms": latencies}
     finally:
         vec.close()
+        if isinstance(actor, _ServedPolicy):
+            actor.close()
 
 
 def _rollout_ray(name: str, cfg: EvalConfig, video_dir: Path | None) -> dict[str, Any]:
@@ -287,14 +354,6 @@ def _rollout_shard(name: str, cfg_dict: dict, seeds: list[int], video_dir: str |
     return rollout_task(name, cfg, policy, meta, Path(video_dir) if video_dir else None, seeds)
 
 
-def _generator(seed: int, step: int):
-    import torch
-
-    from vla.control import request_seed
-
-    return torch.Generator().manual_seed(request_seed(seed, step))
-
-
 def _swaps(vec, seeds: list[int], cfg: EvalConfig) -> list[str]:
     try:
         swapped = list(vec.call("swapped_instruction", 0))
@@ -313,16 +372,22 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
 
     started = time.perf_counter()
     policy = meta = None
-    if not cfg.expert:
+    if cfg.url:
+        from vla_client import RobotClient
+
+        with RobotClient(cfg.url, api_key=cfg.api_key) as client:
+            meta = served_meta(client.connect())
+    elif not cfg.expert:
         from vla.models import load_policy
 
         policy = load_policy(cfg.checkpoint)
         meta = policy.meta
     names = _task_names(cfg, meta.env if meta is not None else None)
+    default_out = Path("runs") / ("eval-served" if cfg.url else "eval-expert")
     out = (
         Path(cfg.out)
         if cfg.out
-        else (Path(cfg.checkpoint).parent.parent / "eval" if cfg.checkpoint else Path("runs") / "eval-expert")
+        else (Path(cfg.checkpoint).parent.parent / "eval" if cfg.checkpoint else default_out)
     )
     out.mkdir(parents=True, exist_ok=True)
     tasks = {}
@@ -353,8 +418,8 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
         if progress:
             print(f"{name}: {wins}/{len(eps)} ({wins / len(eps):.0%})", flush=True)
     report = {
-        "policy": "expert" if cfg.expert else "checkpoint",
-        "checkpoint": cfg.checkpoint,
+        "policy": "expert" if cfg.expert else "server" if cfg.url else "checkpoint",
+        "checkpoint": cfg.checkpoint or cfg.url,
         "config": asdict(cfg),
         "tasks": tasks,
         "wall_s": round(time.perf_counter() - started, 1),
