@@ -511,9 +511,12 @@ def test_client_timeout_never_returns_a_stale_chunk(server, policy):
 
 
 def test_keymap_openpi_libero_serves_openpis_libero_client_keys(tmp_path):
-    """configs/keymap/openpi_libero.yaml, as docs/serving.md documents it: openpi's LIBERO example keys
-    against a checkpoint on our robosuite cameras (8-dim LIBERO state, 7-dim action)."""
+    """configs/keymap/openpi_libero.yaml against openpi's own LIBERO client and the observation its example
+    builds (examples/libero/main.py: both images rotated 180 degrees, padded/resized to 224 px with openpi's
+    image_tools; an 8-D state; the prompt), on a checkpoint with robosuite's camera names at 32 px."""
     from conftest import make_meta, wake
+    from openpi_client import image_tools
+    from PIL import Image
 
     from vla.data import ActionSpace, Normalizer
     from vla.models import Policy, PolicyConfig, save_policy
@@ -530,30 +533,50 @@ def test_keymap_openpi_libero_serves_openpis_libero_client_keys(tmp_path):
     libero = wake(Policy(PolicyConfig(), meta, Normalizer.identity({"state": 8, "action": 7}))).eval()
     checkpoint = save_policy(libero, tmp_path / "libero")
     rng = np.random.default_rng(0)
-    obs = {
-        "images": {c: rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for c in meta.cameras},
-        "state": rng.standard_normal(8).astype(np.float32),
-        "instruction": "put the bowl on the plate",
+    # smooth scenes (a gradient and a blob per camera), as LIBERO's 256 px renders are
+    yy, xx = np.mgrid[0:256, 0:256] / 255.0
+    blobs = [np.exp(-((xx - 0.3 * (k + 1)) ** 2 + (yy - 0.6) ** 2) * 20) for k in range(2)]
+    scenes = {
+        cam: (np.stack([xx, yy * (k + 1) % 1.0, blobs[k]], -1) * 255).astype(np.uint8)
+        for k, cam in enumerate(meta.cameras)
     }
+    state = rng.standard_normal(8).astype(np.float32)
+    element = {  # exactly as openpi's LIBERO example builds it
+        "observation/image": image_tools.convert_to_uint8(
+            image_tools.resize_with_pad(np.ascontiguousarray(scenes["agentview"][::-1, ::-1]), 224, 224)
+        ),
+        "observation/wrist_image": image_tools.convert_to_uint8(
+            image_tools.resize_with_pad(
+                np.ascontiguousarray(scenes["robot0_eye_in_hand"][::-1, ::-1]), 224, 224
+            )
+        ),
+        "observation/state": state,
+        "prompt": "put the bowl on the plate",
+    }
+
+    def at_32(img: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((32, 32), Image.BILINEAR))
+
+    # what the server must see: the upright scene at the checkpoint's size (the rotation undone)
+    seen = {
+        "images": {c: at_32(np.rot90(element[k], 2)) for c, k in
+                   [("agentview", "observation/image"), ("robot0_eye_in_hand", "observation/wrist_image")]},
+        "state": state,
+        "instruction": element["prompt"],
+    }  # fmt: skip
+    for cam in meta.cameras:  # upright: close to the scene itself, far from the scene upside down
+        upright = at_32(scenes[cam])
+        assert np.abs(seen["images"][cam].astype(int) - upright).mean() < 4
+        assert np.abs(seen["images"][cam].astype(int) - upright[::-1, ::-1]).mean() > 20
     srv = ServerProcess(str(checkpoint), "keymap=openpi_libero", "warmup=false")
     try:
         client = WebsocketClientPolicy(srv.host, srv.port)
         try:
-            assert client.get_server_metadata()["obs_keys"] == {
-                "observation/image": "images.agentview",
-                "observation/wrist_image": "images.robot0_eye_in_hand",
-                "observation/state": "state",
-                "prompt": "instruction",
-            }
-            element = {
-                "observation/image": obs["images"]["agentview"],
-                "observation/wrist_image": obs["images"]["robot0_eye_in_hand"],
-                "observation/state": obs["state"],
-                "prompt": obs["instruction"],
-                "seed": 4,
-            }
-            reply = client.infer(element)
-            np.testing.assert_allclose(reply["actions"], expected(libero, obs, 4), atol=1e-5)
+            md = client.get_server_metadata()
+            assert md["obs_keys"]["observation/wrist_image"] == "images.robot0_eye_in_hand"
+            assert md["transforms"]["rotate"] == {"agentview": 180, "robot0_eye_in_hand": 180}
+            reply = client.infer(dict(element, seed=4))
+            np.testing.assert_allclose(reply["actions"], expected(libero, seen, 4), atol=1e-5)
             # the wrist camera really is the second one: swapping the two images changes the chunk
             swapped = dict(
                 element,
@@ -562,7 +585,7 @@ def test_keymap_openpi_libero_serves_openpis_libero_client_keys(tmp_path):
                     "observation/wrist_image": element["observation/image"],
                 },
             )
-            assert np.abs(client.infer(swapped)["actions"] - reply["actions"]).max() > 1e-3
+            assert np.abs(client.infer(dict(swapped, seed=4))["actions"] - reply["actions"]).max() > 1e-3
             with pytest.raises(RuntimeError, match="unknown key 'observation/extra'"):
                 client.infer(dict(element, **{"observation/extra": 1}))
         finally:

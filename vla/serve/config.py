@@ -8,6 +8,24 @@ from vla_client.safety import SafetyConfig
 
 
 @dataclass
+class ObsTransforms:
+    """How requests from clients with other conventions become the observation contract (keymaps set these,
+    with ``obs_keys``): openpi's example clients send channels-first images (ALOHA), images rotated 180
+    degrees and resized to 224 px (LIBERO), split state keys (DROID), or no prompt (ALOHA)."""
+
+    chw: list[str] = field(default_factory=list)  # cameras that arrive channels-first (3, H, W)
+    rotate: dict[str, int] = field(default_factory=dict)  # camera -> degrees counter-clockwise that undo it
+    resize: bool = False  # an image of another size is resized (bilinear) to the checkpoint's camera size
+    state_keys: list[str] = field(default_factory=list)  # client keys concatenated, in order, into the state
+    default_prompt: str | None = None  # the instruction of a request that carries none
+
+    def __post_init__(self) -> None:
+        bad = {cam: deg for cam, deg in self.rotate.items() if deg % 90}
+        if bad:
+            raise ValueError(f"transforms.rotate takes multiples of 90 degrees, got {bad}")
+
+
+@dataclass
 class ServeConfig:
     """Mirrors ``configs/serve.yaml``."""
 
@@ -20,6 +38,7 @@ class ServeConfig:
     action_steps: int | None = None  # N_A (null = the checkpoint's)
     vision_steps: int | None = None  # N_o (null = the checkpoint's; 0 = actions only, fastest)
     obs_keys: dict[str, str] = field(default_factory=dict)  # client key -> images.<cam> | state | instruction
+    transforms: ObsTransforms = field(default_factory=ObsTransforms)
     max_message_mb: float = 16.0  # larger websocket messages close the connection (1009)
     max_connections: int = 64  # more websocket clients at once are refused with HTTP 503
     max_queued_messages: int = 2  # frames read ahead per connection (each <= max_message_mb) before it waits

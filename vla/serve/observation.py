@@ -1,7 +1,8 @@
 """Check a decoded request against the checkpoint's observation contract (DESIGN.md) and turn it
 into the policy's observation dict, or raise `ProtocolError` saying what was wrong and what was
-expected. A per-robot key map lets clients with other layouts (openpi/LIBERO-style flat keys such
-as ``observation/image``) talk to the server unchanged."""
+expected. A per-robot key map (``obs_keys``) and transforms (`ObsTransforms`: channels-first images,
+rotation, resizing, concatenated state keys, a default prompt) let clients with other conventions, such
+as openpi's LIBERO, ALOHA and DROID example clients, talk to the server unchanged."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from vla.data.schema import DatasetMeta
 
+from .config import ObsTransforms
 from .protocol import ProtocolError, excerpt
 
 # request fields that are not observation: the sampling seed, an id echoed in the reply (lets a
@@ -44,15 +46,20 @@ class ObservationParser:
         obs_keys: dict[str, str] | None = None,
         max_instruction_chars: int = 2000,
         horizon: int | None = None,
+        transforms: ObsTransforms | None = None,
     ):
         self.meta, self.max_instruction_chars, self.horizon = meta, max_instruction_chars, horizon
         self.obs_keys = dict(obs_keys or {})
+        self.transforms = transforms or ObsTransforms()
         targets = {"state", "instruction"} | {f"images.{c}" for c in meta.cameras}
         for src, dst in self.obs_keys.items():
             if dst not in targets:
                 raise ValueError(
                     f"obs_keys[{src!r}] = {dst!r} is not a contract path; expected one of {sorted(targets)}"
                 )
+        unknown = sorted((set(self.transforms.chw) | set(self.transforms.rotate)) - set(meta.cameras))
+        if unknown:
+            raise ValueError(f"transforms name cameras {unknown}; this policy has {meta.cameras}")
         self.image_shapes = {cam: meta.image_shape(cam) for cam in meta.cameras}
 
     def expected(self) -> str:
@@ -73,17 +80,24 @@ class ObservationParser:
             )
         images: dict[str, Any] = {}
         fields: dict[str, Any] = {}
+        state_parts: dict[str, Any] = {}
         for key, value in message.items():
             if not isinstance(key, str):
                 raise ProtocolError(f"request keys must be strings, got {excerpt(key)}")
             target = self.obs_keys.get(key, key)
-            if target in CONTROL_KEYS:
+            if key in self.transforms.state_keys:
+                state_parts[key] = value
+            elif target in CONTROL_KEYS:
                 fields[target] = value
             elif target == "images":
                 if not isinstance(value, dict):
                     raise ProtocolError(f"'images' must map camera name -> image, got {_describe(value)}")
-                for cam, img in value.items():
-                    images[cam] = img
+                for (
+                    cam,
+                    img,
+                ) in value.items():  # a nested camera may be renamed: images.<theirs>: images.<ours>
+                    mapped = self.obs_keys.get(f"images.{cam}", f"images.{cam}")
+                    images[mapped.split(".", 1)[1] if isinstance(cam, str) else cam] = img
             elif target.startswith("images."):
                 images[target.split(".", 1)[1]] = value
             elif target in ("state", "instruction"):
@@ -93,6 +107,10 @@ class ObservationParser:
                     f"unknown key {excerpt(key)}; expected {self.expected()} "
                     f"(and optionally {', '.join(CONTROL_KEYS)})"
                 )
+        if self.transforms.state_keys:
+            fields["state"] = self._concat_state(state_parts)
+        if fields.get("instruction") is None and self.transforms.default_prompt is not None:
+            fields["instruction"] = self.transforms.default_prompt
         obs = {
             "images": self._images(images),
             "state": self._state(fields.get("state")),
@@ -116,7 +134,7 @@ class ObservationParser:
             raise ProtocolError(f"missing cameras {missing}; expected images for {self.meta.cameras}")
         out = {}
         for cam in self.meta.cameras:
-            img = images[cam]
+            img = self._transform(cam, images[cam])
             if (
                 not isinstance(img, np.ndarray)
                 or img.dtype != np.uint8
@@ -128,6 +146,46 @@ class ObservationParser:
                 )
             out[cam] = img
         return out
+
+    def _transform(self, cam: str, img: Any) -> Any:
+        """Channels-first -> last, rotation, resize, as the transforms say (the result is checked later)."""
+        t = self.transforms
+        if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3:
+            return img
+        if cam in t.chw:
+            if img.shape[0] != 3:
+                raise ProtocolError(
+                    f"images[{cam!r}]: expected channels first (3, H, W), got shape {img.shape}"
+                )
+            img = img.transpose(1, 2, 0)
+        if t.rotate.get(cam):
+            img = np.rot90(img, k=t.rotate[cam] // 90)
+        expected = self.image_shapes[cam]
+        if t.resize and img.shape != expected and img.shape[2] == 3 and min(img.shape[:2]) > 0:
+            from PIL import Image
+
+            img = np.asarray(
+                Image.fromarray(np.ascontiguousarray(img)).resize(expected[1::-1], Image.BILINEAR)
+            )
+        return np.ascontiguousarray(img)
+
+    def _concat_state(self, parts: dict[str, Any]) -> np.ndarray:
+        missing = [k for k in self.transforms.state_keys if k not in parts]
+        if missing:
+            raise ProtocolError(
+                f"missing {missing}: the state is the concatenation of {self.transforms.state_keys}"
+            )
+        vectors = []
+        for key in self.transforms.state_keys:
+            value = parts[key]
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = np.asarray([value], dtype=np.float64)
+            if not isinstance(value, np.ndarray) or value.dtype.kind not in "iuf" or value.ndim > 1:
+                raise ProtocolError(
+                    f"{key}: expected a number or a 1-D numeric array, got {_describe(value)}"
+                )
+            vectors.append(value.reshape(-1).astype(np.float32))
+        return np.concatenate(vectors)
 
     def _state(self, state: Any) -> np.ndarray:
         expected = f"float32 array of shape ({self.meta.state_dim},)"

@@ -17,7 +17,7 @@ import json
 import logging
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -121,7 +121,11 @@ class PolicyServer:
         meta = self.policy.meta
         self.engine = InferenceEngine(self.policy, cfg.action_steps, cfg.vision_steps)
         self.parser = ObservationParser(
-            meta, cfg.obs_keys, cfg.max_instruction_chars, horizon=self.engine.horizon
+            meta,
+            cfg.obs_keys,
+            cfg.max_instruction_chars,
+            horizon=self.engine.horizon,
+            transforms=cfg.transforms,
         )
         self.metrics = ServerMetrics(cfg.max_batch)
         self.metadata = self._metadata()
@@ -166,6 +170,7 @@ class PolicyServer:
             "state_names": meta.state_names,
             "action_names": meta.action_space.names,
             "obs_keys": dict(self.cfg.obs_keys),
+            "transforms": asdict(self.cfg.transforms),
             "supports_rtc": self.engine.supports_guide,
             "max_batch": self.cfg.max_batch,
             "api_key_required": self.cfg.api_key is not None,
