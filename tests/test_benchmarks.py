@@ -36,6 +36,7 @@ def test_bench_list(capsys):
         "push_oracle",
         "push_outcomes",
         "results",
+        "robot_loop",
         "serve_attack",
         "serve_latency",
         "train_throughput",
@@ -92,6 +93,14 @@ def test_train_throughput_smoke():
     )
     (row,) = result["rows"]
     assert row["samples_per_s"] > 0 and row["peak_rss_mib"] > 0 and row["params_m"] > 0
+
+
+def test_robot_loop_smoke():
+    result = run_benchmark("robot_loop", "presets=[tiny]", "rates=[20]", "seconds=1")
+    (row,) = result["rows"]
+    assert row["preset"] == "tiny" and row["rate_hz"] == 20 and row["steps"] == 20
+    assert row["round_trip_ms_p95"] > 0 and row["tick_jitter_ms_p99"] >= row["tick_jitter_ms_p50"] >= 0
+    assert row["chunk_ms"] == row["horizon"] / 20 * 1e3 and not row["errors"]
 
 
 @pytest.mark.slow
