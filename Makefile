@@ -8,7 +8,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export MUJOCO_GL ?= egl
 export PYTHONWARNINGS ?= ignore::DeprecationWarning
 
-.PHONY: setup demo test test-slow test-all test-lerobot bench lint clean results-smoke
+.PHONY: setup demo test test-slow test-all test-lerobot test-client-pythons bench lint clean results-smoke
 
 setup: $(STAMP)
 
@@ -69,6 +69,17 @@ $(LEROBOT_VENV)/.installed-vla-client: $(LEROBOT_STAMP) packages/vla-client/pypr
 
 test-lerobot: setup $(LEROBOT_STAMP) $(LEROBOT_VENV)/.installed-vla-client
 	VLA_LEROBOT_PYTHON=$(abspath $(LEROBOT_VENV))/bin/python $(PY) -m pytest -q -m lerobot
+
+# vla-client alone (numpy, websockets, msgpack from PyPI; no torch) on the oldest and newest Pythons it supports:
+# a fresh venv each, then tools/client_smoke.py. Not in CI (it needs those interpreters).
+CLIENT_PYTHONS ?= $(shell ls -d $$HOME/.pyenv/versions/3.10*/bin/python3.10 $$HOME/.pyenv/versions/3.13*/bin/python3.13 2>/dev/null)
+
+test-client-pythons:
+	@test -n "$(CLIENT_PYTHONS)" || { echo "set CLIENT_PYTHONS='/path/python3.10 /path/python3.13'"; exit 1; }
+	for py in $(CLIENT_PYTHONS); do \
+	  dir=$$(mktemp -d) && $$py -m venv $$dir && $$dir/bin/python -m pip install -q ./packages/vla-client && \
+	  (cd $$dir && $$dir/bin/python $(abspath tools/client_smoke.py)) || exit 1; rm -rf $$dir; \
+	done
 
 # Results (docs/results.md): `make results-builtin`, results-heads_builtin, results-heads_reach, results-heads_lift,
 # results-lift, results-pickplacecan, results-liftcolor, results-mt10 (configs/experiment/).

@@ -1,5 +1,6 @@
 """`vla eval`: the expert reaches its success rate, reports/plots/videos are written, runs repeat exactly."""
 
+import dataclasses
 import json
 import sys
 
@@ -77,9 +78,9 @@ def test_instruction_swap_gives_another_target_and_judges_the_original(
     given = []
     chunk = module._CheckpointPolicy.chunk
 
-    def recording(self, i, obs, generator, guide=None):
+    def recording(self, i, obs, request):
         given.append(obs["instruction"])
-        return chunk(self, i, obs, generator, guide)
+        return chunk(self, i, obs, request)
 
     monkeypatch.setattr(module._CheckpointPolicy, "chunk", recording)
 
@@ -130,9 +131,9 @@ def test_rtc_eval_guides_each_new_chunk_with_the_old_plan(random_checkpoint, tmp
     guides = []
     chunk = evaluate_module._CheckpointPolicy.chunk
 
-    def unguided(self, i, obs, generator, guide=None):
-        guides.append(guide is not None)
-        return chunk(self, i, obs, generator, None)
+    def unguided(self, i, obs, request):
+        guides.append(request.guide is not None)
+        return chunk(self, i, obs, dataclasses.replace(request, guide=None))
 
     monkeypatch.setattr(evaluate_module._CheckpointPolicy, "chunk", unguided)
     blind = traces(

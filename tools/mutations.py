@@ -61,8 +61,8 @@ MUTATIONS = [
         "episode-seed",
         "eval seeds chunk noise by env slot, not episode seed (results would depend on num_envs)",
         "vla/eval/evaluate.py",
-        "                    gen = _generator(seeds[i], steps[i])\n",
-        "                    gen = _generator(i, steps[i])\n",
+        "                        steppers[i].restart(seeds[i], keep_seed=False)\n",
+        "                        steppers[i].restart(i, keep_seed=False)\n",
         ("tests/test_eval.py::test_random_tiny_policy_end_to_end_and_repeatable",),
     ),
     Mutation(
@@ -430,6 +430,22 @@ MUTATIONS = [
         '            hold = self.safety.hold(self._measured(), self._last, "stop")\n',
         "            hold = None\n",
         ("tests/test_safety.py::test_a_signal_to_vla_robot_holds_then_stops",),
+    ),
+    Mutation(
+        "pack-in-background",
+        "the observation is serialized on the network thread, after the driver may have reused its buffers",
+        "packages/vla-client/vla_client/loop.py",
+        "self.pool.submit(self.client.send, prepared, timeout)",
+        "self.pool.submit(self.client.infer, obs, request.seed, request.rtc, timeout)",
+        ("tests/test_control_timing.py::test_the_request_holds_the_image_as_observed_not_the_reused_buffer",),
+    ),
+    Mutation(
+        "late-tick",
+        "a tick late by less than a period is followed at once by the next one (no re-anchoring)",
+        "packages/vla-client/vla_client/loop.py",
+        "            if lateness > 0.1 * self.period:\n",
+        "            if lateness > self.period:\n",
+        ("tests/test_control_timing.py::test_a_late_tick_does_not_bring_the_next_one_forward",),
     ),
 ]
 

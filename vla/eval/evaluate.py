@@ -95,7 +95,7 @@ class _ExpertPolicy:
     def reset(self, i: int) -> None:
         self.experts[i].reset()
 
-    def chunk(self, i: int, obs: dict, seed: int, guide=None, rtc=None) -> np.ndarray:
+    def chunk(self, i: int, obs: dict, request) -> np.ndarray:
         return np.asarray(self.experts[i].act(), dtype=np.float32)[None]
 
 
@@ -107,13 +107,13 @@ class _CheckpointPolicy:
     def reset(self, i: int) -> None:
         pass
 
-    def chunk(self, i: int, obs: dict, seed: int, guide=None, rtc=None) -> np.ndarray:
+    def chunk(self, i: int, obs: dict, request) -> np.ndarray:
         import torch
 
-        g, w = guide if guide is not None else (None, None)
+        g, w = request.guide if request.guide is not None else (None, None)
         return self.policy.predict_chunk(
             obs,
-            generator=[torch.Generator().manual_seed(seed)],
+            generator=[torch.Generator().manual_seed(request.seed)],
             action_steps=self.cfg.action_steps,
             vision_steps=self.cfg.vision_steps,
             noise_scale=self.cfg.noise_scale,
@@ -137,8 +137,8 @@ class _ServedPolicy:
     def reset(self, i: int) -> None:
         pass
 
-    def chunk(self, i: int, obs: dict, seed: int, guide=None, rtc=None) -> np.ndarray:
-        return self.clients[i].infer(obs, seed=seed, rtc=rtc).actions
+    def chunk(self, i: int, obs: dict, request) -> np.ndarray:
+        return self.clients[i].infer(obs, seed=request.seed, rtc=request.rtc).actions
 
     def close(self) -> None:
         for client in self.clients:
@@ -148,25 +148,23 @@ class _ServedPolicy:
 def served_meta(metadata: dict[str, Any]):
     """The DatasetMeta a server declares (cameras, sizes, dims, bounds, env), or None when it declares none
     (openpi servers): the env then runs with its own defaults."""
+    from vla_client import RobotSpec
+
     from vla.data.schema import ActionSpace, DatasetMeta
 
-    if not all(k in metadata for k in ("cameras", "image_size", "state_dim", "action_dim")):
+    try:
+        spec = RobotSpec.from_server(metadata)
+    except ValueError:
         return None
-    dim = int(metadata["action_dim"])
+    action = spec.action_space
     return DatasetMeta(
-        fps=float(metadata.get("fps") or 10),
-        cameras=list(metadata["cameras"]),
-        image_size=metadata["image_size"],
-        state_dim=int(metadata["state_dim"]),
-        action_space=ActionSpace(
-            dim,
-            metadata.get("action_low", [-np.inf] * dim),
-            metadata.get("action_high", [np.inf] * dim),
-            str(metadata.get("action_kind", "continuous")),
-            metadata.get("action_names"),
-        ),
+        fps=spec.fps,
+        cameras=spec.cameras,
+        image_size=spec.image_size,
+        state_dim=spec.state_dim,
+        action_space=ActionSpace(action.dim, action.low, action.high, action.kind, action.names),
         env=metadata.get("env"),
-        state_names=metadata.get("state_names"),
+        state_names=spec.state_names,
     )
 
 
@@ -190,9 +188,9 @@ def rollout_task(
     """Episodes of one task (``seeds``, default all of cfg's); returns per-episode results and chunk
     latencies."""
     from tqdm import tqdm
+    from vla_client.chunking import ChunkRequest, EpisodeStepper
 
     import envs
-    from vla.control import RealTimeChunking, make_executor, request_seed
 
     options: dict[str, Any] = {"max_steps": cfg.max_steps}
     if meta is not None:
@@ -220,16 +218,18 @@ def rollout_task(
         seeds = [queue.pop(0) for _ in range(n)]
         obs, _ = vec.reset(seed=seeds)
         if actor.horizon is None:  # a server that does not declare its chunk length: ask once
-            actor.horizon = len(actor.chunk(0, _obs_at(obs, 0), cfg.seed))
-        executors = [
-            make_executor(
+            actor.horizon = len(actor.chunk(0, _obs_at(obs, 0), ChunkRequest(0, cfg.seed)))
+        # the robot loop's stepper (vla_client): its requests, seeds and chunk hand-overs, answered at once
+        steppers = [
+            EpisodeStepper(
                 cfg.strategy if actor.horizon > 1 else "receding",
                 actor.horizon,
                 cfg.execute_steps if actor.horizon > 1 else 1,
                 cfg.ensemble_decay,
                 cfg.rtc_delay,
+                seed=seeds[i],
             )
-            for _ in range(n)
+            for i in range(n)
         ]
         steps = [0] * n
         active = [True] * n
@@ -246,19 +246,15 @@ def rollout_task(
             for i in range(n):
                 if not active[i]:
                     continue
-                if executors[i].needs_chunk(steps[i]):
+                if steppers[i].wants_chunk(steps[i]):
                     o = _obs_at(obs, i)
                     if swapped is not None:
                         o["instruction"] = swapped[i]
-                    guide = rtc = None
-                    if isinstance(executors[i], RealTimeChunking) and executors[i].chunk is not None:
-                        guide = executors[i].guide(steps[i], actor.horizon)
-                        rtc = (steps[i] - executors[i].start, executors[i].delay)
+                    request = steppers[i].request(steps[i])
                     t0 = time.perf_counter()
-                    chunk = actor.chunk(i, o, request_seed(seeds[i], steps[i]), guide, rtc)
-                    executors[i].add_chunk(chunk, steps[i])
+                    steppers[i].receive(actor.chunk(i, o, request), request)
                     latencies.append((time.perf_counter() - t0) * 1000)
-                actions[i] = executors[i].action(steps[i])
+                actions[i] = steppers[i].action(steps[i])
                 if cfg.record_actions:
                     executed[i].append(actions[i].tolist())
                 if video_dir is not None and seeds[i] < cfg.seed + cfg.videos:
@@ -295,7 +291,7 @@ def rollout_task(
                     frames[i] = []
                     if queue:
                         seeds[i], steps[i] = queue.pop(0), 0
-                        executors[i].reset()
+                        steppers[i].restart(seeds[i], keep_seed=False)
                         actor.reset(i)
                     else:
                         active[i] = False  # idle until the others finish (reset so it may keep stepping)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -171,3 +172,85 @@ def request_seed(episode_seed: int, request: int) -> int:
     """The noise seed of a chunk requested at step ``request`` of a seeded episode: evaluation and the robot
     loop both use it, so a run against a server repeats a local evaluation's chunks."""
     return episode_seed * 100_003 + request
+
+
+@dataclass(frozen=True)
+class ChunkRequest:
+    """What to ask the policy for at step ``step``: the noise ``seed`` (None: the server picks), real-time
+    chunking's continuation ``rtc = (offset into the running chunk, delay)`` for a server, and the same as a
+    local ``guide`` (guide (H, D), weights (H,)) for a policy in this process."""
+
+    step: int
+    seed: int | None
+    rtc: tuple[int, int] | None = None
+    guide: tuple[np.ndarray, np.ndarray] | None = None
+
+
+class EpisodeStepper:
+    """One episode's chunk orchestration, shared by `vla eval` (each chunk answered at once) and the robot's
+    `ControlLoop` (answered a round trip later): when to ask for a chunk and with which seed and guide, when a
+    received chunk takes over, and the action for each step (None where no received chunk covers it: the
+    robot holds). Chunks are indexed from the step their observation was taken; a seeded episode's chunk
+    asked at step k samples with ``request_seed(seed, k)``, so a served policy repeats a local evaluation."""
+
+    def __init__(
+        self,
+        strategy: str,
+        horizon: int,
+        execute: int | None = None,
+        decay: float = 0.01,
+        delay: int = 0,
+        seed: int | None = None,
+    ):
+        self.strategy, self.horizon = strategy, horizon
+        self.executor = make_executor(strategy, horizon, execute, decay, delay)
+        self.seed = seed
+        self.restart()
+
+    @property
+    def execute(self) -> int:
+        return getattr(self.executor, "execute", 1)
+
+    def restart(self, seed: int | None = None, keep_seed: bool = True) -> None:
+        """Forget every chunk (a new episode, or the policy taking over again after an operator)."""
+        self.executor.reset()
+        if not keep_seed:
+            self.seed = seed
+        self.in_flight = False
+        self.arrived: tuple[np.ndarray, int, int] | None = None  # (chunk, its step, the step it takes over)
+
+    def wants_chunk(self, k: int) -> bool:
+        """Whether to ask for a chunk at step k (never while one is in flight or waiting to take over)."""
+        if self.in_flight or self.arrived is not None:
+            return False
+        return self.executor.needs_chunk(k) or not self.executor.covers(k)
+
+    def request(self, k: int, delay: int | None = None) -> ChunkRequest:
+        """The request for a chunk observed at step k; ``delay``: rtc's frozen prefix (the expected latency in
+        steps) when it is measured rather than fixed."""
+        ex, rtc, guide = self.executor, None, None
+        if isinstance(ex, RealTimeChunking) and ex.chunk is not None:
+            if delay is not None:
+                ex.delay = min(delay, ex.execute)
+            rtc = (k - ex.start, ex.delay)
+            guide = ex.guide(k, self.horizon)
+        self.in_flight = True
+        return ChunkRequest(k, None if self.seed is None else request_seed(self.seed, k), rtc, guide)
+
+    def receive(self, chunk: np.ndarray, request: ChunkRequest, activate: int | None = None) -> None:
+        """A chunk answering ``request``; it takes over at step ``activate`` (default: at once), or earlier if
+        nothing else covers the step then. Receding horizon keeps the old chunk running during the round
+        trip; ensembling and rtc take a chunk on arrival (rtc freezes its first ``delay`` steps)."""
+        self.in_flight = False
+        start = request.step if activate is None else activate
+        self.arrived = (np.asarray(chunk, dtype=np.float32), request.step, start)
+
+    def failed(self) -> None:
+        """The request got no chunk (timeout, connection, refused): ask again."""
+        self.in_flight = False
+
+    def action(self, k: int) -> np.ndarray | None:
+        if self.arrived is not None and (k >= self.arrived[2] or not self.executor.covers(k)):
+            self.executor.add_chunk(self.arrived[0], self.arrived[1])
+            self.arrived = None
+        return self.executor.action(k) if self.executor.covers(k) else None

@@ -18,6 +18,18 @@ import numpy as np
 from .protocol import ProtocolError, packb, parse_error, unpackb
 
 
+def _major(version: str) -> int:
+    return int(version.split(".")[0])
+
+
+try:
+    from websockets.version import version as _websockets_version
+
+    _WEBSOCKETS_MAJOR = _major(_websockets_version)
+except ImportError:  # pragma: no cover - websockets is a dependency
+    _WEBSOCKETS_MAJOR = 0
+
+
 class ServerError(RuntimeError):
     """The server answered the request with an error (the connection stays usable)."""
 
@@ -72,6 +84,9 @@ class RobotClient:
         if wait > 0:
             raise ConnectionError(f"{self.url} was unreachable; next attempt in {wait:.2f} s")
         headers = {"Authorization": f"Api-Key {self.api_key}"} if self.api_key else None
+        # websockets >= 17 warns about a connection opened outside a context manager unless told it is
+        # deliberate; older ones (the last for Python 3.10 is 16) take no such flag
+        deliberate = {"legacy": True} if _WEBSOCKETS_MAJOR >= 17 else {}
         try:
             self._ws = connect(
                 self.url,
@@ -79,7 +94,7 @@ class RobotClient:
                 open_timeout=self.connect_timeout_s,
                 compression=None,
                 max_size=None,
-                legacy=True,
+                **deliberate,
             )
             self.metadata = unpackb(self._ws.recv(timeout=self.connect_timeout_s))
         except InvalidStatus as e:

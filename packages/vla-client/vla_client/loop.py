@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .chunking import RealTimeChunking, make_executor, request_seed
+from .chunking import ChunkRequest, EpisodeStepper, request_seed
 from .client import RobotClient
 from .robot import Robot
 from .safety import SafetyConfig, SafetyLayer
@@ -197,7 +197,7 @@ class ControlLoop:
                 return None, None, "stale_observation"
         return obs, None, None
 
-    def _first_chunk(self, seed: int | None) -> tuple[np.ndarray, float, dict]:
+    def _first_chunk(self, seed: int | None) -> tuple[np.ndarray, float]:
         """Blocking: the robot is at rest until the first chunk, so waiting is safe here."""
         deadline = time.monotonic() + self.start_timeout_s
         while True:
@@ -206,8 +206,9 @@ class ControlLoop:
             obs = self.robot.observe()
             self._state, self._fresh = obs.get("state"), True
             try:
-                reply = self.client.infer(obs, seed=_request_seed(seed, 0), timeout_s=self.start_timeout_s)
-                return reply.actions, reply.round_trip_ms, obs
+                seed0 = None if seed is None else request_seed(seed, 0)
+                reply = self.client.infer(obs, seed=seed0, timeout_s=self.start_timeout_s)
+                return reply.actions, reply.round_trip_ms
             except (ConnectionError, TimeoutError) as e:
                 if time.monotonic() > deadline:
                     raise ConnectionError(
@@ -258,23 +259,23 @@ class ControlLoop:
         self._state = self._last = None
         self._fresh = False
         self._stop_signal = None
-        chunk, rt, obs = self._first_chunk(seed)
+        chunk, rt = self._first_chunk(seed)
         if self.horizon is None:
             self.horizon = len(chunk)
-        # rtc's delay (the frozen prefix) is set per request from the measured round trip
-        executor = make_executor(self.strategy, self.horizon, self.execute_steps, self.decay, delay=0)
-        execute = getattr(executor, "execute", 1)
+        # eval's stepper; rtc's delay (the frozen prefix) is set per request from the measured round trip
+        stepper = EpisodeStepper(
+            self.strategy, self.horizon, self.execute_steps, self.decay, delay=0, seed=seed
+        )
+        stepper.receive(chunk, stepper.request(0))
         timeout = self.request_timeout_s or max(self.horizon * self.period, 0.05)
         episode.round_trip_ms.append(rt)
         episode.requests += 1
-        executor.add_chunk(chunk, 0)
         lead = self._lead(episode.round_trip_ms)
         warned_lead = False
-        pending: tuple[Future, int, int] | None = None  # (reply future, request step, activation step)
-        arrived: tuple[np.ndarray, int, int] | None = None  # a chunk waiting for its activation step
+        # (reply future, request, activation step, discard: asked before an operator took over)
+        pending: tuple[Future, ChunkRequest, int, bool] | None = None
         observing: Future | None = None
-        chunk_step = 0  # the step of the server's last answered request (rtc continues that chunk)
-        request_count, failing, operating = 1, False, False
+        failing, operating = False, False
         anchor = time.perf_counter()  # tick k is due at anchor + k * period
         k = 0
         while max_steps is None or k < max_steps:
@@ -292,17 +293,19 @@ class ControlLoop:
             if obs is not None:
                 self._state, self._fresh = obs.get("state"), True
             if pending is not None and pending[0].done():
-                future, t_req, activate = pending
+                future, request, activate, discard = pending
                 pending = None
                 try:
                     reply = future.result()
-                    arrived, chunk_step = (reply.actions, t_req, activate), t_req
+                    if not discard:
+                        stepper.receive(reply.actions, request, activate)
                     if failing:
                         log.warning("step %d: the server answers again", k)
                         failing = False
                     episode.round_trip_ms.append(reply.round_trip_ms)
                     lead = self._lead(episode.round_trip_ms)
                 except Exception as e:  # noqa: BLE001 - every failure mode means: hold and retry
+                    stepper.failed()
                     kind = getattr(e, "kind", None) or (
                         "timeout"
                         if isinstance(e, TimeoutError)
@@ -314,44 +317,38 @@ class ControlLoop:
                     if not failing:  # log the change, not every retry
                         log.warning("step %d: request failed (%s): %s; holding while retrying", k, kind, e)
                         failing = True
-            if not warned_lead and self.strategy == "receding" and execute + lead > self.horizon:
+            if not warned_lead and self.strategy == "receding" and stepper.execute + lead > self.horizon:
                 log.warning(
                     "execute (%d) + lead (%d steps: the p95 round trip at %g Hz) exceeds the chunk (%d): "
                     "the robot will hold between chunks; lower execute_steps or the rate, or speed up"
                     " the server",
-                    execute, lead, self.rate_hz, self.horizon,
+                    stepper.execute, lead, self.rate_hz, self.horizon,
                 )  # fmt: skip
                 warned_lead = True
-            if arrived is not None and (k >= arrived[2] or not executor.covers(k)):
-                executor.add_chunk(arrived[0], arrived[1])
-                arrived = None
             operator_now = self.operator is not None and obs is not None and self.operator.engaged(k, obs)
             if operating and not operator_now:
-                executor.reset()  # handed back: the policy starts over from what the robot sees now
-                arrived = None
+                stepper.restart()  # handed back: the policy starts over from what the robot sees now
+                if pending is not None:  # a chunk asked for before the takeover is not used
+                    pending = (*pending[:3], True)
             operating = operator_now
-            wants = executor.needs_chunk(k) or not executor.covers(k)
-            if obs is not None and not operating and pending is None and arrived is None and wants:
-                rtc = None
-                if isinstance(executor, RealTimeChunking) and executor.chunk is not None:
-                    executor.delay = min(lead, executor.execute)
-                    rtc = (k - chunk_step, executor.delay)
+            if obs is not None and not operating and pending is None and stepper.wants_chunk(k):
+                request = stepper.request(k, delay=lead)
                 # serialized here, on the loop thread: the frame owns copies of the camera buffers
-                request = self.client.prepare(obs, _request_seed(seed, request_count), rtc)
+                prepared = self.client.prepare(obs, request.seed, request.rtc)
                 # receding horizon switches to the new chunk `lead` steps on (the old one runs meanwhile);
                 # temporal ensembling and rtc take it on arrival (rtc freezes its first `delay` steps)
                 activate = k + lead if self.strategy == "receding" else k
-                pending = (self.pool.submit(self.client.send, request, timeout), k, activate)
-                request_count += 1
+                pending = (self.pool.submit(self.client.send, prepared, timeout), request, activate, False)
                 episode.requests += 1
+            planned = stepper.action(k)
             if no_obs is not None:
                 action, source = self.safety.hold(self._measured(), self._last, no_obs), "hold"
             elif operating:
                 action, accepted = self.safety.filter(self.operator.action(k, obs), self._state, self._last)
                 source = "operator" if accepted else "hold"
                 episode.operator_steps += accepted
-            elif executor.covers(k):
-                action, accepted = self.safety.filter(executor.action(k), self._state, self._last)
+            elif planned is not None:
+                action, accepted = self.safety.filter(planned, self._state, self._last)
                 source = "policy" if accepted else "hold"
             else:
                 action, source = self.safety.hold(self._state, self._last, "no_chunk"), "hold"
@@ -388,8 +385,3 @@ class ControlLoop:
         p95 = float(np.percentile(round_trips_ms[-16:], 95))
         lead = math.ceil(p95 / 1e3 / self.period) + 1
         return int(min(lead, self.horizon - 1))
-
-
-def _request_seed(episode_seed: int | None, request: int) -> int | None:
-    """Seeded episodes send seeded requests, so a run against the same server repeats its chunks."""
-    return None if episode_seed is None else request_seed(episode_seed, request)
