@@ -91,20 +91,23 @@ def wake(policy, seed: int = 0, std: float = 0.5):
     return policy
 
 
-def make_random_checkpoint(path, head: str = "dual_stream", seed: int = 0) -> str:
-    """A tiny, untrained but woken (`wake`) policy for builtin/push (its `top` camera at 64 px, state 4,
-    action 2), saved at ``path``."""
+def make_random_checkpoint(
+    path, head: str = "dual_stream", seed: int = 0, env: str = "builtin/push", cameras=("top",), image_size=64
+) -> str:
+    """A tiny, untrained but woken (`wake`) policy for ``env`` (default builtin/push: its `top` camera at
+    64 px, state 4, action 2), saved at ``path``."""
     import torch
 
     import envs
     from vla.data import Normalizer
     from vla.models import HeadConfig, Policy, PolicyConfig, save_policy
 
-    meta = envs.make("builtin/push", cameras=["top"], image_size=64).unwrapped.meta
+    made = envs.make(env, cameras=list(cameras), image_size=image_size)
+    meta = made.unwrapped.meta
+    made.close()
     torch.manual_seed(seed)
-    policy = Policy(
-        PolicyConfig(head=HeadConfig(kind=head)), meta, Normalizer.identity({"state": 4, "action": 2})
-    )
+    dims = {"state": meta.state_dim, "action": meta.action_dim}
+    policy = Policy(PolicyConfig(head=HeadConfig(kind=head)), meta, Normalizer.identity(dims))
     save_policy(wake(policy, seed).eval(), path)
     return str(path)
 

@@ -290,3 +290,36 @@ def test_a_signal_to_vla_robot_holds_then_stops(server, tmp_path, sig, code):
     assert last["stopped_by"] == sig.name and last["holds"].get("stop") == 1
     assert control["sources"][-1][-1] == "hold" and control["actions"][-1][-1] == [0.0, 0.0]
     assert f"stopped by {sig.name}" in err
+
+
+@pytest.mark.slow
+def test_robosuites_panda_through_the_robot_interface_holds_still_and_keeps_its_grip(tmp_path):
+    """The stand-in for a Franka behind an end-effector delta controller: robosuite's Panda (OSC pose delta +
+    gripper) as a `Robot`, served a policy, then the server killed: every held step commands zero motion and
+    keeps the last gripper command."""
+    from conftest import make_random_checkpoint
+
+    from vla.serve import SimRobot
+
+    checkpoint = make_random_checkpoint(tmp_path / "lift", env="robosuite/Lift", cameras=["agentview"],
+                                        image_size=64)  # fmt: skip
+    server = ServerProcess(checkpoint)
+    robot = SimRobot("robosuite/Lift", cameras=["agentview"], image_size=64)
+    try:
+        client = RobotClient(server.url, timeout_s=1.0, retry_s=0.2)
+        loop = ControlLoop(robot, client, execute_steps=4)
+        assert str(loop.safety.kind) == "delta+gripper" and loop.safety.hold_mode == "zero"
+        threading.Timer(2.0, server.kill).start()
+        episode = loop.run_episode(seed=0, max_steps=120)  # 6 s at robosuite's 20 Hz
+        loop.close()
+        client.close()
+    finally:
+        robot.close()
+        if server.alive():
+            server.kill()
+    assert episode.steps == 120 and episode.sources.count("policy") >= 8
+    first_hold = episode.sources.index("hold")
+    actions = np.asarray(episode.actions)
+    assert set(episode.sources[first_hold:]) == {"hold"}
+    np.testing.assert_array_equal(actions[first_hold:, :6], 0)  # the arm stops
+    assert (actions[first_hold:, 6] == actions[first_hold - 1, 6]).all()  # the grip stays as it was
