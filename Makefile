@@ -53,6 +53,7 @@ test-all: setup
 # convert in (tests/test_lerobot_compat.py). LeRobot needs Python >= 3.12 and numpy 2, so it gets its own
 # venv: about 5 minutes and 6 GB the first time (torch 2.11 from PyPI is a CUDA build; it runs on CPU).
 PYTHON312 ?= $(shell command -v python3.12 >/dev/null 2>&1 && python3.12 -c "" 2>/dev/null && echo python3.12 || ls -d $$HOME/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | tail -1)
+# also LeRobot's real SO101Follower, driven by vla-client (installed there too) against `vla serve`
 LEROBOT_VENV ?= .venv-lerobot
 LEROBOT_STAMP := $(LEROBOT_VENV)/.installed-lerobot-0.6.1
 
@@ -101,8 +102,8 @@ bench: setup
 
 # ruff check (line length 110 included) and ruff format --check, as CI runs them
 lint: setup
-	$(VENV)/bin/ruff check vla envs tests benchmarks tools setup.py
-	$(VENV)/bin/ruff format --check vla envs tests benchmarks tools setup.py
+	$(VENV)/bin/ruff check vla envs tests benchmarks tools packages setup.py
+	$(VENV)/bin/ruff format --check vla envs tests benchmarks tools packages setup.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache data/demo runs/demo

@@ -152,6 +152,7 @@ class ControlLoop:
         self._state: np.ndarray | None = None  # the last measured state (the safety layer's reference)
         self._last: np.ndarray | None = None  # the last command sent
         self._fresh = False  # whether _state was measured after _last was sent
+        self._in_flight: Future | None = None  # the background request, if one is running
 
     def _measured(self) -> np.ndarray | None:
         """The state to hold at: None once a command was sent after it (a hold then repeats that command
@@ -168,6 +169,8 @@ class ControlLoop:
             return None  # only the main thread receives signals; the caller handles them there
 
         def request_stop(signum, frame):
+            if self._stop_signal:  # a second Ctrl-C: the loop is stuck (in a driver call); leave now
+                raise KeyboardInterrupt
             self._stop_signal = signal.Signals(signum).name
 
         previous = {}
@@ -245,6 +248,9 @@ class ControlLoop:
             log.warning("stopped by %s: held, then robot.stop()", episode.stopped_by)
         finally:
             self._restore_signals(previous)
+            if self._in_flight is not None:  # the client is not shared across threads: let it finish
+                wait([self._in_flight])
+                self._in_flight = None
             counts = self.safety.counts
             episode.holds = dict(counts.holds)
             episode.refused_actions, episode.limited_actions = counts.refused, counts.limited
@@ -339,6 +345,7 @@ class ControlLoop:
                 # temporal ensembling and rtc take it on arrival (rtc freezes its first `delay` steps)
                 activate = k + lead if self.strategy == "receding" else k
                 pending = (self.pool.submit(self.client.send, prepared, timeout), request, activate, False)
+                self._in_flight = pending[0]
                 episode.requests += 1
             planned = stepper.action(k)
             if no_obs is not None:
@@ -374,8 +381,6 @@ class ControlLoop:
             episode.wait_ms.append(max(sleep, 0.0) * 1e3)
             if sleep > 0:
                 time.sleep(sleep)
-        if pending is not None:  # the client is not shared across threads: let the last request finish
-            wait([pending[0]])
         episode.lead_steps = lead
 
     def _lead(self, round_trips_ms: list[float]) -> int:
