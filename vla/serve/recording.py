@@ -62,7 +62,8 @@ class DeploymentRecorder:
 
     def end_episode(self, success: bool | None, aborted: bool = False) -> None:
         """Commit the episode (``success``: the simulator's or the operator's label; unknown counts as a
-        failure). An episode without steps is dropped."""
+        failure). An episode without steps is dropped; an ``aborted`` one (Ctrl-C, a driver error) keeps the
+        steps it ran (its final hold, sent without a new observation, is not a recorded step)."""
         if self.action:
             self.writer.add_episode(
                 images={cam: np.stack(frames) for cam, frames in self.images.items()},
