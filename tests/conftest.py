@@ -119,6 +119,18 @@ def random_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture
+def server(random_checkpoint):
+    """`vla serve` of the random checkpoint in its own process, killed after the test (which may kill it
+    first). Test modules that need other server options define their own ``server``."""
+    from vla.serve import ServerProcess
+
+    srv = ServerProcess(random_checkpoint)
+    yield srv
+    if srv.alive():
+        srv.kill()
+
+
+@pytest.fixture
 def dataset(tmp_path):
     """Path of a 5-episode dataset with lengths 5, 3, 7, 1, 4 (20 frames)."""
     path = tmp_path / "demo.zarr"

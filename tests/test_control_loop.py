@@ -18,14 +18,6 @@ from vla.serve import ControlLoop, RobotClient, ServerProcess, SimRobot
 RATE = 20.0
 
 
-@pytest.fixture
-def server(random_checkpoint):
-    srv = ServerProcess(random_checkpoint)
-    yield srv
-    if srv.alive():
-        srv.kill()
-
-
 def test_loop_follows_the_served_policy_at_a_fixed_rate(server, random_checkpoint):
     robot = SimRobot("builtin/push")
     with RobotClient(server.url, timeout_s=5) as client:

@@ -191,14 +191,6 @@ class FaultProxy:
         self.loop.run_until_complete(main())
 
 
-@pytest.fixture
-def server(random_checkpoint):
-    srv = ServerProcess(random_checkpoint)
-    yield srv
-    if srv.alive():
-        srv.kill()
-
-
 def arm_for(url: str, **arm_options) -> ServoArm:
     """A 2-joint position-controlled arm with the served policy's cameras and state (its actions, in
     [-1, 1], are taken as joint targets)."""

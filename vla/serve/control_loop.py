@@ -44,12 +44,12 @@ def run_robot(cfg) -> dict[str, Any]:
             recorder=recorder,
         )
         try:
-            bar = tqdm(range(cfg.episodes), desc=f"{cfg.env} @ {loop.rate_hz:g} Hz", unit="episode")
-            for i in bar:
-                episodes.append(loop.run_episode(seed=cfg.seed + i))
-                bar.set_postfix(success=sum(bool(e.success) for e in episodes), held=episodes[-1].held_steps)
-                if episodes[-1].stopped_by:
-                    break
+            bar = tqdm(total=cfg.episodes, desc=f"{cfg.env} @ {loop.rate_hz:g} Hz", unit="episode")
+            for episode in loop.episodes(cfg.episodes, seed=cfg.seed):
+                episodes.append(episode)
+                bar.update(1)
+                bar.set_postfix(success=sum(bool(e.success) for e in episodes), held=episode.held_steps)
+            bar.close()
         finally:
             loop.close()
     finally:

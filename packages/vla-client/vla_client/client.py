@@ -11,23 +11,14 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from typing import Any
 
 import numpy as np
 
 from .protocol import ProtocolError, packb, parse_error, unpackb
 
-
-def _major(version: str) -> int:
-    return int(version.split(".")[0])
-
-
-try:
-    from websockets.version import version as _websockets_version
-
-    _WEBSOCKETS_MAJOR = _major(_websockets_version)
-except ImportError:  # pragma: no cover - websockets is a dependency
-    _WEBSOCKETS_MAJOR = 0
+_WEBSOCKETS_MAJOR = int(version("websockets").split(".")[0])
 
 
 class ServerError(RuntimeError):

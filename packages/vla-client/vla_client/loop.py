@@ -20,6 +20,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field
@@ -218,6 +219,17 @@ class ControlLoop:
                         f"no first chunk within {self.start_timeout_s} s; robot not started: {e}"
                     ) from e
                 time.sleep(min(0.2, self.period))
+
+    def episodes(
+        self, count: int, seed: int | None = None, max_steps: int | None = None
+    ) -> Iterator[EpisodeLog]:
+        """Run up to ``count`` episodes (seeds ``seed``, ``seed + 1``, ...; unseeded when ``seed`` is None),
+        yielding each; none follows an episode that a signal stopped."""
+        for i in range(count):
+            episode = self.run_episode(seed=None if seed is None else seed + i, max_steps=max_steps)
+            yield episode
+            if episode.stopped_by:
+                return
 
     # -- one episode -----------------------------------------------------------------------------------
     def run_episode(self, seed: int | None = None, max_steps: int | None = None) -> EpisodeLog:

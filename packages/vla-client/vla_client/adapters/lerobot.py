@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..robot import ActionSpec, Robot, RobotSpec
+from ..robot import Robot, RobotSpec
 
 log = logging.getLogger("vla_client.lerobot")
 
@@ -155,11 +155,9 @@ def run(cfg: LeRobotRunConfig) -> list:
         loop = ControlLoop(robot, client, rate_hz=cfg.rate_hz, strategy=cfg.strategy,
                            execute_steps=cfg.execute_steps, safety=safety)  # fmt: skip
         try:
-            for i in range(cfg.episodes):
-                episodes.append(loop.run_episode(seed=None, max_steps=cfg.max_steps))
-                log.info("episode %d: %s", i, episodes[-1].summary())
-                if episodes[-1].stopped_by:
-                    break
+            for i, episode in enumerate(loop.episodes(cfg.episodes, max_steps=cfg.max_steps)):
+                episodes.append(episode)
+                log.info("episode %d: %s", i, episode.summary())
         finally:
             loop.close()
     finally:
@@ -179,19 +177,3 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO)
     run(draccus.parse(Config))
-
-
-def spec_for(robot: Any, fps: float, kind: str = "absolute_joint_pos") -> RobotSpec:
-    """A `RobotSpec` from a LeRobot robot's own features (for recording or a server without metadata)."""
-    motors = [k for k, v in robot.action_features.items() if k.endswith(".pos") and v is float]
-    cams = {k: v[:2] for k, v in robot.observation_features.items() if isinstance(v, tuple)}
-    dim = len(motors)
-    return RobotSpec(
-        fps=fps,
-        cameras=list(cams),
-        image_size=cams,
-        state_dim=dim,
-        action_space=ActionSpec(dim, [-np.inf] * dim, [np.inf] * dim, kind, motors),
-        robot=getattr(robot, "name", "lerobot"),
-        state_names=motors,
-    )
