@@ -4,10 +4,13 @@
     make test-lerobot                                      (builds the LeRobot venv it needs, once)
 
 ACT runs in LeRobot's own venv (benchmarks/_lerobot_act_latency.py, LeRobot 0.6.1's default ACT), ours in
-this process, on the same observation shapes (one 64 px camera, state 4, action 2: the built-in push task).
-Ours is timed with the vision encoder in each dtype of ``vision_dtypes``: `auto` is what this CPU gets
-(bfloat16 only with native bf16 instructions), `float32` what a CPU without them gets. Prints one JSON
-object with both, and the ratio ours / ACT.
+this process, on the same observation shapes (one 64 px camera, state 4, action 2: the built-in push task),
+under the same environment (OpenMP wait policy, threads, and any ISA cap such as ``ATEN_CPU_CAPABILITY=avx2
+ONEDNN_MAX_CPU_ISA=AVX2``, which makes this CPU compute as an AVX2-only one without bf16). Ours is timed in
+every combination of ``vision_dtypes`` (`auto`: this CPU's choice; `float32`: what a CPU without native bf16
+runs), ``encoder_sizes`` (the preset's 128 px, which upsamples the camera's 64 px, or the camera's own size)
+and ``compile`` (eager, or ``Policy.compile_for_acting``), with ``Policy.act_threads = "auto"``. Prints one
+JSON object with ACT, each of our rows, and each row's ratio ours / ACT.
 """
 
 from __future__ import annotations
@@ -40,21 +43,26 @@ ROOT = Path(__file__).resolve().parent.parent
 class BenchConfig:
     preset: str = "small"
     head: str = "dual_stream"
-    vision_dtypes: list[str] = field(default_factory=lambda: ["auto", "float32"])
+    vision_dtypes: list[str] = field(default_factory=lambda: ["float32"])
+    encoder_sizes: list[int] = field(default_factory=lambda: [128, 64])
+    compile: list[bool] = field(default_factory=lambda: [False, True])
     repeats: int = 30
     threads: int = 2
     image_size: int = 64
     lerobot_python: str = ".venv-lerobot/bin/python"
 
 
-def ours(cfg: BenchConfig, vision_dtype: str) -> dict:
+def ours(cfg: BenchConfig, vision_dtype: str, encoder_size: int, compiled: bool) -> dict:
     config = to_object(
         yaml.safe_load((config_dir() / "policy" / f"{cfg.preset}.yaml").read_text()), PolicyConfig
     )
     config.head.kind = cfg.head
     config.backbone.vision_dtype = vision_dtype
+    config.backbone.image_size = encoder_size
     torch.manual_seed(0)
     policy = Policy(config, builtin_push_meta(cfg.image_size), identity_normalizer()).eval()
+    if compiled:
+        policy.compile_for_acting()
     rng = np.random.default_rng(0)
     obs = {
         "images": {"top": rng.integers(0, 256, (1, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)},
@@ -68,6 +76,8 @@ def ours(cfg: BenchConfig, vision_dtype: str) -> dict:
         "policy": f"vla {cfg.preset} {cfg.head}" + (" (N_A = 4, N_o = 0)" if extra else ""),
         "vision_dtype": vision_dtype,
         "vision_dtype_resolved": str(vision.dtype).removeprefix("torch."),
+        "encoder_size": encoder_size,
+        "compiled": compiled,
         "params_m": round(sum(p.numel() for p in policy.parameters()) / 1e6, 2),
         "chunk_shape": [1, config.horizon, 2],
         "median_ms": round(float(np.median(times)), 1),
@@ -96,7 +106,12 @@ def main(argv: list[str]) -> dict:
     cfg: BenchConfig = to_object(compose("bench/peer_latency", argv), BenchConfig)
     torch.set_num_threads(cfg.threads)
     peer = act(cfg)
-    rows = [ours(cfg, dtype) for dtype in cfg.vision_dtypes]
+    rows = [
+        ours(cfg, dtype, size, compiled)
+        for dtype in cfg.vision_dtypes
+        for size in cfg.encoder_sizes
+        for compiled in cfg.compile
+    ]
     for row in rows:
         row["ratio_to_act"] = round(row["median_ms"] / peer["median_ms"], 3)
     return {

@@ -64,6 +64,9 @@ def machine(threads: int) -> dict:
         "threads": threads,
         "torch": torch.__version__,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        # set, these cap the instruction sets torch and oneDNN use (an AVX2-only CPU on a newer one)
+        "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY"),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
     }
 
 

@@ -166,7 +166,8 @@ def test_peer_latency_times_lerobots_act_and_ours_in_one_run():
     if not python:
         pytest.fail("set VLA_LEROBOT_PYTHON to the LeRobot venv's python (`make test-lerobot` does)")
     root = Path(__file__).resolve().parent.parent
-    args = ["repeats=2", f"lerobot_python={python}", "vision_dtypes=[float32]"]
+    args = ["repeats=2", f"lerobot_python={python}", "vision_dtypes=[float32]", "encoder_sizes=[64]"]
+    args.append("compile=[false]")
     script = root / "benchmarks" / "peer_latency.py"
     out = subprocess.run(
         [sys.executable, str(script), *args], capture_output=True, text=True, timeout=900, cwd=root
@@ -177,6 +178,7 @@ def test_peer_latency_times_lerobots_act_and_ours_in_one_run():
     assert result["act"]["params_m"] > 40 and result["act"]["median_ms"] > 0  # ResNet-18 + transformer
     (row,) = result["ours"]
     assert row["vision_dtype_resolved"] == "float32" and row["median_ms"] > 0
+    assert row["encoder_size"] == 64 and row["compiled"] is False
     assert row["ratio_to_act"] == round(row["median_ms"] / result["act"]["median_ms"], 3)
 
 

@@ -804,3 +804,131 @@ def test_folded_batchnorm_acts_like_the_reference_encoder(demo, kind):
     assert encoder._folded is None
     encoder.model.requires_grad_(True)  # an encoder that trains runs its own modules
     assert encoder._model_for_this_call() is encoder.model
+
+
+@pytest.mark.parametrize(
+    "kind, sampling",
+    [
+        ("dual_stream", {"vision_steps": 0}),
+        ("dual_stream", {"vision_steps": 8}),
+        ("flow", {}),
+        ("flow", {"guide": "rtc"}),
+        ("diffusion", {}),
+    ],
+)
+def test_precomputed_schedule_samples_like_the_reference(demo, kind, sampling):
+    """The fast sampler computes every step's time embeddings and AdaLN parameters before the first step, and
+    attends to an unpadded prefix without a mask; the reference computes them inside each step. Same seeds,
+    same chunks within 1e-5: at batch 2 (instructions padded to one length: masked attention) and at batch 1
+    (no padding: unmasked attention), for each head, with N_o > 0 and with an rtc guide."""
+    policy = make_policy(demo, kind).eval()
+    head = policy.head
+    calls = []
+    head_net = head.net if kind == "diffusion" else head
+    head_net.time_embeddings = _counting(head_net.time_embeddings, calls)
+    sampling = dict(sampling)
+    if sampling.pop("guide", None):
+        horizon = policy.config.horizon
+        guide = np.linspace(-0.5, 0.5, horizon * policy.meta.action_dim, dtype=np.float32)
+        sampling["guide"] = guide.reshape(1, horizon, -1)
+        sampling["guide_weights"] = np.linspace(1.0, 0.0, horizon, dtype=np.float32)
+    for n in (2, 1):
+        obs = obs_from(demo[2], n)
+        if n == 2:
+            obs["instruction"] = ["push", "push the red block onto the blue pad, please"]
+
+        def chunk(obs=obs, n=n):
+            return policy.predict_chunk(
+                obs, generator=[torch.Generator().manual_seed(i) for i in range(n)], **sampling
+            )
+
+        head.precompute_schedule = False
+        calls.clear()
+        reference = chunk()
+        steps = len(calls)
+        assert steps > 1  # the reference embeds the times at every step
+        head.precompute_schedule = True
+        calls.clear()
+        fast = chunk()
+        assert len(calls) == 1  # the fast path: once, for the whole schedule
+        np.testing.assert_allclose(fast, reference, atol=1e-5)
+        assert np.abs(reference).max() > 1e-3  # a woken policy's chunk, not zeros
+
+
+def _counting(fn, calls):
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+
+    return counted
+
+
+def test_act_threads_auto_acts_on_one_thread_at_batch_one_under_passive_waiting(demo, monkeypatch):
+    """Policy.act_threads = "auto": a batch-1 chunk runs on one torch thread when OpenMP waits passively (each
+    parallel op would pay a wake-up), any other batch or wait policy on the process's threads; the process's
+    setting is restored after the chunk, and the chunk does not depend on the thread count."""
+    from vla.hardware import acting_threads
+
+    policy = make_policy(demo).eval()
+    seen = []
+    policy.head.register_forward_pre_hook(lambda *args: None)
+    original = policy.encode
+
+    def encode(obs):
+        seen.append(torch.get_num_threads())
+        return original(obs)
+
+    policy.encode = encode
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+        assert acting_threads(1) == 1 and acting_threads(2) is None
+        one, two = obs_from(demo[2], 1), obs_from(demo[2], 2)
+        single = {"images": {"top": one["images"]["top"][0]}, "state": one["state"][0], "instruction": "push"}
+        one_thread = policy.predict_chunk(single, generator=torch.Generator().manual_seed(0))
+        policy.predict_chunk(two)
+        monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+        assert acting_threads(1) is None
+        policy.predict_chunk(single)
+        policy.act_threads = None
+        monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+        two_threads = policy.predict_chunk(single, generator=torch.Generator().manual_seed(0))
+        assert seen == [1, 2, 2, 2] and torch.get_num_threads() == 2
+        np.testing.assert_allclose(one_thread, two_threads, atol=1e-5)
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.slow
+def test_compiled_acting_path_gives_the_eager_chunks(demo):
+    """Policy.compile_for_acting: the frozen EfficientNet's folded copy (weights frozen into the graph) and the
+    head's velocity through torch.compile give the eager chunks within 1e-4; weights loaded afterwards are
+    compiled again (the frozen graph does not keep serving the old ones)."""
+    store, normalizer, batch = demo
+    cfg = PolicyConfig()
+    cfg.backbone.vision, cfg.backbone.text_path, cfg.backbone.image_size = "efficientnet_lite0", "minilm", 64
+    cfg.backbone.tokens_per_image = cfg.head.vision_tokens = 4
+    cfg.backbone.finetune, cfg.backbone.vision_dtype = "frozen", "float32"
+    torch.manual_seed(0)
+    policy = wake(Policy(cfg, store.meta, normalizer)).eval()
+    obs = obs_from(batch, 1)
+
+    def chunk():
+        return policy.predict_chunk(obs, generator=torch.Generator().manual_seed(0))
+
+    eager = chunk()
+    policy.compile_for_acting()
+    compiled = chunk()
+    assert policy.backbone.vision._compiled is not None and "velocity" in policy.head.__dict__
+    np.testing.assert_allclose(compiled, eager, atol=1e-4)
+    state = policy.state_dict()
+    assert not any("compiled" in k or "_orig_mod" in k for k in state)  # checkpoints are what they were
+    state["backbone.vision.model._conv_head.weight"] = state["backbone.vision.model._conv_head.weight"] * 1.5
+    policy.load_state_dict(state)
+    assert policy.backbone.vision._compiled is None  # the frozen graph is dropped with the old weights
+    changed = chunk()
+    assert policy.backbone.vision._compiled is not None
+    policy.backbone.vision.compile = False
+    np.testing.assert_allclose(changed, chunk(), atol=1e-4)
+    assert np.abs(changed - eager).max() > 1e-3

@@ -7,8 +7,11 @@ AMD EPYC (issue 28). Every timing the project publishes names the CPU it was mea
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -82,3 +85,28 @@ def pick_vision_dtype(requested: str, trainable: bool) -> tuple[str, str]:
         f"the CPU ({cpu_model()}, torch capability {capability}) has no native bf16 instructions: "
         "bfloat16 would be emulated, many times slower than float32"
     )
+
+
+def acting_threads(batch: int) -> int | None:
+    """Intra-op threads for one chunk of ``batch`` observations (``Policy.act_threads = "auto"``): one at batch 1
+    where OpenMP waits passively (``OMP_WAIT_POLICY=PASSIVE``, as the Makefile sets it), else None (torch's
+    setting). A batch-1 chunk of the small preset is a few hundred small ops, and under passive waiting every
+    parallel op pays a thread wake-up: on 2 cores it took 55 ms with two threads and 25 ms with one
+    (benchmarks/peer_latency.py; README, latency table)."""
+    if batch == 1 and os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE":
+        return 1
+    return None
+
+
+@contextlib.contextmanager
+def intra_op_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` inside the block (None: left as it is), then restored."""
+    previous = torch.get_num_threads()
+    if threads is None or threads == previous:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

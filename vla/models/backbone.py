@@ -129,8 +129,10 @@ class EfficientNetLite0Encoder(nn.Module):
         self.image_size = config.image_size
         self.dim = 1280
         self.fold_batchnorm = True  # False: the reference path (tests compare the two)
-        # the folded copy is not a submodule: state_dict and checkpoints stay as they are
+        self.compile = False  # True: the folded copy runs through torch.compile (compile_for_acting)
+        # the folded copy (and its compiled form) is not a submodule: state_dict and checkpoints stay as they are
         object.__setattr__(self, "_folded", None)
+        object.__setattr__(self, "_compiled", None)
         self.register_load_state_dict_pre_hook(lambda *args, **kwargs: self._forget_folded())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -138,7 +140,18 @@ class EfficientNetLite0Encoder(nn.Module):
         if x.shape[-2:] != (self.image_size, self.image_size):
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
         x = x.to(self.model._conv_stem.weight.dtype)  # backbone.vision_dtype
-        return self._model_for_this_call().extract_features(x).flatten(2).transpose(1, 2)  # (B, h*w, 1280)
+        model = self._model_for_this_call()
+        if model is self._folded and self.compile:
+            if self._compiled is None:
+                # freezing: the folded weights become constants of the graph (oneDNN prepacks them)
+                compiled = torch.compile(model.extract_features, dynamic=False, options={"freezing": True})
+                object.__setattr__(self, "_compiled", compiled)
+            return self._compiled(x).flatten(2).transpose(1, 2)
+        return model.extract_features(x).flatten(2).transpose(1, 2)  # (B, h*w, 1280)
+
+    def compile_for_acting(self) -> None:
+        """Act through ``torch.compile`` of the folded copy (Policy.compile_for_acting)."""
+        self.compile = True
 
     def _model_for_this_call(self) -> nn.Module:
         """A frozen encoder in eval mode runs a copy with every BatchNorm folded into its convolution
@@ -153,6 +166,7 @@ class EfficientNetLite0Encoder(nn.Module):
 
     def _forget_folded(self) -> None:
         object.__setattr__(self, "_folded", None)
+        object.__setattr__(self, "_compiled", None)
 
     def train(self, mode: bool = True) -> EfficientNetLite0Encoder:
         self._forget_folded()

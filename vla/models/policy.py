@@ -15,6 +15,7 @@ from torch import nn
 from vla.data.normalizer import Normalizer
 from vla.data.observation import as_batch
 from vla.data.schema import DatasetMeta, SchemaError
+from vla.hardware import acting_threads, intra_op_threads
 
 from .backbone import build_backbone
 from .config import PolicyConfig
@@ -31,6 +32,10 @@ Prefix = tuple[torch.Tensor, torch.Tensor]  # tokens (B, L, width), mask (B, L)
 
 
 class Policy(nn.Module):
+    # torch threads while predict_chunk runs: "auto" (vla.hardware.acting_threads: one at batch 1 under passive
+    # OpenMP waiting), an int, or None (the process's setting)
+    act_threads: int | str | None = "auto"
+
     def __init__(self, config: PolicyConfig, meta: DatasetMeta, normalizer: Normalizer):
         super().__init__()
         self.config, self.meta, self.normalizer = config, meta, normalizer
@@ -65,6 +70,17 @@ class Policy(nn.Module):
         self.register_buffer(
             "action_high", torch.tensor(meta.action_space.high, dtype=torch.float32), persistent=False
         )
+
+    def compile_for_acting(self) -> Policy:
+        """``torch.compile`` the acting path: the frozen vision encoder's folded copy (its weights frozen into the
+        graph; weights loaded later are compiled again at the next chunk) and the head's velocity. The first
+        chunk of each batch size takes tens of seconds; the gain is measured in benchmarks/peer_latency.py."""
+        vision = getattr(self.backbone, "vision", None)
+        if hasattr(vision, "compile_for_acting"):
+            vision.compile_for_acting()
+        head = self.head.net if hasattr(self.head, "net") else self.head
+        head.velocity = torch.compile(head.velocity, dynamic=False)
+        return self
 
     @property
     def device(self) -> torch.device:
@@ -218,6 +234,11 @@ class Policy(nn.Module):
         ``sampling``: ``sample_chunk``'s options: ``action_steps`` / ``vision_steps`` (the head's defaults
         when absent); ``guide`` (B or 1, H, D_action) in env units + ``guide_weights`` (H,) or (B, H),
         real-time chunking's prefix (heads with ``supports_guidance``); ``noise_scale``, the sampling
-        temperature (the initial noise's scale; 0 = deterministic)."""
-        prefix, state = self.encode(obs)
-        return self.sample_chunk(prefix, self.condition(prefix, state), generator, **sampling)
+        temperature (the initial noise's scale; 0 = deterministic). Runs on ``act_threads`` torch threads."""
+        batch = as_batch(obs)
+        threads = self.act_threads
+        if threads == "auto":
+            threads = acting_threads(len(batch["instruction"]))
+        with intra_op_threads(threads):
+            prefix, state = self.encode(batch)
+            return self.sample_chunk(prefix, self.condition(prefix, state), generator, **sampling)

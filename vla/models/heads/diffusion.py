@@ -74,7 +74,19 @@ class DiffusionHead(nn.Module):
         cache = cache if cache is not None else self.prefix_cache(prefix)
         b = state.shape[0]
         x = randn((b, self.net.horizon, self.net.action_dim), generator, state.device) * noise_scale
-        for t in scheduler.timesteps:
-            eps, _ = self.net.velocity(cache, state, x, t.expand(b).to(state.device))
+        times = scheduler.timesteps.to(state.device)[:, None].expand(-1, b)
+        planned = self.net.schedule(state, times) if self.precompute_schedule else None
+        for step, t in enumerate(scheduler.timesteps):
+            per_step = {"mods": planned[0][step], "state_tokens": planned[1]} if planned is not None else {}
+            eps, _ = self.net.velocity(cache, state, x, times[step], **per_step)
             x = scheduler.step(eps, t, x).prev_sample
         return x
+
+    @property
+    def precompute_schedule(self) -> bool:
+        """As FlowHead's: every DDIM step's time embedding and AdaLN parameters before the first step."""
+        return self.net.precompute_schedule
+
+    @precompute_schedule.setter
+    def precompute_schedule(self, value: bool) -> None:
+        self.net.precompute_schedule = value

@@ -70,6 +70,9 @@ class FlowHead(nn.Module):
     # what a head declares to the policy, the trainer and the server
     needs_future_frames = False  # its training batch carries the frame `horizon` steps ahead (future_images)
     supports_guidance = True  # sample() takes guide / guide_weights (real-time chunking's frozen prefix)
+    # sampling computes every step's time embeddings and AdaLN parameters before the first step (False: inside
+    # each step, the reference path)
+    precompute_schedule = True
 
     def __init__(
         self,
@@ -115,6 +118,17 @@ class FlowHead(nn.Module):
         token = self.state_token.expand(state.shape[0], -1, -1)
         return token + self.state_in(state)[:, None] if self.state_in is not None else token
 
+    def time_embeddings(
+        self, state: torch.Tensor, tau_a: torch.Tensor, tau_o: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """Each stream's time embedding plus the condition, (..., B, width), for times (..., B): one step's,
+        or a whole schedule's with a leading step axis."""
+        condition = self.condition_in(state) if self.condition_in is not None else 0.0
+        tembs = [self.action_time(tau_a.reshape(-1)).view(*tau_a.shape, -1) + condition]
+        if tau_o is not None:
+            tembs.append(self.vision_time(tau_o.reshape(-1)).view(*tau_o.shape, -1) + condition)
+        return tembs
+
     def velocity(
         self,
         cache: list,
@@ -123,17 +137,30 @@ class FlowHead(nn.Module):
         tau_a: torch.Tensor,
         vision: torch.Tensor | None = None,
         tau_o: torch.Tensor | None = None,
+        mods: list | None = None,
+        state_tokens: torch.Tensor | None = None,
     ):
-        """Predicted velocities of the action chunk and, when given, of the future-vision tokens."""
-        a = torch.cat([self._state_tokens(state), self.action_in(actions)], 1) + self.action_pos
-        condition = self.condition_in(state) if self.condition_in is not None else 0.0
-        xs, tembs = [a], [self.action_time(tau_a) + condition]
+        """Predicted velocities of the action chunk and, when given, of the future-vision tokens.
+        ``mods`` / ``state_tokens``: this step's modulations and state token, when the sampler computed them
+        for the whole schedule beforehand (then ``tau_a`` / ``tau_o`` are not looked at)."""
+        if state_tokens is None:
+            state_tokens = self._state_tokens(state)
+        xs = [torch.cat([state_tokens, self.action_in(actions)], 1) + self.action_pos]
         if vision is not None:
             xs.append(self.vision_in(vision) + self.vision_pos)
-            tembs.append(self.vision_time(tau_o) + condition)
-        out = self.transformer(xs, tembs, cache)
+        if mods is None:
+            mods = self.transformer.modulations(self.time_embeddings(state, tau_a, tau_o))
+        out = self.transformer(xs, mods, cache)
         v_action = self.action_out(out[0][:, 1:])
         return v_action, (self.vision_out(out[1]) if vision is not None else None)
+
+    def schedule(self, state: torch.Tensor, tau_a: torch.Tensor, tau_o: torch.Tensor | None = None):
+        """What every step of a sampling schedule needs from the times and the state, computed at once:
+        times (steps, B) -> (per-step modulations, the state token). The reference sampler
+        (``precompute_schedule = False``) computes them inside each step instead; tests compare the two."""
+        mods = self.transformer.modulations(self.time_embeddings(state, tau_a, tau_o))
+        steps = tau_a.shape[0]
+        return [self.transformer.at_step(mods, i) for i in range(steps)], self._state_tokens(state)
 
     # -- training --------------------------------------------------------------------------------
     def sample_tau(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -232,21 +259,33 @@ class FlowHead(nn.Module):
             else None
         )
         q = n_o // n_a if n_o else 1
-        tau_a = torch.zeros(b, device=device)
-        tau_o = torch.zeros(b, device=device)
+        steps = max(n_a, n_o)
+        # tau_a advances every q-th step, tau_o every step (the same float32 additions as the reference)
+        taus_a = torch.zeros(steps, b, device=device)
+        taus_o = torch.zeros(steps, b, device=device)
+        for step in range(1, steps):
+            taus_a[step] = taus_a[step - 1] + (1.0 / n_a if step % q == 0 else 0.0)
+            taus_o[step] = taus_o[step - 1] + 1.0 / max(n_o, 1)
+        planned = (
+            self.schedule(state, taus_a, taus_o if n_o else None) if self.precompute_schedule else None
+        )
         if guide is not None:
             w = guide_weights.to(device)
             eps0, w = x.clone(), (w[None, :, None] if w.ndim == 1 else w[:, :, None])
-        for step in range(max(n_a, n_o)):
-            v_action, v_vision = self.velocity(cache, state, x, tau_a, y, tau_o if n_o else None)
+        for step in range(steps):
+            per_step = {}
+            if planned is not None:
+                per_step = {"mods": planned[0][step], "state_tokens": planned[1]}
+            v_action, v_vision = self.velocity(
+                cache, state, x, taus_a[step], y, taus_o[step] if n_o else None, **per_step
+            )
             if n_o:
                 y = y + v_vision / n_o
-                tau_o = tau_o + 1.0 / n_o
             if (step + 1) % q == 0:
                 x = x + v_action / n_a
-                tau_a = tau_a + 1.0 / n_a
                 if guide is not None:
-                    target = tau_a[:, None, None] * guide + (1 - tau_a[:, None, None]) * eps0
+                    tau = taus_a[step] + 1.0 / n_a
+                    target = tau[:, None, None] * guide + (1 - tau[:, None, None]) * eps0
                     x = w * target + (1 - w) * x
         return x
 

@@ -10,7 +10,9 @@ QKV, output projection and MLP. Block modes:
 diffusers' ``JointTransformerBlock`` feeds both streams the same timestep embedding and ignores
 attention masks, so it cannot express per-stream noise levels or a padded prefix: hence our own.
 Prefix keys/values of the cross blocks depend only on the prefix, so ``prefix_cache`` computes
-them once per control step and every denoising step reuses them.
+them once per control step and every denoising step reuses them. Likewise the AdaLN parameters depend
+only on the time embeddings: ``modulations`` computes them for a whole sampling schedule at once (a
+leading step axis), and each step indexes its own (``at_step``).
 """
 
 from __future__ import annotations
@@ -60,16 +62,30 @@ class Block(nn.Module):
         if self.prefix_kv is None:
             return None
         k, v = self.prefix_kv(prefix).chunk(2, dim=-1)
-        return _heads(k, self.heads), _heads(v, self.heads), mask[:, None, None, :]
+        # no mask when nothing is padded (batch 1): attention without a mask is the faster kernel on CPU
+        attn_mask = None if bool(mask.all()) else mask[:, None, None, :]
+        return _heads(k, self.heads), _heads(v, self.heads), attn_mask
 
-    def forward(self, xs: list[torch.Tensor], tembs: list[torch.Tensor], cache) -> list[torch.Tensor]:
-        mods, qkvs = [], []
+    def modulation(self, tembs: list[torch.Tensor]) -> list[tuple[torch.Tensor, ...]]:
+        """Each stream's AdaLN parameters (shift1, 1 + scale1, gate1, shift2, 1 + scale2, gate2), each
+        (..., B, 1, width), from its time embedding (..., B, width)."""
+        mods = []
+        for temb, w in zip(tembs, self.streams, strict=False):
+            shift1, scale1, gate1, shift2, scale2, gate2 = w.adaln(temb).unsqueeze(-2).chunk(6, dim=-1)
+            mods.append((shift1, 1 + scale1, gate1, shift2, 1 + scale2, gate2))
+        return mods
+
+    def forward(self, xs: list[torch.Tensor], mods: list[tuple[torch.Tensor, ...]], cache) -> list[torch.Tensor]:
+        qkvs = []
         # zip stops at len(xs): a block built for two streams also runs the action stream alone
-        for x, temb, w in zip(xs, tembs, self.streams, strict=False):
-            shift1, scale1, gate1, shift2, scale2, gate2 = w.adaln(temb)[:, None].chunk(6, dim=-1)
-            mods.append((gate1, shift2, scale2, gate2))
-            h = w.norm1(x) * (1 + scale1) + shift1
-            qkvs.append([_heads(t, self.heads) for t in w.qkv(h).chunk(3, dim=-1)])
+        for x, (shift1, scale1, _, _, _, _), w in zip(xs, mods, self.streams, strict=False):
+            h = torch.addcmul(shift1, w.norm1(x), scale1)
+            if self.mode == "cross":  # keys and values come from the prefix: only the queries are needed
+                width = h.shape[-1]
+                qkvs.append((_heads(F.linear(h, w.qkv.weight[:width], w.qkv.bias[:width]), self.heads),))
+                continue
+            b, n, _ = h.shape
+            qkvs.append(w.qkv(h).view(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0))
         if self.mode == "joint":
             lengths = [q.shape[2] for q, _, _ in qkvs]
             q, k, v = (torch.cat([t[i] for t in qkvs], dim=2) for i in range(3))
@@ -79,12 +95,12 @@ class Block(nn.Module):
         else:
             pk, pv, pmask = cache
             attended = [
-                _merge(F.scaled_dot_product_attention(q, pk, pv, attn_mask=pmask)) for q, _, _ in qkvs
+                _merge(F.scaled_dot_product_attention(q, pk, pv, attn_mask=pmask)) for (q,) in qkvs
             ]
         out = []
-        for x, a, (gate1, shift2, scale2, gate2), w in zip(xs, attended, mods, self.streams, strict=False):
-            x = x + gate1 * w.out(a)
-            x = x + gate2 * w.mlp(w.norm2(x) * (1 + scale2) + shift2)
+        for x, a, (_, _, gate1, shift2, scale2, gate2), w in zip(xs, attended, mods, self.streams, strict=False):
+            x = torch.addcmul(x, gate1, w.out(a))
+            x = torch.addcmul(x, gate2, w.mlp(torch.addcmul(shift2, w.norm2(x), scale2)))
             out.append(x)
         return out
 
@@ -107,11 +123,27 @@ class MultiStreamTransformer(nn.Module):
         """Keys/values of every cross block: compute once per control step, reuse every denoising step."""
         return [block.prefix_cache(prefix, mask) for block in self.blocks]
 
-    def forward(self, xs: list[torch.Tensor], tembs: list[torch.Tensor], cache: list) -> list[torch.Tensor]:
-        for block, block_cache in zip(self.blocks, cache, strict=True):
-            xs = block(xs, tembs, block_cache)
-        out = []
-        for x, temb, adaln in zip(xs, tembs, self.final_adaln, strict=False):
-            shift, scale = adaln(temb)[:, None].chunk(2, dim=-1)
-            out.append(self.final_norm(x) * (1 + scale) + shift)
-        return out
+    def modulations(self, tembs: list[torch.Tensor]) -> list:
+        """Every block's AdaLN parameters, then the final AdaLN's (shift, 1 + scale) per stream, from the
+        streams' time embeddings (..., B, width). With a leading step axis this is a whole sampling
+        schedule in one matmul per block instead of one per block and step."""
+        mods = [block.modulation(tembs) for block in self.blocks]
+        final = []
+        for temb, adaln in zip(tembs, self.final_adaln, strict=False):
+            shift, scale = adaln(temb).unsqueeze(-2).chunk(2, dim=-1)
+            final.append((shift, 1 + scale))
+        return [*mods, final]
+
+    @staticmethod
+    def at_step(mods: list, step: int) -> list:
+        """One step's modulations out of ``modulations`` of a schedule (leading step axis)."""
+        return [[tuple(t[step] for t in stream) for stream in block] for block in mods]
+
+    def forward(self, xs: list[torch.Tensor], mods: list, cache: list) -> list[torch.Tensor]:
+        """``mods``: ``modulations(tembs)`` for these tokens' time embeddings."""
+        for block, block_mods, block_cache in zip(self.blocks, mods[:-1], cache, strict=True):
+            xs = block(xs, block_mods, block_cache)
+        return [
+            torch.addcmul(shift, self.final_norm(x), scale)
+            for x, (shift, scale) in zip(xs, mods[-1], strict=False)
+        ]
