@@ -55,6 +55,7 @@ def main(image_size: int, state_dim: int, action_dim: int, repeats: int, threads
         "policy": "LeRobot ACT (default config)",
         "lerobot": lerobot.__version__,
         "torch": torch.__version__,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),  # under an ISA cap, the capped one
         "params_m": round(sum(p.numel() for p in policy.parameters()) / 1e6, 2),
         "chunk_shape": list(chunk.shape),
         "median_ms": round(float(np.median(times)), 1),

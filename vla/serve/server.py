@@ -118,6 +118,8 @@ class PolicyServer:
         self.cfg = cfg
         self.checkpoint = Path(cfg.checkpoint)
         self.policy = policy if policy is not None else load_policy(self.checkpoint, device=cfg.device)
+        if cfg.compile:
+            self.policy.compile_for_acting()
         meta = self.policy.meta
         self.engine = InferenceEngine(self.policy, cfg.action_steps, cfg.vision_steps)
         self.parser = ObservationParser(
