@@ -397,6 +397,25 @@ MUTATIONS = [
         ("tests/test_models.py::test_folded_batchnorm_acts_like_the_reference_encoder",),
     ),
     Mutation(
+        "schedule-step",
+        "the precomputed sampling schedule gives every denoising step the first step's modulations",
+        "vla/models/heads/flow.py",
+        "        return [self.transformer.at_step(mods, i) for i in range(steps)], self._state_tokens(",
+        "        return [self.transformer.at_step(mods, 0) for i in range(steps)], self._state_tokens(",
+        ("tests/test_models.py::test_precomputed_schedule_samples_like_the_reference",),
+    ),
+    Mutation(
+        "act-threads",
+        "act_threads auto never restores the process's thread count after a chunk",
+        "vla/hardware.py",
+        "    finally:\n        torch.set_num_threads(previous)\n",
+        "    finally:\n        pass\n",
+        (
+            "tests/test_models.py::"
+            "test_act_threads_auto_acts_on_one_thread_at_batch_one_under_passive_waiting",
+        ),
+    ),
+    Mutation(
         "hold-zero",
         "an absolute-position robot holds at zero (the issue's SO-101 jump), not at its measured position",
         "packages/vla-client/vla_client/safety.py",

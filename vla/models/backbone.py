@@ -130,7 +130,8 @@ class EfficientNetLite0Encoder(nn.Module):
         self.dim = 1280
         self.fold_batchnorm = True  # False: the reference path (tests compare the two)
         self.compile = False  # True: the folded copy runs through torch.compile (compile_for_acting)
-        # the folded copy (and its compiled form) is not a submodule: state_dict and checkpoints stay as they are
+        # the folded copy (and its compiled form) is not a submodule: state_dict and checkpoints stay as
+        # they are
         object.__setattr__(self, "_folded", None)
         object.__setattr__(self, "_compiled", None)
         self.register_load_state_dict_pre_hook(lambda *args, **kwargs: self._forget_folded())

@@ -32,8 +32,8 @@ Prefix = tuple[torch.Tensor, torch.Tensor]  # tokens (B, L, width), mask (B, L)
 
 
 class Policy(nn.Module):
-    # torch threads while predict_chunk runs: "auto" (vla.hardware.acting_threads: one at batch 1 under passive
-    # OpenMP waiting), an int, or None (the process's setting)
+    # torch threads while predict_chunk runs: "auto" (vla.hardware.acting_threads: one at batch 1 under
+    # passive OpenMP waiting), an int, or None (the process's setting)
     act_threads: int | str | None = "auto"
 
     def __init__(self, config: PolicyConfig, meta: DatasetMeta, normalizer: Normalizer):
@@ -72,9 +72,10 @@ class Policy(nn.Module):
         )
 
     def compile_for_acting(self) -> Policy:
-        """``torch.compile`` the acting path: the frozen vision encoder's folded copy (its weights frozen into the
-        graph; weights loaded later are compiled again at the next chunk) and the head's velocity. The first
-        chunk of each batch size takes tens of seconds; the gain is measured in benchmarks/peer_latency.py."""
+        """``torch.compile`` the acting path: the frozen vision encoder's folded copy (its weights frozen
+        into the graph; weights loaded later are compiled again at the next chunk) and the head's velocity.
+        The first chunk of each batch size takes tens of seconds; the gain is measured in
+        benchmarks/peer_latency.py."""
         vision = getattr(self.backbone, "vision", None)
         if hasattr(vision, "compile_for_acting"):
             vision.compile_for_acting()

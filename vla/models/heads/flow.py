@@ -266,9 +266,7 @@ class FlowHead(nn.Module):
         for step in range(1, steps):
             taus_a[step] = taus_a[step - 1] + (1.0 / n_a if step % q == 0 else 0.0)
             taus_o[step] = taus_o[step - 1] + 1.0 / max(n_o, 1)
-        planned = (
-            self.schedule(state, taus_a, taus_o if n_o else None) if self.precompute_schedule else None
-        )
+        planned = self.schedule(state, taus_a, taus_o if n_o else None) if self.precompute_schedule else None
         if guide is not None:
             w = guide_weights.to(device)
             eps0, w = x.clone(), (w[None, :, None] if w.ndim == 1 else w[:, :, None])

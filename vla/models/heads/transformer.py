@@ -75,7 +75,9 @@ class Block(nn.Module):
             mods.append((shift1, 1 + scale1, gate1, shift2, 1 + scale2, gate2))
         return mods
 
-    def forward(self, xs: list[torch.Tensor], mods: list[tuple[torch.Tensor, ...]], cache) -> list[torch.Tensor]:
+    def forward(
+        self, xs: list[torch.Tensor], mods: list[tuple[torch.Tensor, ...]], cache
+    ) -> list[torch.Tensor]:
         qkvs = []
         # zip stops at len(xs): a block built for two streams also runs the action stream alone
         for x, (shift1, scale1, _, _, _, _), w in zip(xs, mods, self.streams, strict=False):
@@ -94,11 +96,11 @@ class Block(nn.Module):
             attended = [_merge(F.scaled_dot_product_attention(q, k, v)) for q, k, v in qkvs]
         else:
             pk, pv, pmask = cache
-            attended = [
-                _merge(F.scaled_dot_product_attention(q, pk, pv, attn_mask=pmask)) for (q,) in qkvs
-            ]
+            attended = [_merge(F.scaled_dot_product_attention(q, pk, pv, attn_mask=pmask)) for (q,) in qkvs]
         out = []
-        for x, a, (_, _, gate1, shift2, scale2, gate2), w in zip(xs, attended, mods, self.streams, strict=False):
+        for x, a, (_, _, gate1, shift2, scale2, gate2), w in zip(
+            xs, attended, mods, self.streams, strict=False
+        ):
             x = torch.addcmul(x, gate1, w.out(a))
             x = torch.addcmul(x, gate2, w.mlp(torch.addcmul(shift2, w.norm2(x), scale2)))
             out.append(x)
