@@ -133,9 +133,9 @@ def test_async_schedule_counts(demo, n_a, n_o, expected):
     policy = make_policy(demo).eval()
     calls, velocity = [], policy.head.velocity
 
-    def counting(cache, state, actions, tau_a, vision=None, tau_o=None):
+    def counting(cache, state, actions, tau_a, vision=None, tau_o=None, **precomputed):
         calls.append((float(tau_a[0]), vision is not None))
-        return velocity(cache, state, actions, tau_a, vision, tau_o)
+        return velocity(cache, state, actions, tau_a, vision, tau_o, **precomputed)
 
     policy.head.velocity = counting
     policy.predict_chunk(obs_from(demo[2]), action_steps=n_a, vision_steps=n_o)
@@ -871,7 +871,6 @@ def test_act_threads_auto_acts_on_one_thread_at_batch_one_under_passive_waiting(
 
     policy = make_policy(demo).eval()
     seen = []
-    policy.head.register_forward_pre_hook(lambda *args: None)
     original = policy.encode
 
     def encode(obs):
