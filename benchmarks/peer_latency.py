@@ -46,6 +46,8 @@ class BenchConfig:
     vision_dtypes: list[str] = field(default_factory=lambda: ["float32"])
     encoder_sizes: list[int] = field(default_factory=lambda: [128, 64])
     compile: list[bool] = field(default_factory=lambda: [False, True])
+    # trained checkpoints timed too (e.g. the grounding-stem recipe), on observations of their own shapes
+    checkpoints: list[str] = field(default_factory=list)
     repeats: int = 30
     threads: int = 2
     image_size: int = 64
@@ -85,6 +87,35 @@ def ours(cfg: BenchConfig, vision_dtype: str, encoder_size: int, compiled: bool)
     }
 
 
+def trained(cfg: BenchConfig, path: str, compiled: bool) -> dict:
+    """A trained checkpoint (its own recipe: grounding, tokens, encoder size), batch 1, eager or compiled."""
+    from vla.models import load_policy
+
+    policy = load_policy(path)
+    if compiled:
+        policy.compile_for_acting()
+    meta, rng = policy.meta, np.random.default_rng(0)
+    obs = {
+        "images": {c: rng.integers(0, 256, (1, *meta.image_shape(c)), dtype=np.uint8) for c in meta.cameras},
+        "state": rng.normal(size=(1, meta.state_dim)).astype(np.float32),
+        "instruction": ["push the red block onto the blue pad"],
+    }
+    times = time_chunks(policy, obs, cfg.repeats)
+    backbone = policy.config.backbone
+    return {
+        "policy": f"checkpoint {path}",
+        "grounding": policy.config.grounding.enabled,
+        "head": policy.config.head.kind,
+        "encoder_size": backbone.image_size,
+        "cameras": {c: list(meta.image_shape(c)) for c in meta.cameras},
+        "compiled": compiled,
+        "params_m": round(sum(p.numel() for p in policy.parameters()) / 1e6, 2),
+        "chunk_shape": [1, policy.config.horizon, meta.action_dim],
+        "median_ms": round(float(np.median(times)), 1),
+        "p95_ms": round(float(np.percentile(times, 95)), 1),
+    }
+
+
 def act(cfg: BenchConfig) -> dict:
     python = Path(cfg.lerobot_python)
     python = python if python.is_absolute() else ROOT / python
@@ -112,6 +143,7 @@ def main(argv: list[str]) -> dict:
         for size in cfg.encoder_sizes
         for compiled in cfg.compile
     ]
+    rows += [trained(cfg, path, compiled) for path in cfg.checkpoints for compiled in cfg.compile]
     for row in rows:
         row["ratio_to_act"] = round(row["median_ms"] / peer["median_ms"], 3)
     return {

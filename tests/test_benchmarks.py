@@ -30,6 +30,7 @@ def test_bench_list(capsys):
         "data_throughput",
         "env_speed",
         "expert_success",
+        "fast_path_eval",
         "openloop_error",
         "peer_latency",
         "policy_latency",

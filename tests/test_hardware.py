@@ -42,6 +42,18 @@ def test_auto_on_an_avx2_only_cpu_picks_float32(monkeypatch):
     dtype, why = hardware.pick_vision_dtype("auto", trainable=False)
     assert dtype == "float32" and "AMD EPYC 7B13" in why and "no native bf16" in why
     monkeypatch.setattr(hardware, "_cpuinfo", lambda: {**epyc, "flags": epyc["flags"] + " avx512_bf16"})
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert hardware.pick_vision_dtype("auto", trainable=False)[0] == "bfloat16"
+    # a CPU with bf16 capped to AVX2 (how benchmarks/peer_latency.py measures "a CPU without bf16") computes
+    # as one without it
+    for name, value in (("ATEN_CPU_CAPABILITY", "avx2"), ("ONEDNN_MAX_CPU_ISA", "AVX2")):
+        monkeypatch.setenv(name, value)
+        dtype, why = hardware.pick_vision_dtype("auto", trainable=False)
+        assert dtype == "float32" and f"{name}={value} caps" in why
+        assert hardware.cpu_info()["isa_cap"] == f"{name}={value}"
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")  # a cap above bf16 keeps it
     assert hardware.pick_vision_dtype("auto", trainable=False)[0] == "bfloat16"
 
 

@@ -931,3 +931,42 @@ def test_compiled_acting_path_gives_the_eager_chunks(demo):
     policy.backbone.vision.compile = False
     np.testing.assert_allclose(changed, chunk(), atol=1e-4)
     assert np.abs(changed - eager).max() > 1e-3
+
+
+def test_vlm_prefix_runs_only_the_layers_it_reads(demo, tmp_path):
+    """The VLM backbone's prefix comes from hidden layer ``layer``: the language model runs layer + 1 decoder
+    layers, not all of them, and the prefix is the full model's (the reference) within 1e-5."""
+    from vla.models.tiny_vlm import save_tiny_idefics3
+
+    path = save_tiny_idefics3(tmp_path / "vlm", layers=5)
+    cfg = PolicyConfig()
+    cfg.backbone.kind, cfg.backbone.vlm_path, cfg.backbone.layer = "vlm", str(path), 2
+    cfg.backbone.tokens_per_image = cfg.head.vision_tokens = 4
+    torch.manual_seed(0)
+    policy = Policy(cfg, demo[0].meta, demo[1]).eval()
+    backbone = policy.backbone
+    images, state, instructions = policy._inputs(demo[2]["images"], demo[2]["state"], demo[2]["instruction"])
+    layers = backbone.model.get_decoder().layers
+    calls = []
+    for i, layer in enumerate(layers):
+        layer.register_forward_hook(lambda module, args, out, i=i: calls.append(i))
+    with torch.no_grad():
+        fast = backbone(images, instructions, state)
+        assert calls == [0, 1, 2]  # layer 2's output needs three layers (then the config is restored)
+        assert backbone.model.get_decoder().config.num_hidden_layers == 5
+        calls.clear()
+        backbone.config.layer = -1  # the last layer: every layer runs (the reference path's cost)
+        backbone(images, instructions, state)
+        assert calls == [0, 1, 2, 3, 4]
+        backbone.config.layer = 2
+        full = backbone.model(**backbone._encode(images, instructions), output_hidden_states=True)
+    reference = full.hidden_states[2]
+    inputs = backbone._encode(images, instructions)
+    is_text = (inputs["input_ids"] != backbone.image_token_id) & inputs["attention_mask"].bool()
+    text_tokens = backbone.proj(reference[0][is_text[0]])
+    n_image = cfg.backbone.tokens_per_image
+    np.testing.assert_allclose(
+        fast[0][0, n_image : n_image + len(text_tokens)].detach().numpy(),
+        text_tokens.detach().numpy(),
+        atol=1e-5,
+    )

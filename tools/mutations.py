@@ -405,6 +405,14 @@ MUTATIONS = [
         ("tests/test_models.py::test_precomputed_schedule_samples_like_the_reference",),
     ),
     Mutation(
+        "vlm-layers",
+        "the VLM prefix stops at its layer, whose output transformers then reports after the final norm",
+        "vla/models/vlm.py",
+        "        config.num_hidden_layers = layer + 1\n",
+        "        config.num_hidden_layers = layer\n",
+        ("tests/test_models.py::test_vlm_prefix_runs_only_the_layers_it_reads",),
+    ),
+    Mutation(
         "act-threads",
         "act_threads auto never restores the process's thread count after a chunk",
         "vla/hardware.py",

@@ -52,12 +52,30 @@ def native_bf16_flags() -> list[str]:
     return [f for f in BF16_FLAGS if f in flags]
 
 
+# instruction-set caps below bf16 (torch's ATEN_CPU_CAPABILITY, oneDNN's ONEDNN_MAX_CPU_ISA): set, this CPU
+# computes as an older one, and bfloat16 would be emulated even where /proc/cpuinfo lists bf16 instructions
+ATEN_CAPS_WITHOUT_BF16 = ("default", "avx2")
+ONEDNN_CAPS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
+def isa_cap_without_bf16() -> str | None:
+    """The environment's instruction-set cap that rules native bfloat16 out (``NAME=value``), or None."""
+    aten = os.environ.get("ATEN_CPU_CAPABILITY", "").strip()
+    if aten.lower() in ATEN_CAPS_WITHOUT_BF16:
+        return f"ATEN_CPU_CAPABILITY={aten}"
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip()
+    if onednn.upper() in ONEDNN_CAPS_WITHOUT_BF16:
+        return f"ONEDNN_MAX_CPU_ISA={onednn}"
+    return None
+
+
 def cpu_info() -> dict[str, object]:
     """The CPU as every benchmark and results summary records it."""
     return {
         "cpu": cpu_model(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "native_bf16": native_bf16_flags(),
+        "isa_cap": isa_cap_without_bf16(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
@@ -79,6 +97,12 @@ def pick_vision_dtype(requested: str, trainable: bool) -> tuple[str, str]:
         return "float32", f"the GPU ({torch.cuda.get_device_name()}) has no native bfloat16"
     native = native_bf16_flags()
     capability = torch.backends.cpu.get_cpu_capability()
+    cap = isa_cap_without_bf16()
+    if native and cap:
+        return "float32", (
+            f"the CPU ({cpu_model()}) has native bf16 instructions ({', '.join(native)}), but {cap} caps "
+            "the instruction sets below them: bfloat16 would be emulated"
+        )
     if native:
         return "bfloat16", f"the CPU ({cpu_model()}) has native bf16 instructions ({', '.join(native)})"
     return "float32", (

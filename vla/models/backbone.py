@@ -80,6 +80,10 @@ class SiglipEncoder(nn.Module):
         super().__init__()
         from transformers import SiglipVisionConfig, SiglipVisionModel
 
+        if config.image_size is None and not config.vision_path:
+            raise ValueError(
+                "backbone.image_size: null (the camera's own size) needs vision=efficientnet_lite0"
+            )
         if config.vision_path:
             self.model = from_pretrained(SiglipVisionModel, config.vision_path, "backbone.vision_path")
         else:
@@ -138,7 +142,7 @@ class EfficientNetLite0Encoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = (images.permute(0, 3, 1, 2).float() - 127.0) / 128.0  # the weights' input normalization
-        if x.shape[-2:] != (self.image_size, self.image_size):
+        if self.image_size is not None and x.shape[-2:] != (self.image_size, self.image_size):
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
         x = x.to(self.model._conv_stem.weight.dtype)  # backbone.vision_dtype
         model = self._model_for_this_call()

