@@ -298,3 +298,19 @@ def test_serve_attack_keeps_honest_answers_correct_and_memory_flat():
         assert all(code == 0 for code in r["attacker_exit_codes"].values()), r["attacker_exit_codes"]
     assert result["worst_p99_ratio"] < 10
     assert result["rss_growth_after_round_1_mb"] < 100
+
+
+def test_fast_path_eval_replays_the_same_episodes_on_both_paths(random_checkpoint):
+    """benchmarks/fast_path_eval.py on a woken random checkpoint: the fast and the reference path act on
+    the same seeds, so the outcomes agree and the executed actions differ by float rounding only."""
+    result = run_benchmark(
+        "fast_path_eval",
+        f"checkpoint={random_checkpoint}",
+        "episodes=2",
+        "eval=['max_steps=12','num_envs=2']",
+    )
+    fast, reference = result["fast"], result["reference"]
+    assert fast["episodes"] == reference["episodes"] == 2
+    assert fast["successes"] == reference["successes"] and result["episodes_with_another_outcome"] == []
+    assert 0 <= result["max_action_difference"] < 1e-4
+    assert fast["chunk_median_ms"] > 0 and reference["chunk_median_ms"] > 0
