@@ -44,7 +44,7 @@ class BenchConfig:
     preset: str = "small"
     head: str = "dual_stream"
     vision_dtypes: list[str] = field(default_factory=lambda: ["float32"])
-    encoder_sizes: list[int] = field(default_factory=lambda: [128, 64])
+    encoder_sizes: list[int | None] = field(default_factory=lambda: [128, 64])  # None: the camera's own
     compile: list[bool] = field(default_factory=lambda: [False, True])
     # trained checkpoints timed too (e.g. the grounding-stem recipe), on observations of their own shapes
     checkpoints: list[str] = field(default_factory=list)
@@ -54,7 +54,7 @@ class BenchConfig:
     lerobot_python: str = ".venv-lerobot/bin/python"
 
 
-def ours(cfg: BenchConfig, vision_dtype: str, encoder_size: int, compiled: bool) -> dict:
+def ours(cfg: BenchConfig, vision_dtype: str, encoder_size: int | None, compiled: bool) -> dict:
     config = to_object(
         yaml.safe_load((config_dir() / "policy" / f"{cfg.preset}.yaml").read_text()), PolicyConfig
     )
@@ -102,8 +102,10 @@ def trained(cfg: BenchConfig, path: str, compiled: bool) -> dict:
     }
     times = time_chunks(policy, obs, cfg.repeats)
     backbone = policy.config.backbone
+    vision = next((p for n, p in policy.named_parameters() if n.startswith("backbone.vision")), None)
     return {
         "policy": f"checkpoint {path}",
+        "vision_dtype_resolved": None if vision is None else str(vision.dtype).removeprefix("torch."),
         "grounding": policy.config.grounding.enabled,
         "head": policy.config.head.kind,
         "encoder_size": backbone.image_size,
