@@ -72,15 +72,14 @@ class Policy(nn.Module):
         )
 
     def compile_for_acting(self) -> Policy:
-        """``torch.compile`` the acting path: the frozen vision encoder's folded copy (its weights frozen
-        into the graph; weights loaded later are compiled again at the next chunk) and the head's velocity.
-        The first chunk of each batch size takes tens of seconds; the gain is measured in
-        benchmarks/peer_latency.py."""
+        """``torch.compile`` the frozen vision encoder's acting copy (its folded weights frozen into the
+        graph; weights loaded later are compiled again at the next chunk). The first chunk of each batch size
+        takes tens of seconds; the gain is measured in benchmarks/peer_latency.py. The head is not compiled:
+        with torch 2.13 its compiled graph corrupted the heap on one thread of an AVX-512 CPU, and it gained
+        2-3 ms where it ran (docs/architecture.md, "Compiled acting")."""
         vision = getattr(self.backbone, "vision", None)
         if hasattr(vision, "compile_for_acting"):
             vision.compile_for_acting()
-        head = self.head.net if hasattr(self.head, "net") else self.head
-        head.velocity = torch.compile(head.velocity, dynamic=False)
         return self
 
     @property

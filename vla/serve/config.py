@@ -49,8 +49,8 @@ class ServeConfig:
     seed: int = 0  # requests without a seed draw noise from (seed, connection, request count)
     device: str = "cpu"
     warmup: bool = True  # run the batch sizes once before accepting clients
-    # torch.compile the acting path (Policy.compile_for_acting): faster chunks after a warm-up of tens of
-    # seconds per batch size (benchmarks/peer_latency.py); with warmup it happens before clients are accepted
+    # torch.compile the frozen vision encoder (Policy.compile_for_acting): faster chunks after a warm-up of
+    # tens of seconds per batch size (benchmarks/peer_latency.py); with warmup, before clients are accepted
     compile: bool = False
     ping_interval_s: float | None = 20.0  # drops clients that vanish without closing
 
