@@ -46,6 +46,7 @@ class BenchConfig:
     vision_dtypes: list[str] = field(default_factory=lambda: ["float32"])
     encoder_sizes: list[int | None] = field(default_factory=lambda: [128, 64])  # None: the camera's own
     compile: list[bool] = field(default_factory=lambda: [False, True])
+    act_threads: list[str | None] = field(default_factory=lambda: ["auto"])  # None: `threads` throughout
     # trained checkpoints timed too (e.g. the grounding-stem recipe), on observations of their own shapes
     checkpoints: list[str] = field(default_factory=list)
     repeats: int = 30
@@ -54,7 +55,9 @@ class BenchConfig:
     lerobot_python: str = ".venv-lerobot/bin/python"
 
 
-def ours(cfg: BenchConfig, vision_dtype: str, encoder_size: int | None, compiled: bool) -> dict:
+def ours(
+    cfg: BenchConfig, vision_dtype: str, encoder_size: int | None, compiled: bool, act_threads: str | None
+) -> dict:
     config = to_object(
         yaml.safe_load((config_dir() / "policy" / f"{cfg.preset}.yaml").read_text()), PolicyConfig
     )
@@ -63,6 +66,7 @@ def ours(cfg: BenchConfig, vision_dtype: str, encoder_size: int | None, compiled
     config.backbone.image_size = encoder_size
     torch.manual_seed(0)
     policy = Policy(config, builtin_push_meta(cfg.image_size), identity_normalizer()).eval()
+    policy.act_threads = act_threads
     if compiled:
         policy.compile_for_acting()
     rng = np.random.default_rng(0)
@@ -80,6 +84,7 @@ def ours(cfg: BenchConfig, vision_dtype: str, encoder_size: int | None, compiled
         "vision_dtype_resolved": str(vision.dtype).removeprefix("torch."),
         "encoder_size": encoder_size,
         "compiled": compiled,
+        "act_threads": act_threads,
         "params_m": round(sum(p.numel() for p in policy.parameters()) / 1e6, 2),
         "chunk_shape": [1, config.horizon, 2],
         "median_ms": round(float(np.median(times)), 1),
@@ -140,10 +145,11 @@ def main(argv: list[str]) -> dict:
     torch.set_num_threads(cfg.threads)
     peer = act(cfg)
     rows = [
-        ours(cfg, dtype, size, compiled)
+        ours(cfg, dtype, size, compiled, threads)
         for dtype in cfg.vision_dtypes
         for size in cfg.encoder_sizes
         for compiled in cfg.compile
+        for threads in cfg.act_threads
     ]
     rows += [trained(cfg, path, compiled) for path in cfg.checkpoints for compiled in cfg.compile]
     for row in rows:
