@@ -115,8 +115,8 @@ def acting_threads(batch: int) -> int | None:
     """Intra-op threads for one chunk of ``batch`` observations (``Policy.act_threads = "auto"``): one at
     batch 1 where OpenMP waits passively (``OMP_WAIT_POLICY=PASSIVE``, as the Makefile sets it), else None
     (torch's setting). A batch-1 chunk of the small preset is a few hundred small ops, and under passive
-    waiting every parallel op pays a thread wake-up: on 2 cores it took 55 ms with two threads and 28 ms with
-    one (docs/architecture.md, "Acting threads")."""
+    waiting every parallel op pays a thread wake-up: on 2 cores it took 40.2 ms on two threads and 12.6 ms on
+    one (docs/figures/peer_latency_threads.json)."""
     if batch == 1 and os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE":
         return 1
     return None
