@@ -55,6 +55,25 @@ class BenchConfig:
     lerobot_python: str = ".venv-lerobot/bin/python"
 
 
+def timed(policy: Policy, repeats: int, **sampling) -> dict:
+    """Batch-1 chunk latency of ``policy`` on a random observation of its own shapes, and what it ran."""
+    meta, rng = policy.meta, np.random.default_rng(0)
+    obs = {
+        "images": {c: rng.integers(0, 256, (1, *meta.image_shape(c)), dtype=np.uint8) for c in meta.cameras},
+        "state": rng.normal(size=(1, meta.state_dim)).astype(np.float32),
+        "instruction": ["push the red block onto the blue pad"],
+    }
+    times = time_chunks(policy, obs, repeats, **sampling)
+    vision = next((p for n, p in policy.named_parameters() if n.startswith("backbone.vision")), None)
+    return {
+        "vision_dtype_resolved": None if vision is None else str(vision.dtype).removeprefix("torch."),
+        "params_m": round(sum(p.numel() for p in policy.parameters()) / 1e6, 2),
+        "chunk_shape": [1, policy.config.horizon, meta.action_dim],
+        "median_ms": round(float(np.median(times)), 1),
+        "p95_ms": round(float(np.percentile(times, 95)), 1),
+    }
+
+
 def ours(
     cfg: BenchConfig, vision_dtype: str, encoder_size: int | None, compiled: bool, act_threads: str | None
 ) -> dict:
@@ -69,26 +88,14 @@ def ours(
     policy.act_threads = act_threads
     if compiled:
         policy.compile_for_acting()
-    rng = np.random.default_rng(0)
-    obs = {
-        "images": {"top": rng.integers(0, 256, (1, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)},
-        "state": rng.normal(size=(1, 4)).astype(np.float32),
-        "instruction": ["push the red block onto the blue pad"],
-    }
     extra = {"vision_steps": 0} if cfg.head == "dual_stream" else {}
-    times = time_chunks(policy, obs, cfg.repeats, **extra)
-    vision = next(p for n, p in policy.named_parameters() if n.startswith("backbone.vision"))
     return {
         "policy": f"vla {cfg.preset} {cfg.head}" + (" (N_A = 4, N_o = 0)" if extra else ""),
         "vision_dtype": vision_dtype,
-        "vision_dtype_resolved": str(vision.dtype).removeprefix("torch."),
         "encoder_size": encoder_size,
         "compiled": compiled,
         "act_threads": act_threads,
-        "params_m": round(sum(p.numel() for p in policy.parameters()) / 1e6, 2),
-        "chunk_shape": [1, config.horizon, 2],
-        "median_ms": round(float(np.median(times)), 1),
-        "p95_ms": round(float(np.percentile(times, 95)), 1),
+        **timed(policy, cfg.repeats, **extra),
     }
 
 
@@ -99,27 +106,15 @@ def trained(cfg: BenchConfig, path: str, compiled: bool) -> dict:
     policy = load_policy(path)
     if compiled:
         policy.compile_for_acting()
-    meta, rng = policy.meta, np.random.default_rng(0)
-    obs = {
-        "images": {c: rng.integers(0, 256, (1, *meta.image_shape(c)), dtype=np.uint8) for c in meta.cameras},
-        "state": rng.normal(size=(1, meta.state_dim)).astype(np.float32),
-        "instruction": ["push the red block onto the blue pad"],
-    }
-    times = time_chunks(policy, obs, cfg.repeats)
-    backbone = policy.config.backbone
-    vision = next((p for n, p in policy.named_parameters() if n.startswith("backbone.vision")), None)
+    meta = policy.meta
     return {
         "policy": f"checkpoint {path}",
-        "vision_dtype_resolved": None if vision is None else str(vision.dtype).removeprefix("torch."),
         "grounding": policy.config.grounding.enabled,
         "head": policy.config.head.kind,
-        "encoder_size": backbone.image_size,
+        "encoder_size": policy.config.backbone.image_size,
         "cameras": {c: list(meta.image_shape(c)) for c in meta.cameras},
         "compiled": compiled,
-        "params_m": round(sum(p.numel() for p in policy.parameters()) / 1e6, 2),
-        "chunk_shape": [1, policy.config.horizon, meta.action_dim],
-        "median_ms": round(float(np.median(times)), 1),
-        "p95_ms": round(float(np.percentile(times, 95)), 1),
+        **timed(policy, cfg.repeats),
     }
 
 

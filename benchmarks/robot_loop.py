@@ -27,10 +27,9 @@ import torch
 import yaml
 
 sys.path.insert(0, os.path.dirname(__file__))
-from policy_latency import builtin_push_meta, identity_normalizer  # noqa: E402
+from policy_latency import builtin_push_meta, identity_normalizer, machine  # noqa: E402
 
 from vla.config import compose, config_dir, to_object  # noqa: E402
-from vla.hardware import cpu_info  # noqa: E402
 from vla.models import Policy, PolicyConfig, save_policy  # noqa: E402
 from vla.serve import ControlLoop, RobotClient, ServerProcess, SimRobot  # noqa: E402
 
@@ -105,9 +104,7 @@ def main(argv: list[str]) -> dict:
         "config": asdict(cfg),
         "rows": rows,
         "machine": {
-            **cpu_info(),
-            "cpus": os.cpu_count(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            **machine(torch.get_num_threads()),
             "note": "server, loop and simulated robot share this machine's cores",
         },
     }

@@ -36,10 +36,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from policy_latency import builtin_push_meta, identity_normalizer  # noqa: E402
+from policy_latency import builtin_push_meta, identity_normalizer, machine  # noqa: E402
 
 from vla.config import compose, to_object  # noqa: E402
-from vla.hardware import cpu_info  # noqa: E402
 from vla.models import Policy, PolicyConfig, load_policy, save_policy  # noqa: E402
 from vla.serve import RobotClient, ServerProcess, packb  # noqa: E402
 
@@ -229,9 +228,7 @@ def main(argv: list[str]) -> dict:
         "honest_wrong": sum(r["attacked"]["wrong"] + r["alone"]["wrong"] for r in rounds),
         "honest_failed": sum(r["attacked"]["failed"] + r["alone"]["failed"] for r in rounds),
         "machine": {
-            **cpu_info(),
-            "cpus": os.cpu_count(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            **machine(torch.get_num_threads()),
             "note": "server, honest clients and attackers share this machine's cores",
         },
     }

@@ -26,11 +26,10 @@ import torch
 import yaml
 
 sys.path.insert(0, os.path.dirname(__file__))
-from policy_latency import builtin_push_meta, identity_normalizer, time_chunks  # noqa: E402
+from policy_latency import builtin_push_meta, identity_normalizer, machine, time_chunks  # noqa: E402
 
 from vla.config import compose, config_dir, to_object  # noqa: E402
 from vla.data.observation import stack_observations
-from vla.hardware import cpu_info
 from vla.models import Policy, PolicyConfig, save_policy  # noqa: E402
 from vla.serve import RobotClient, ServerProcess  # noqa: E402
 
@@ -147,14 +146,7 @@ def main(argv: list[str]) -> dict:
         "benchmark": "serve_latency",
         "config": asdict(cfg),
         "rows": rows,
-        "machine": {
-            **cpu_info(),
-            "cpus": os.cpu_count(),
-            "threads": cfg.threads,
-            "torch": torch.__version__,
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-            "note": "server and clients share this machine's cores",
-        },
+        "machine": {**machine(cfg.threads), "note": "server and clients share this machine's cores"},
     }
 
 
