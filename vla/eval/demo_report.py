@@ -1,6 +1,6 @@
 """The end of `make demo`: the policy's two result rows, a video of a successful episode, what to try next.
 
-    python -m vla.eval.demo_report runs/demo [--started UNIX_SECONDS]
+    python -m vla.eval.demo_report runs/demo-reach [--started UNIX_SECONDS]
 
 Reads ``<run>/eval/eval.json`` (held-out scenes, the instruction as given) and ``<run>/eval-swap/eval.json``
 (the same scenes, another block named; success still judged on the original block, so a policy that follows
@@ -83,7 +83,7 @@ def summarize(run: Path, started: float | None = None, now: float | None = None)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, help="the demo's run directory (runs/demo)")
+    parser.add_argument("run", type=Path, help="the demo's run directory (runs/demo-reach)")
     parser.add_argument("--started", type=float, help="when the demo started (unix seconds)")
     args = parser.parse_args(argv)
     try:
