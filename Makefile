@@ -75,6 +75,16 @@ $(LEROBOT_VENV)/.installed-vla-client: $(LEROBOT_STAMP) packages/vla-client/pypr
 test-lerobot: setup $(LEROBOT_STAMP) $(LEROBOT_VENV)/.installed-vla-client
 	VLA_LEROBOT_PYTHON=$(abspath $(LEROBOT_VENV))/bin/python $(PY) -m pytest -q -m lerobot
 
+# LeRobot's ACT on our demos, our training budget, our evaluation (benchmarks/lerobot_act_compare.py;
+# docs/results.md). Its trainer needs lerobot[training]. Tens of minutes each; not in CI.
+$(LEROBOT_VENV)/.installed-lerobot-training: $(LEROBOT_STAMP)
+	$(LEROBOT_VENV)/bin/python -m pip install -q "lerobot[training,dataset]==0.6.1" torch==2.11.0 torchvision==0.26.0
+	touch $@
+
+lerobot-act-%: setup $(LEROBOT_VENV)/.installed-vla-client $(LEROBOT_VENV)/.installed-lerobot-training
+	$(PY) benchmarks/lerobot_act_compare.py compare_with=$* lerobot_python=$(abspath $(LEROBOT_VENV))/bin/python \
+	    $(if $(filter builtin,$*),task=builtin/push)
+
 # vla-client alone (numpy, websockets, msgpack from PyPI; no torch) on the oldest and newest Pythons it supports:
 # a fresh venv each, then tools/client_smoke.py. Not in CI (it needs those interpreters).
 CLIENT_PYTHONS ?= $(shell ls -d $$HOME/.pyenv/versions/3.10*/bin/python3.10 $$HOME/.pyenv/versions/3.13*/bin/python3.13 2>/dev/null)

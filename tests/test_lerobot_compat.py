@@ -259,3 +259,84 @@ def test_lerobots_so101_follower_runs_the_served_policy_through_the_safety_layer
     assert abs(goals[0, 0] - got["start"][0]) == pytest.approx(18.0, abs=2 * resolution[0])
     assert got["sources"].count("policy") >= 20
     assert got["torque_after_close"] == [0] * 6  # LeRobot's disconnect: torque off
+
+
+# -- LeRobot's own trainer and policy on our demos, evaluated through our protocol -------------------------
+def test_act_trained_by_lerobot_is_served_and_evaluated_through_our_protocol(tmp_path):
+    """benchmarks/lerobot_act_compare.py end to end on the builtin experiment's smoke demos: export, a
+    lerobot-train run stopped at its budget, LeRobot's policy served by _lerobot_act_server.py, `vla eval
+    url=`. Then that server answers a bad request with an error and keeps serving; its chunks follow the
+    state."""
+    import socket
+    import sys
+
+    from vla_client import RobotClient, ServerError
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import lerobot_act_compare as compare
+
+    python = os.environ.get("VLA_LEROBOT_PYTHON")
+    if not python:
+        pytest.fail("set VLA_LEROBOT_PYTHON to the LeRobot venv's python (`make test-lerobot` does)")
+    root = Path(__file__).resolve().parent.parent
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = [
+        "compare_with=builtin",
+        "task=builtin/push",
+        "smoke=true",
+        "budget_s=60",
+        "save_every=4",
+        "batch_size=2",
+        "episodes=2",
+        f"port={port}",
+        f"lerobot_python={python}",
+        f"out={tmp_path}",
+    ]
+    script = root / "benchmarks" / "lerobot_act_compare.py"
+    out = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=900, cwd=root
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    act = result["act"]
+    assert act["steps"] >= 4 and act["steps"] % 4 == 0 and 0 < act["checkpoint_at_s"] <= act["train_wall_s"]
+    assert act["train_wall_s"] >= 60 and act["samples_per_s"] == round(
+        act["steps"] * 2 / act["checkpoint_at_s"], 1
+    )
+    assert act["episodes"] == 2 and act["latency_ms"]["median"] > 0
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["policy"] == "server" and report["config"]["seed"] == 100000
+    assert report["config"]["execute_steps"] == 1  # the builtin experiment's main evaluation
+    assert (
+        result["ours"]["successes"] == 98 and result["ours"]["train_wall_s"] == 717.4
+    )  # docs/results/builtin
+
+    server = subprocess.Popen(
+        [
+            python,
+            str(root / "benchmarks" / "_lerobot_act_server.py"),
+            act["checkpoint"],
+            "--env=builtin/push",
+            f"--port={port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert compare.wait_ready(server) is not None
+        with RobotClient(f"ws://127.0.0.1:{port}", timeout_s=30) as client:
+            md = client.connect()
+            assert md["cameras"] == ["top"] and md["image_size"] == [64, 64] and md["action_horizon"] == 20
+            image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+            bad = {"images": {"top": image}, "state": np.zeros(3, np.float32), "instruction": "push"}
+            with pytest.raises(ServerError, match=r"state: expected float32 \(4,\)"):
+                client.infer(bad)
+            chunks = [client.infer({**bad, "state": np.full(4, v, np.float32)}).actions for v in (-1.0, 1.0)]
+            assert chunks[0].shape == (20, 2) and np.isfinite(chunks[0]).all()
+            assert not np.allclose(chunks[0], chunks[1])  # the state reaches LeRobot's policy
+    finally:
+        server.terminate()
+        server.wait(30)
