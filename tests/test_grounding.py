@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from vla.models.grounding import GroundedConvStem, coordinate_grid, spatial_softmax
+from vla.models.config import GroundingConfig
+from vla.models.grounding import GroundedConvStem, Grounding, coordinate_grid, spatial_softmax
 
 
 def test_spatial_softmax_finds_a_peak():
@@ -44,11 +45,12 @@ def scenes(n: int, generator: torch.Generator, size: int = 24):
     return images, words, target
 
 
-def test_stem_learns_to_locate_the_named_object():
+@pytest.mark.parametrize("keypoint_scale", [None, 4.0])
+def test_stem_learns_to_locate_the_named_object(keypoint_scale):
     """Language decides the answer: only FiLM can tell the readout which square's position to report."""
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    stem = GroundedConvStem(16, 4, 32, 8, shift_pad=0)
+    stem = GroundedConvStem(16, 4, 32, 8, shift_pad=0, keypoint_scale=keypoint_scale)
     words_embed, readout = nn.Embedding(3, 8), nn.Linear(32, 2)
     params = [*stem.parameters(), *words_embed.parameters(), *readout.parameters()]
     optimizer = torch.optim.Adam(params, lr=3e-3)
@@ -70,6 +72,30 @@ def test_stem_learns_to_locate_the_named_object():
     baseline = (target - target.mean(0)).pow(2).mean().item()  # a readout that ignores the image
     assert error < 0.2 * baseline, (error, baseline)
     assert wrong_word > 3 * error, (wrong_word, error)  # another word points at another square
+
+
+def test_keypoint_scale_is_a_learned_multiplier_on_the_keypoint_logits():
+    """Off (null) there is no parameter, as in checkpoints from before it; on, it starts at the given value,
+    sharpens every keypoint map, and at exp(0) = 1 gives back the unscaled stem's output exactly."""
+    torch.manual_seed(0)
+    plain, scaled = (
+        GroundedConvStem(16, 4, 32, 8, shift_pad=0),
+        GroundedConvStem(16, 4, 32, 8, keypoint_scale=4.0),
+    )
+    assert plain.log_keypoint_scale is None and "log_keypoint_scale" not in plain.state_dict()
+    missing = scaled.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing == ["log_keypoint_scale"] and scaled.log_keypoint_scale.requires_grad
+    assert scaled.log_keypoint_scale.exp().item() == pytest.approx(4.0)
+    images, words, _ = scenes(8, torch.Generator().manual_seed(1))
+    text = torch.randn(8, 8)
+    plain.eval(), scaled.eval()
+    with torch.no_grad():
+        assert not torch.allclose(plain(images, text), scaled(images, text), atol=1e-3)
+        scaled.log_keypoint_scale.zero_()
+        torch.testing.assert_close(plain(images, text), scaled(images, text))
+    config = GroundingConfig(enabled=True, keypoint_scale=2.0)
+    grounding = Grounding(config, 32, ["top"], 4, state_dim=4, target_names=[], horizon=8, action_dim=2)
+    assert grounding.stem.log_keypoint_scale.exp().item() == pytest.approx(2.0)
 
 
 def two_word_scenes(n: int, generator: torch.Generator):

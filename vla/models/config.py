@@ -52,6 +52,9 @@ class GroundingConfig:
     shift: int = 4  # random-shift augmentation (pixels) inside the stem while training; 0 = off
     # stride of the stem's second conv: 2 puts its keypoint maps at 1/4 of the image resolution, 1 at 1/2
     second_stride: int = 2
+    # null: the keypoint maps' logits as the convs give them; a number: a learned multiplier on them (spatial
+    # softmax temperature), starting there. Sharper maps from the first step find the named object sooner
+    keypoint_scale: float | None = None
     text: str = "mean"  # how the stem reads the instruction: mean of its tokens | attention (learned queries)
     action_weight: float = (
         1.0  # weight of loss_ground: the action chunk regressed from the stem's keypoints + state

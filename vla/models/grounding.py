@@ -107,6 +107,7 @@ class GroundedConvStem(nn.Module):
         queries: int = 8,
         text: str = "mean",
         second_stride: int = 2,
+        keypoint_scale: float | None = None,
     ):
         super().__init__()
         if text not in ("mean", "attention"):
@@ -134,6 +135,11 @@ class GroundedConvStem(nn.Module):
         self.grid_proj = nn.Linear(2 * c, width)
         self.grid_pos = nn.Parameter(torch.randn(tokens, width) * 0.02)
         self.keypoint_proj = nn.Linear(2 * c + 2 * queries, width)
+        # a learned multiplier on the keypoint maps' logits, kept positive as exp(log): a near-uniform softmax
+        # over the map points at the image centre whatever the scene, and gives loss_locate little to pull on
+        self.log_keypoint_scale = (
+            nn.Parameter(torch.tensor(math.log(keypoint_scale))) if keypoint_scale is not None else None
+        )
 
     def shift(self, x: torch.Tensor) -> torch.Tensor:
         """Random translation of up to ``shift_pad`` pixels per image (replicate-pad + crop)."""
@@ -172,11 +178,12 @@ class GroundedConvStem(nn.Module):
         x = torch.cat([x, coordinate_grid(h, w, x.device).expand(b, -1, -1, -1)], 1)
         for block in self.blocks:
             x = block(x, text)
-        keypoints = spatial_softmax(self.keypoint_logits(x)).flatten(1)  # (B, 2c)
+        scale = 1.0 if self.log_keypoint_scale is None else self.log_keypoint_scale.exp()
+        keypoints = spatial_softmax(self.keypoint_logits(x) * scale).flatten(1)  # (B, 2c)
         queries = (self.queries(query_text) if self.reader is not None else self.queries(text)).view(
             b, self.n_queries, x.shape[1]
         )
-        scores = torch.einsum("bnc,bchw->bnhw", queries, x) / math.sqrt(x.shape[1])
+        scores = torch.einsum("bnc,bchw->bnhw", queries, x) * (scale / math.sqrt(x.shape[1]))
         named = spatial_softmax(scores).flatten(1)  # (B, 2 * queries): where the instruction points
         keypoints = torch.cat([keypoints, named], 1)
         grid = F.adaptive_avg_pool2d(self.down(x, text), self.side).flatten(2).transpose(1, 2)
@@ -225,6 +232,7 @@ class Grounding(nn.Module):
             config.shift,
             text=config.text,
             second_stride=config.second_stride,
+            keypoint_scale=config.keypoint_scale,
         )
         keypoints = len(self.cameras) * width
         # the head's condition: the normalized state, every camera's keypoint token, then (locate_condition)
