@@ -22,23 +22,28 @@ $(STAMP): pyproject.toml setup.py packages/vla-client/pyproject.toml
 	touch $(STAMP)
 
 DEMO_DATA  := data/demo/reach.zarr
-DEMO_RUN   := runs/demo-reach
+DEMO_RUN   ?= runs/demo-reach
 DEMO_STEPS := 900
+# the seed study in docs/results.md ("The demo") reruns the demo with these: make demo DEMO_SEED=1 DEMO_RUN=...
+DEMO_SEED  ?= 0
+DEMO_KEYPOINT_SCALE ?= 4
 DEMO_CKPT  := $(DEMO_RUN)/checkpoints/step_$(shell printf %06d $(DEMO_STEPS))
 # held-out scenes: the demos are seeds 0-499, the evaluation starts at 100000
 DEMO_EVAL  := checkpoint=$(DEMO_CKPT) episodes=50 seed=100000 noise_scale=0.5
 
 # The main job on the built-in default, builtin/reach ("move to the {colour} block": three blocks, the words pick
-# one): collect -> validate -> train (small preset + the pointing stem, ~6 min on 2 CPU cores) -> evaluate on
+# one): collect -> validate -> train (small preset + the pointing stem, ~5.5 min on 2 CPU cores) -> evaluate on
 # held-out scenes, as instructed and with another block named -> summary. A second run reuses what the first made.
+# keypoint_scale=4: without it the stem found the named block by step 900 with one of three seeds (98, 50, 58%)
 demo: setup
 	@mkdir -p $(DEMO_RUN) && date +%s > $(DEMO_RUN)/started
 	$(VENV)/bin/vla collect env=builtin/reach episodes=500 cameras=[top] out=$(DEMO_DATA)
 	$(VENV)/bin/vla data validate $(DEMO_DATA)
 	$(VENV)/bin/vla data info $(DEMO_DATA)
 	$(VENV)/bin/vla train policy=small grounding=pointing data.path=$(DEMO_DATA) out=$(DEMO_RUN) resume=auto \
-	    "++policy.normalization={state:mean_std,action:min_max,targets:mean_std}" \
-	    trainer.steps=$(DEMO_STEPS) trainer.batch_size=64 trainer.lr=1e-3 trainer.warmup_steps=50 \
+	    policy.grounding.keypoint_scale=$(DEMO_KEYPOINT_SCALE) trainer.seed=$(DEMO_SEED) \
+	    "++policy.normalization={state:mean_std,action:min_max,targets:mean_std}" trainer.steps=$(DEMO_STEPS) \
+	    trainer.batch_size=64 trainer.lr=1e-3 trainer.warmup_steps=50 \
 	    trainer.checkpoint_every=300 trainer.val_every=300
 	$(VENV)/bin/vla eval $(DEMO_EVAL) videos=3 out=$(DEMO_RUN)/eval
 	$(VENV)/bin/vla eval $(DEMO_EVAL) videos=0 instruction_swap=true out=$(DEMO_RUN)/eval-swap

@@ -185,6 +185,16 @@ def test_push_outcomes_counts_what_the_episodes_did(random_checkpoint):
     )
 
 
+def test_push_outcomes_runs_a_reach_policy_on_reach(tmp_path):
+    from conftest import make_random_checkpoint
+
+    reach = make_random_checkpoint(tmp_path / "reach", env="builtin/reach")
+    result = run_benchmark("push_outcomes", f"checkpoint={reach}", "episodes=2", "execute_steps=8")
+    # reach episodes end at 40 steps (push's at 60); a random policy rarely touches the block sooner
+    assert all(0 < e["steps"] <= 40 for e in result["episodes"])
+    assert max(e["steps"] for e in result["episodes"]) == 40 or result["summary"]["success"] > 0
+
+
 def test_push_oracle_regresses_the_expert_and_rolls_it_out():
     result = run_benchmark(
         "push_oracle",

@@ -13,7 +13,9 @@ from vla.eval.demo_report import main, summarize
 def run_evals(run, **policy):
     common = dict(env="builtin/reach", episodes=3, seed=100000, max_steps=8, **policy)
     evaluate(EvalConfig(**common, videos=2, out=str(run / "eval")), progress=False)
-    evaluate(EvalConfig(**common, videos=0, instruction_swap=True, out=str(run / "eval-swap")), progress=False)
+    evaluate(
+        EvalConfig(**common, videos=0, instruction_swap=True, out=str(run / "eval-swap")), progress=False
+    )
 
 
 def test_summary_rows_video_and_next_step(tmp_path, capsys):
@@ -41,7 +43,9 @@ def test_summary_says_when_no_episode_succeeded(random_checkpoint, tmp_path):
     # the random policy is for builtin/push; its two evaluations, neither with a success in 2 steps
     common = dict(checkpoint=random_checkpoint, episodes=2, max_steps=2, seed=100000)
     evaluate(EvalConfig(**common, videos=2, out=str(run / "eval")), progress=False)
-    evaluate(EvalConfig(**common, videos=0, instruction_swap=True, out=str(run / "eval-swap")), progress=False)
+    evaluate(
+        EvalConfig(**common, videos=0, instruction_swap=True, out=str(run / "eval-swap")), progress=False
+    )
     text = summarize(run)
     assert "**0/2 (0%)**" in text and "no successful episode was filmed" in text
     assert f"vla serve checkpoint={random_checkpoint}" in text and "demo wall time" not in text

@@ -67,12 +67,12 @@ def summarize(run: Path, started: float | None = None, now: float | None = None)
     lines.append(f"video of a successful episode: {video}" if video else "no successful episode was filmed")
     if started is not None:
         elapsed = (time.time() if now is None else now) - started
-        lines.append(
-            f"demo wall time (collect -> train -> evaluate, setup excluded): {elapsed / 60:.1f} min"
-        )
-    serve = f"serve it to a robot or a client with `vla serve checkpoint={main['checkpoint']}`; " if main[
-        "checkpoint"
-    ] else ""
+        lines.append(f"demo wall time (collect -> train -> evaluate, setup excluded): {elapsed / 60:.1f} min")
+    serve = (
+        f"serve it to a robot or a client with `vla serve checkpoint={main['checkpoint']}`; "
+        if main["checkpoint"]
+        else ""
+    )
     lines += [
         "",
         f"next: {serve}the full built-in suite (push and reach, 3 seeds) is `make results-builtin`, every "
