@@ -81,14 +81,15 @@ test-lerobot: setup $(LEROBOT_STAMP) $(LEROBOT_VENV)/.installed-vla-client
 	VLA_LEROBOT_PYTHON=$(abspath $(LEROBOT_VENV))/bin/python $(PY) -m pytest -q -m lerobot
 
 # LeRobot's ACT on our demos, our training budget, our evaluation (benchmarks/lerobot_act_compare.py;
-# docs/results.md). Its trainer needs lerobot[training]. Tens of minutes each; not in CI.
+# docs/results.md). Its trainer needs lerobot[training]. Tens of minutes each; not in CI. More settings:
+# ACT_ARGS='save_every=150' (configs/bench/lerobot_act_compare.yaml).
 $(LEROBOT_VENV)/.installed-lerobot-training: $(LEROBOT_STAMP)
 	$(LEROBOT_VENV)/bin/python -m pip install -q "lerobot[training,dataset]==0.6.1" torch==2.11.0 torchvision==0.26.0
 	touch $@
 
 lerobot-act-%: setup $(LEROBOT_VENV)/.installed-vla-client $(LEROBOT_VENV)/.installed-lerobot-training
 	$(PY) benchmarks/lerobot_act_compare.py compare_with=$* lerobot_python=$(abspath $(LEROBOT_VENV))/bin/python \
-	    $(if $(filter builtin,$*),task=builtin/push)
+	    $(if $(filter builtin,$*),task=builtin/push) $(ACT_ARGS)
 
 # vla-client alone (numpy, websockets, msgpack from PyPI; no torch) on the oldest and newest Pythons it supports:
 # a fresh venv each, then tools/client_smoke.py. Not in CI (it needs those interpreters).

@@ -31,6 +31,7 @@ def test_bench_list(capsys):
         "env_speed",
         "expert_success",
         "fast_path_eval",
+        "lerobot_act_compare",
         "openloop_error",
         "peer_latency",
         "policy_latency",
