@@ -63,6 +63,10 @@ def test_missing_or_wrong_reports_are_named(tmp_path, capsys):
     swap.unlink()
     assert main([str(run)]) == 2
     assert f"{swap} is missing" in capsys.readouterr().err
+    run_evals(run, expert=True)
+    (run / "eval" / "eval.json").write_text(json.dumps({"config": {}, "tasks": {"builtin/reach": {}}}))
+    with pytest.raises(ValueError, match="lacks a field `vla eval` writes"):
+        summarize(run)
     (run / "eval" / "eval.json").write_text("{not json")
     with pytest.raises(ValueError, match="is not an eval report"):
         summarize(run)

@@ -49,29 +49,34 @@ def success_video(eval_dir: Path) -> Path | None:
     return found[0] if found else None
 
 
-def summarize(run: Path, started: float | None = None, now: float | None = None) -> str:
+def summarize(run: Path, started: float | None = None) -> str:
     """The demo's closing summary, as markdown."""
     main, swap = _load(run / "eval" / "eval.json"), _load(run / "eval-swap" / "eval.json")
-    if not swap["config"].get("instruction_swap"):
-        raise DemoReportError(f"{run / 'eval-swap'} was not evaluated with instruction_swap=true")
+    try:
+        if not swap["config"].get("instruction_swap"):
+            raise DemoReportError(f"{run / 'eval-swap'} was not evaluated with instruction_swap=true")
+        rows = [
+            _row("instruction as given", main),
+            _row("another block named (success on the original block: low = follows the words)", swap),
+        ]
+        checkpoint = main["checkpoint"]
+    except (KeyError, TypeError, AttributeError) as e:
+        raise DemoReportError(f"an eval report under {run} lacks a field `vla eval` writes: {e!r}") from None
     lines = [
-        f"# Demo: {main['checkpoint'] or 'scripted expert'}",
+        f"# Demo: {checkpoint or 'scripted expert'}",
         "",
         "| eval | success | 95% CI | held-out scenes |",
         "| --- | --- | --- | --- |",
-        _row("instruction as given", main),
-        _row("another block named (success on the original block: low = follows the words)", swap),
+        *rows,
         "",
     ]
     video = success_video(run / "eval")
     lines.append(f"video of a successful episode: {video}" if video else "no successful episode was filmed")
     if started is not None:
-        elapsed = (time.time() if now is None else now) - started
+        elapsed = time.time() - started
         lines.append(f"demo wall time (collect -> train -> evaluate, setup excluded): {elapsed / 60:.1f} min")
     serve = (
-        f"serve it to a robot or a client with `vla serve checkpoint={main['checkpoint']}`; "
-        if main["checkpoint"]
-        else ""
+        f"serve it to a robot or a client with `vla serve checkpoint={checkpoint}`; " if checkpoint else ""
     )
     lines += [
         "",
