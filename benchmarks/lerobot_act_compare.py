@@ -37,9 +37,6 @@ from results import ExperimentConfig, collect_data  # noqa: E402
 from vla.config import compose, to_object  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-# what `vla eval` executes of our small preset's chunks (horizon 8 // 2) where an experiment names no
-# execute_steps: ACT's chunks are executed the same number of steps
-OUR_EXECUTE_STEPS = 4
 
 
 @dataclass
@@ -66,6 +63,13 @@ def ours(experiment: str) -> dict:
     if not runs:
         raise SystemExit(f"docs/results/{experiment}/summary.json has no seed-0 main row")
     return runs[0]
+
+
+def our_execute_steps(exp: ExperimentConfig) -> int:
+    """What `vla eval` executes of our chunks where an experiment names no execute_steps (horizon // 2 of the
+    policy its train overrides build): ACT's chunks are executed the same number of steps."""
+    policy = compose("train", [*exp.train, "data.path=unused"]).policy
+    return max(1, int(policy.horizon) // 2)
 
 
 def export(data: str, dst: Path) -> Path:
@@ -206,7 +210,7 @@ def main(argv: list[str]) -> dict:
         o for o in main_eval.overrides if not o.startswith(("noise_scale=", "num_envs=", "vectorization="))
     ]
     if not any(o.startswith("execute_steps=") for o in overrides):
-        overrides.append(f"execute_steps={OUR_EXECUTE_STEPS}")
+        overrides.append(f"execute_steps={our_execute_steps(exp)}")
     if cfg.smoke:
         overrides += exp.smoke_eval
     if cfg.episodes:
