@@ -125,11 +125,17 @@ def train(cfg: BenchConfig, dataset: Path, run: Path, budget_s: float) -> dict:
     try:
         while time.time() - started < budget_s and proc.poll() is None:
             time.sleep(2)
+        exited = proc.poll()  # set: lerobot-train ended before its deadline, i.e. it failed
     finally:
         proc.terminate()
         proc.wait(60)
         log.close()
     wall = time.time() - started
+    if exited is not None:
+        raise SystemExit(
+            f"lerobot-train exited with {exited} after {wall:.0f} s of its {budget_s:.0f}: see "
+            f"{run.parent}/lerobot_train.log"
+        )
     done = complete_checkpoints(run)
     if not done:
         raise SystemExit(
